@@ -1,0 +1,74 @@
+"""FLM core attention: xPos (or RoPE) on q and k, then torch's scaled_dot_product_attention.
+
+Plugs into megatron-core's `SelfAttention` as its `core_attention` submodule, so the QKV and
+output projections, tensor parallelism and sequence parallelism stay megatron's. Positions are
+applied here rather than through GPTModel's rotary path because xPos scales q and k differently
+(megatron's rotary applies one table to both). SDPA picks flash / cuDNN / memory-efficient
+kernels on GPU and a fused math kernel on CPU; the softmax accumulates in fp32 in all of them.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import divide
+
+from flm_ext.model.xpos import XPosEmbedding
+
+
+class FLMCoreAttention(MegatronModule):
+    """Causal self-attention on [s, b, heads, d] tensors of this TP rank's heads."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 attention_type: str, attention_dropout: Optional[float] = None,
+                 softmax_scale: Optional[float] = None, cp_comm_type: Optional[str] = None,
+                 pg_collection=None, *, position_embedding: str = "xpos", rotary_base: float = 10000.0,
+                 xpos_scale_base: float = 512.0, xpos_center: float = 0.0):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("FLMCoreAttention does not support context parallelism")
+        self.layer_number = layer_number
+        self.attn_mask_type = attn_mask_type
+        head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        tp = config.tensor_model_parallel_size
+        self.num_heads_per_partition = divide(config.num_attention_heads, tp)
+        self.num_groups_per_partition = divide(config.num_query_groups or config.num_attention_heads, tp)
+        self.positions = XPosEmbedding(head_dim, base=rotary_base,
+                                       scale_base=xpos_scale_base if position_embedding == "xpos" else None,
+                                       center=xpos_center)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: Optional[torch.Tensor], attn_mask_type: Optional[AttnMaskType] = None,
+                attention_bias=None, packed_seq_params=None) -> torch.Tensor:
+        """query/key/value: [s, b, heads, d] -> context [s, b, heads * d]."""
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("FLMCoreAttention supports neither packed sequences nor attention bias")
+        mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
+        query, key = self.positions(query, key)
+        # [s, b, h, d] -> [b, h, s, d] as SDPA expects.
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        causal = mask_type == AttnMaskType.causal
+        mask = None
+        if not causal and attention_mask is not None:
+            mask = ~attention_mask  # megatron masks mark positions to hide with True
+        dropout_p = self.dropout_p if self.training else 0.0
+        gqa = self.num_groups_per_partition != self.num_heads_per_partition
+        if dropout_p > 0.0:
+            # Heads differ per TP rank: draw dropout from the TP-specific stream (as megatron does).
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                         is_causal=causal, scale=self.softmax_scale,
+                                                         enable_gqa=gqa)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                     scale=self.softmax_scale, enable_gqa=gqa)
+        # [b, h, s, d] -> [s, b, h * d]
+        b, h, s, d = context.shape
+        return context.permute(2, 0, 1, 3).reshape(s, b, h * d)

@@ -1,0 +1,58 @@
+"""Run a function in N real processes on gloo (how the multi-process tests exercise TP/PP/DP).
+
+Each worker gets (rank, world_size, out_dir, *args), has torch.distributed initialised from a free
+local port, and may torch.save results into out_dir for the test to compare. A worker's
+exception fails the test with that worker's traceback.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(fn, rank, world_size, port, out_dir, args, errors):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        fn(rank, world_size, out_dir, *args)
+    except BaseException:
+        errors.put((rank, traceback.format_exc()))
+        raise
+    finally:
+        from flm_ext.runtime import destroy_distributed
+
+        destroy_distributed()
+
+
+def spawn(fn, world_size: int, out_dir, *args, timeout: float = 600.0) -> None:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # megatron's "no TE/apex" warnings, per process
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(fn, rank, world_size, port, str(out_dir), args, errors))
+             for rank in range(world_size)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    if failures or any(p.exitcode != 0 for p in procs):
+        detail = "\n".join(f"--- rank {rank} ---\n{tb}" for rank, tb in failures)
+        raise AssertionError(f"distributed workers failed (exit codes {[p.exitcode for p in procs]}):\n{detail}")

@@ -1,0 +1,81 @@
+"""Worker bodies for the multi-process tests (importable by spawned processes)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from flm_ext.config import FLMConfig, ParallelConfig
+from flm_ext.model.flm_model import build_model_chunks
+from flm_ext.model.global_weights import global_state_dict, load_global_state_dict
+from flm_ext.runtime import initialize_distributed
+
+# Small but complete: µP on (m = 4) so the output multiplier and 1/head_dim scale are exercised.
+CFG = FLMConfig(num_layers=4, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256, seq_length=32,
+                vocab_size=256, use_mup=True, mup_base_width=16, mup_output_mult=2.0, init_method_std=0.05)
+LAYOUTS = {
+    "tp2": ParallelConfig(tensor_model_parallel_size=2),
+    "tp2_sp": ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True),
+    "pp2": ParallelConfig(pipeline_model_parallel_size=2),
+    "pp2_vpp2": ParallelConfig(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2),
+}
+
+
+def tokens(batch: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, CFG.vocab_size, (batch, CFG.seq_length), generator=gen)
+
+
+def _reset():
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+
+
+def _forward_logits(chunks, batch: torch.Tensor, num_microbatches: int) -> torch.Tensor | None:
+    """Full-vocab logits on the last pipeline stage (None elsewhere) via megatron's schedules."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    micro = list(batch.chunk(num_microbatches))
+    position_ids = torch.arange(CFG.seq_length).unsqueeze(0)
+
+    def step(data_iterator, model):
+        ids = next(data_iterator)
+        return model(ids, position_ids.expand_as(ids), None), None
+
+    iterators = [iter(micro) for _ in chunks]
+    outputs = get_forward_backward_func()(
+        forward_step_func=step, data_iterator=iterators if len(chunks) > 1 else iterators[0], model=chunks,
+        num_microbatches=num_microbatches, seq_length=CFG.seq_length, micro_batch_size=micro[0].shape[0],
+        forward_only=True)
+    if not parallel_state.is_pipeline_last_stage():
+        return None
+    return torch.cat([gather_from_tensor_model_parallel_region(o) for o in outputs], dim=0)
+
+
+def forward_parity(rank, world_size, out_dir):
+    """TP=1 logits, then the same weights at each layout in LAYOUTS; rank 0 saves max abs diffs."""
+    initialize_distributed(ParallelConfig(world_size=world_size), seed=11)
+    batch = tokens(2)
+    with torch.no_grad():
+        reference = build_model_chunks(CFG)
+        state = global_state_dict(reference)
+        ref_logits = _forward_logits(reference, batch, num_microbatches=2)
+    _reset()
+    diffs = {}
+    for name, layout in LAYOUTS.items():
+        initialize_distributed(layout, seed=100 + len(diffs))  # a different init: the load must matter
+        chunks = build_model_chunks(CFG, layout)
+        loaded = load_global_state_dict(chunks, state)
+        assert loaded > 0
+        with torch.no_grad():
+            logits = _forward_logits(chunks, batch, num_microbatches=2)
+        diff = torch.tensor(-1.0 if logits is None else (logits - ref_logits).abs().max().item())
+        torch.distributed.all_reduce(diff, op=torch.distributed.ReduceOp.MAX)
+        diffs[name] = diff.item()
+        _reset()
+    if rank == 0:
+        torch.save({"diffs": diffs, "ref_abs_max": ref_logits.abs().max().item()},
+                   os.path.join(out_dir, "forward_parity.pt"))
