@@ -1,0 +1,410 @@
+"""jsonl -> megatron-core ``IndexedDataset`` (.bin/.idx), streamed, in parallel, all or nothing.
+
+Flow: the input (one file, a glob of shards, ``.jsonl`` or ``.jsonl.gz``) is cut into *units*
+(whole files, or byte ranges of plain files when ``--partitions`` asks for more pieces than
+there are files). Units are dealt to partitions in order; each partition (its own process when
+there are several) reads its units line by line, sends chunks of lines to a pool of tokenizer
+workers (``imap`` keeps the order) and spills ids and lengths to temporary files. At the end
+the parts are concatenated in order and the ``.idx`` is written, under temporary names that
+are renamed only when everything succeeded. So the output does not depend on ``--workers`` or
+``--partitions``, and memory does not depend on the input size.
+
+Bad lines (malformed JSON, invalid UTF-8, a missing key, a non-string value, an empty
+document; in teacher mode also a non-boolean label) stop the run with ``file:line: reason``,
+unless ``skip_bad_lines``: then they are skipped and counted by reason.
+
+Teacher-signal mode (FreeLM) reads ``{"text", "proposition", "label": true|false}`` and writes
+two datasets with equal document lengths: ``<prefix>_teacher_document`` holds
+``tokenize(text + "\\n" + proposition) + label_ids(label) [+ eod]`` and
+``<prefix>_teacher_loss_mask_document`` holds 1 on the label's tokens and 0 elsewhere. The
+label is tokenized on its own, so its ids never merge with the proposition's last characters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from collections import Counter
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy
+
+from flm_ext.data import special_tokens
+from flm_ext.data.indexed_writer import SpillWriter, merge_to_indexed, token_dtype
+from flm_ext.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
+
+BAD_LINE_REASONS = (
+    "malformed_json",
+    "invalid_utf8",
+    "missing_key",
+    "non_string",
+    "empty_document",
+    "non_bool_label",
+)
+TEACHER_KEYS = ("text", "proposition", "label")
+TEACHER_STREAM = "teacher"
+TEACHER_MASK_STREAM = "teacher_loss_mask"
+
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    """What ``tools/preprocess_data.py`` takes (Megatron-LM's flag names), validated once."""
+
+    input: str
+    output_prefix: str
+    tokenizer_type: str
+    json_keys: Tuple[str, ...] = ("text",)
+    vocab_file: Optional[str] = None
+    merge_file: Optional[str] = None
+    tokenizer_model: Optional[str] = None
+    append_eod: bool = False
+    workers: int = 1
+    partitions: int = 1
+    teacher_signal: bool = False
+    skip_bad_lines: bool = False
+    log_interval: float = 5.0  # seconds between progress lines
+    chunk_lines: int = 256  # lines per task sent to a worker
+
+    def __post_init__(self) -> None:
+        self.json_keys = tuple(self.json_keys)
+        if self.tokenizer_type not in TOKENIZER_TYPES:
+            raise ValueError(f"--tokenizer-type must be one of {TOKENIZER_TYPES}, got {self.tokenizer_type!r}")
+        if self.workers < 1 or self.partitions < 1 or self.chunk_lines < 1:
+            raise ValueError("--workers, --partitions and chunk_lines must be >= 1")
+        if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
+            raise ValueError(f"--json-keys must be distinct and non-empty, got {self.json_keys}")
+        if not self.output_prefix:
+            raise ValueError("--output-prefix is required")
+
+    @property
+    def streams(self) -> Tuple[str, ...]:
+        """Names of the output datasets: ``<prefix>_<stream>_document``."""
+        return (TEACHER_STREAM, TEACHER_MASK_STREAM) if self.teacher_signal else self.json_keys
+
+    def output_path(self, stream: str) -> str:
+        return f"{self.output_prefix}_{stream}_document"
+
+
+class BadInputError(ValueError):
+    """A bad input line, reported as ``file:line: reason``."""
+
+
+@dataclasses.dataclass
+class Unit:
+    """A piece of the input: a whole file, or the lines starting in bytes [start, end)."""
+
+    path: str
+    start: int = 0
+    end: Optional[int] = None  # None: to the end of the file
+
+    @property
+    def size(self) -> int:
+        total = os.path.getsize(self.path)
+        return (total if self.end is None else self.end) - self.start
+
+
+# ----------------------------------------------------------------------------- input
+
+def expand_inputs(pattern: str) -> List[str]:
+    """A file, or a glob (``shards/*.jsonl.gz``); sorted, so the order is reproducible."""
+    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not paths or missing:
+        raise FileNotFoundError(f"--input {pattern!r}: no such file(s) {missing or ''}")
+    return paths
+
+
+def plan_units(paths: Sequence[str], partitions: int) -> List[List[Unit]]:
+    """Deal the input to ``partitions`` contiguous groups of about equal bytes."""
+    units: List[Unit] = []
+    split = partitions > len(paths)
+    for p in paths:
+        size = os.path.getsize(p)
+        if split and not p.endswith(".gz") and size > 0:
+            cuts = [size * i // partitions for i in range(partitions + 1)]
+            units += [Unit(p, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        else:
+            units.append(Unit(p))
+    total = sum(u.size for u in units) or 1
+    groups: List[List[Unit]] = [[] for _ in range(partitions)]
+    done = 0
+    for u in units:
+        groups[min(partitions - 1, done * partitions // total)].append(u)
+        done += u.size
+    return [g for g in groups if g]
+
+
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _iter_unit_lines(unit: Unit) -> Iterator[Tuple[int, bytes]]:
+    """(line number within the unit, raw line without newline) for lines starting in range."""
+    with _open_binary(unit.path) as f:
+        pos = unit.start
+        if pos > 0:
+            f.seek(pos - 1)
+            if f.read(1) != b"\n":  # the line under the cut belongs to the previous unit
+                pos += len(f.readline())
+        n = 0
+        while unit.end is None or pos < unit.end:
+            line = f.readline()
+            if not line:
+                break
+            pos += len(line)
+            n += 1
+            yield n, line.rstrip(b"\n").rstrip(b"\r")
+
+
+def open_text_lines(path: str) -> Iterator[Tuple[int, bytes]]:
+    """(1-based line number, raw bytes) of a jsonl or jsonl.gz file."""
+    return _iter_unit_lines(Unit(path))
+
+
+def _line_offset(unit: Unit) -> int:
+    """Lines before the unit's first line (counted only when an error needs it)."""
+    if unit.start == 0:
+        return 0
+    with open(unit.path, "rb") as f:
+        count, left = 0, unit.start
+        while left > 0:
+            block = f.read(min(left, 16 << 20))
+            count += block.count(b"\n")
+            left -= len(block)
+        f.seek(unit.start - 1)
+        # A cut inside a line leaves that line to the previous unit.
+        return count if f.read(1) == b"\n" else count + 1
+
+
+# ----------------------------------------------------------------------------- workers
+
+_TOKENIZER = None
+_TOKENIZER_SPEC = None
+
+
+def _init_worker(spec: Tuple) -> None:
+    """Build the tokenizer once per process (inherited as is under fork)."""
+    global _TOKENIZER, _TOKENIZER_SPEC
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if _TOKENIZER_SPEC != spec:
+        _TOKENIZER = build_tokenizer(*spec)
+        _TOKENIZER_SPEC = spec
+
+
+def _parse(raw: bytes, keys: Sequence[str], teacher: bool) -> Tuple[Optional[dict], Optional[str], str]:
+    """(record, None, "") or (None, reason, detail)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, "invalid_utf8", str(e)
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        return None, "malformed_json", str(e)
+    if not isinstance(obj, dict):
+        return None, "malformed_json", f"a JSON object is needed, got {type(obj).__name__}"
+    for key in TEACHER_KEYS if teacher else keys:
+        if key not in obj:
+            return None, "missing_key", f"no key {key!r}"
+        value = obj[key]
+        if teacher and key == "label":
+            if not isinstance(value, bool):
+                return None, "non_bool_label", f"'label' must be true or false, got {value!r}"
+        elif not isinstance(value, str):
+            return None, "non_string", f"{key!r} is a {type(value).__name__}, not a string"
+        elif not value.strip():
+            return None, "empty_document", f"{key!r} is empty"
+    return obj, None, ""
+
+
+def _encode_chunk(task: Tuple[int, List[Tuple[int, bytes]], Tuple[str, ...], bool, bool]):
+    """Tokenize a chunk of lines: (unit index, per-stream (ids, lengths), bad lines, n_bytes)."""
+    unit_index, lines, keys, teacher, append_eod = task
+    tok = _TOKENIZER
+    streams = (TEACHER_STREAM, TEACHER_MASK_STREAM) if teacher else keys
+    ids: Dict[str, List[int]] = {s: [] for s in streams}
+    lengths: Dict[str, List[int]] = {s: [] for s in streams}
+    bad: List[Tuple[int, str, str]] = []
+    n_bytes = 0
+    eod = [tok.eod] if append_eod else []
+    for line_no, raw in lines:
+        n_bytes += len(raw) + 1
+        obj, reason, detail = _parse(raw, keys, teacher)
+        if obj is None:
+            bad.append((line_no, reason, detail))
+            continue
+        if teacher:
+            body = tok.tokenize(obj["text"] + special_tokens.PROPOSITION_SEPARATOR + obj["proposition"])
+            label = tok.label_ids(obj["label"])
+            doc = body + label + eod
+            mask = [0] * len(body) + [1] * len(label) + [0] * len(eod)
+            for s, d in ((TEACHER_STREAM, doc), (TEACHER_MASK_STREAM, mask)):
+                ids[s] += d
+                lengths[s].append(len(d))
+        else:
+            for key in keys:
+                doc = tok.tokenize(obj[key]) + eod
+                ids[key] += doc
+                lengths[key].append(len(doc))
+    dtype = token_dtype(tok.vocab_size)
+    out = {s: (numpy.array(ids[s], dtype=dtype), numpy.array(lengths[s], dtype=numpy.int32)) for s in streams}
+    return unit_index, out, bad, n_bytes
+
+
+# ----------------------------------------------------------------------------- one partition
+
+@dataclasses.dataclass
+class Stats:
+    documents: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    skipped: Counter = dataclasses.field(default_factory=Counter)
+    error: Optional[str] = None
+
+    def add(self, other: "Stats") -> None:
+        self.documents += other.documents
+        self.tokens += other.tokens
+        self.bytes += other.bytes
+        self.skipped.update(other.skipped)
+        self.error = self.error or other.error
+
+
+def _chunks(units: Sequence[Unit], cfg: PreprocessConfig) -> Iterator[Tuple[int, List[Tuple[int, bytes]], Tuple[str, ...], bool, bool]]:
+    for ui, unit in enumerate(units):
+        batch: List[Tuple[int, bytes]] = []
+        for line in _iter_unit_lines(unit):
+            batch.append(line)
+            if len(batch) == cfg.chunk_lines:
+                yield ui, batch, cfg.json_keys, cfg.teacher_signal, cfg.append_eod
+                batch = []
+        if batch:
+            yield ui, batch, cfg.json_keys, cfg.teacher_signal, cfg.append_eod
+
+
+def _progress(tag: str, stats: Stats, t0: float, done: int, total: int) -> str:
+    dt = max(time.time() - t0, 1e-9)
+    mbs = stats.bytes / dt / 1e6
+    eta = (total - done) / (done / dt) if done else float("inf")
+    return (
+        f"{tag}{stats.documents:,} docs, {stats.bytes / 1e6:,.1f} MB, {stats.tokens:,} tokens, "
+        f"{mbs:.2f} MB/s, {stats.tokens / dt:,.0f} tokens/s, {100 * done / max(total, 1):.0f}%"
+        f", ETA {eta:.0f}s"
+    )
+
+
+def run_partition(cfg: PreprocessConfig, units: Sequence[Unit], part_prefix: str, workers: int, tag: str = "") -> Stats:
+    """Process ``units`` in order into spilled parts ``<part_prefix>.<stream>.{bin,len}``."""
+    spec = (cfg.tokenizer_type, cfg.vocab_file, cfg.merge_file, cfg.tokenizer_model)
+    _init_worker(spec)
+    dtype = token_dtype(_TOKENIZER.vocab_size)
+    writers = {s: SpillWriter(f"{part_prefix}.{s}", dtype) for s in cfg.streams}
+    stats = Stats()
+    total = sum(u.size for u in units)
+    t0 = last = time.time()
+    pool = multiprocessing.Pool(workers, _init_worker, (spec,)) if workers > 1 else None
+    try:
+        tasks = _chunks(units, cfg)
+        results = pool.imap(_encode_chunk, tasks, chunksize=1) if pool else map(_encode_chunk, tasks)
+        token_streams = [s for s in cfg.streams if s != TEACHER_MASK_STREAM]
+        for unit_index, out, bad, n_bytes in results:
+            if bad and not cfg.skip_bad_lines:
+                stats.error = _locate(units[unit_index], bad[0])
+                break
+            stats.bytes += n_bytes
+            for s, (ids, lengths) in out.items():
+                writers[s].add(ids, lengths)
+            stats.documents += len(out[cfg.streams[0]][1])
+            stats.tokens += sum(len(out[s][0]) for s in token_streams)
+            if bad:
+                stats.skipped.update(reason for _, reason, _ in bad)
+            now = time.time()
+            if now - last >= cfg.log_interval:
+                last = now
+                print(_progress(tag, stats, t0, min(stats.bytes, total), total), file=sys.stderr, flush=True)
+    finally:
+        if pool is not None:
+            pool.terminate() if stats.error else pool.close()
+            pool.join()
+        for w in writers.values():
+            w.close()
+    return stats
+
+
+def _locate(unit: Unit, bad: Tuple[int, str, str]) -> str:
+    """``file:line: reason: detail`` for a bad line of ``unit``."""
+    line_no, reason, detail = bad
+    return f"{unit.path}:{_line_offset(unit) + line_no}: {reason}: {detail}"
+
+
+def _partition_main(cfg, units, part_prefix, workers, tag, conn) -> None:
+    try:
+        stats = run_partition(cfg, units, part_prefix, workers, tag)
+    except BaseException:  # report to the parent, which cleans up
+        stats = Stats(error=traceback.format_exc())
+    conn.send(stats)
+    conn.close()
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+def preprocess(cfg: PreprocessConfig) -> Stats:
+    """Run the whole conversion; on error nothing is left behind and ``BadInputError`` raises."""
+    paths = expand_inputs(cfg.input)
+    groups = plan_units(paths, cfg.partitions)
+    out_dir = os.path.dirname(os.path.abspath(cfg.output_prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = f"{cfg.output_prefix}.tmp{os.getpid()}"
+    part_prefixes = [f"{tmp}.part{i}" for i in range(len(groups))]
+    finals = {s: cfg.output_path(s) for s in cfg.streams}
+    produced: List[str] = []
+    stats = Stats()
+    try:
+        if len(groups) == 1:
+            stats.add(run_partition(cfg, groups[0], part_prefixes[0], cfg.workers))
+        else:
+            stats = _run_partitions(cfg, groups, part_prefixes)
+        if stats.error:
+            raise BadInputError(stats.error)
+        vocab_size = _TOKENIZER.vocab_size if _TOKENIZER is not None else build_tokenizer(
+            cfg.tokenizer_type, cfg.vocab_file, cfg.merge_file, cfg.tokenizer_model).vocab_size
+        dtype = token_dtype(vocab_size)
+        for s, final in finals.items():
+            produced += [f"{tmp}.{s}.bin", f"{tmp}.{s}.idx"]
+            merge_to_indexed([f"{p}.{s}" for p in part_prefixes], dtype, f"{tmp}.{s}.bin", f"{tmp}.{s}.idx")
+        for s, final in finals.items():
+            os.replace(f"{tmp}.{s}.bin", final + ".bin")
+            os.replace(f"{tmp}.{s}.idx", final + ".idx")
+        produced = []
+    finally:
+        leftovers = produced + [f"{p}.{s}.{ext}" for p in part_prefixes for s in cfg.streams for ext in ("bin", "len")]
+        for path in leftovers:
+            if os.path.exists(path):
+                os.remove(path)
+    return stats
+
+
+def _run_partitions(cfg: PreprocessConfig, groups, part_prefixes) -> Stats:
+    """One process per partition, each with its share of the workers (as Megatron-LM does)."""
+    ctx = multiprocessing.get_context("fork")
+    per = max(1, cfg.workers // len(groups))
+    procs = []
+    for i, (units, prefix) in enumerate(zip(groups, part_prefixes)):
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_partition_main, args=(cfg, units, prefix, per, f"[partition {i}] ", child))
+        p.start()
+        child.close()
+        procs.append((p, parent))
+    stats = Stats()
+    for p, conn in procs:
+        try:
+            stats.add(conn.recv())
+        except EOFError:
+            stats.error = stats.error or f"partition process {p.pid} died (exit code {p.exitcode})"
+        p.join()
+    return stats

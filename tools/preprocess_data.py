@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""jsonl (.jsonl, .jsonl.gz, or a glob of shards) -> megatron-core .bin/.idx.
+
+Megatron-LM's interface, e.g.:
+  python tools/preprocess_data.py --input corpus/en_train.jsonl --output-prefix data/en \\
+      --tokenizer-type CL100kTokenizer --append-eod --workers 2
+writes data/en_text_document.{bin,idx}. See flm_ext/data/preprocess.py for the details.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext.data.preprocess import BadInputError, PreprocessConfig, preprocess  # noqa: E402
+from flm_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
+
+
+def parse_args(argv=None) -> PreprocessConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("input")
+    g.add_argument("--input", required=True, help="a .jsonl/.jsonl.gz file or a quoted glob of them")
+    g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract (default: text)")
+    g.add_argument("--teacher-signal", action="store_true",
+                   help='lines are {"text", "proposition", "label": true|false}: write FreeLM samples')
+    g.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip bad lines and count them by reason instead of stopping")
+    g = p.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    g.add_argument("--vocab-file", help="GPT2BPETokenizer: encoder.json (default: the bundled one)")
+    g.add_argument("--merge-file", help="GPT2BPETokenizer: vocab.bpe (default: the bundled one)")
+    g.add_argument("--tokenizer-model", help="HuggingFaceTokenizer: tokenizer.json; "
+                   "CL100kTokenizer: a cl100k_base.tiktoken file (default: the bundled one)")
+    g.add_argument("--append-eod", action="store_true", help="end every document with the EOD id")
+    g = p.add_argument_group("output")
+    g.add_argument("--output-prefix", required=True)
+    g = p.add_argument_group("runtime")
+    g.add_argument("--workers", type=int, default=1, help="tokenizer processes (in all)")
+    g.add_argument("--partitions", type=int, default=1, help="input pieces processed side by side")
+    g.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
+    a = p.parse_args(argv)
+    try:
+        return PreprocessConfig(
+            input=a.input, output_prefix=a.output_prefix, tokenizer_type=a.tokenizer_type,
+            json_keys=tuple(a.json_keys), vocab_file=a.vocab_file, merge_file=a.merge_file,
+            tokenizer_model=a.tokenizer_model, append_eod=a.append_eod, workers=a.workers,
+            partitions=a.partitions, teacher_signal=a.teacher_signal,
+            skip_bad_lines=a.skip_bad_lines, log_interval=a.log_interval,
+        )
+    except ValueError as e:
+        p.error(str(e))
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    t0 = time.time()
+    try:
+        stats = preprocess(cfg)
+    except (BadInputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        print("nothing was written" + ("" if cfg.skip_bad_lines else
+              " (use --skip-bad-lines to skip such lines)"), file=sys.stderr)
+        return 1
+    dt = max(time.time() - t0, 1e-9)
+    print(f"done: {stats.documents:,} documents, {stats.tokens:,} tokens, {stats.bytes / 1e6:,.2f} MB "
+          f"in {dt:.2f}s ({stats.bytes / dt / 1e6:.2f} MB/s, {stats.tokens / dt:,.0f} tokens/s)")
+    for s in cfg.streams:
+        print(f"wrote {cfg.output_path(s)}.bin/.idx")
+    if cfg.skip_bad_lines:
+        counts = ", ".join(f"{r}={n}" for r, n in sorted(stats.skipped.items())) or "none"
+        print(f"skipped bad lines: {sum(stats.skipped.values())} ({counts})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

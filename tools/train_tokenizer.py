@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Train a small byte-level BPE (a tokenizer.json) on jsonl files, for the tiny models.
+
+  python tools/train_tokenizer.py --input data/demo/en_train.jsonl data/demo/zh_train.jsonl \\
+      --vocab-size 8192 --output data/demo/bpe8k.json
+Use it with --tokenizer-type HuggingFaceTokenizer --tokenizer-model data/demo/bpe8k.json.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext.data.train_bpe import train_bpe  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, help="jsonl or jsonl.gz files")
+    p.add_argument("--output", required=True, help="tokenizer.json to write")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--json-key", default="text")
+    a = p.parse_args(argv)
+    try:
+        train_bpe(a.input, a.output, a.vocab_size, a.min_frequency, a.json_key)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {a.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
