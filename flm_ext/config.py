@@ -251,11 +251,13 @@ def to_transformer_config(model: FLMConfig, parallel: ParallelConfig | None = No
 
 
 def describe(model: FLMConfig) -> str:
-    """One line for logs: shape and size, e.g. '80 x 10240, 80 heads, FFN 40960: 101.7B params'."""
+    """One line for logs: shape and size, e.g. '80 x 10240, 80 heads, FFN 40960, ...: 101.7B params'."""
+    count = num_parameters(model)
+    size = f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
     return (f"{model.num_layers} x {model.hidden_size}, {model.num_attention_heads} heads, "
             f"FFN {model.ffn_hidden_size}, seq {model.seq_length}, vocab {model.vocab_size}, "
             f"{model.position_embedding}{', muP' if model.use_mup else ''}: "
-            f"{num_parameters(model) / 1e9:.1f}B params")
+            f"{size} params")
 
 
 __all__ = ["FLMConfig", "ParallelConfig", "ConfigError", "PRESETS", "FLM_VOCAB_SIZE", "get_preset",

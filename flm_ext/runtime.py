@@ -127,9 +127,14 @@ _applied: set[str] = set()
 
 
 def enable_cpu_runtime(skip: tuple[str, ...] = ()) -> list[str]:
-    """Apply the CPU patches (idempotent); a no-op returning [] when CUDA is available."""
+    """Apply the CPU patches (idempotent) and return the names applied; [] when CUDA is available.
+
+    Patches named in `skip` or in the environment variable FLM_CPU_RUNTIME_SKIP (comma-separated,
+    for diagnosing megatron-core upgrades) are left out.
+    """
     if torch.cuda.is_available():
         return []
+    skip = tuple(skip) + tuple(n for n in os.environ.get("FLM_CPU_RUNTIME_SKIP", "").split(",") if n)
     unknown = set(skip) - {p.name for p in CPU_PATCHES}
     if unknown:
         raise ValueError(f"unknown CPU patch(es) {sorted(unknown)}; known: {[p.name for p in CPU_PATCHES]}")

@@ -79,3 +79,63 @@ def forward_parity(rank, world_size, out_dir):
     if rank == 0:
         torch.save({"diffs": diffs, "ref_abs_max": ref_logits.abs().max().item()},
                    os.path.join(out_dir, "forward_parity.pt"))
+
+
+TRAIN_LAYOUTS = {
+    "tp2": ParallelConfig(tensor_model_parallel_size=2),
+    "pp2": ParallelConfig(pipeline_model_parallel_size=2),
+    "dp2": ParallelConfig(world_size=2),
+    "dp2_distopt": ParallelConfig(world_size=2),
+}
+TRAIN_STEPS = 4
+GLOBAL_BATCH = 4
+
+
+def _batches(dp_rank: int, dp_size: int, micro_batch_size: int):
+    """The same global batch every step (so the loss must fall), split over DP ranks."""
+    ids = tokens(GLOBAL_BATCH + 0, seed=5)
+    full = torch.cat([ids, ids[:, :1]], dim=1)  # next-token labels
+    mask = torch.ones(GLOBAL_BATCH, CFG.seq_length)
+    mask[0, : CFG.seq_length // 2] = 0.0  # uneven masks: per-token averaging must still agree
+    mine = slice(dp_rank * GLOBAL_BATCH // dp_size, (dp_rank + 1) * GLOBAL_BATCH // dp_size)
+    items = {"tokens": full[mine, :-1], "labels": full[mine, 1:], "loss_mask": mask[mine],
+             "position_ids": torch.arange(CFG.seq_length).expand(GLOBAL_BATCH, -1)[mine]}
+    count = items["tokens"].shape[0] // micro_batch_size
+    return [{k: v[i * micro_batch_size:(i + 1) * micro_batch_size] for k, v in items.items()} for i in range(count)]
+
+
+def train_parity(rank, world_size, out_dir):
+    """A few AdamW steps from the same weights at TP=2, PP=2, DP=2 (+ distributed optimizer)."""
+    from megatron.core import parallel_state
+
+    from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
+
+    initialize_distributed(ParallelConfig(world_size=world_size), seed=11)
+    with torch.no_grad():
+        state = global_state_dict(build_model_chunks(CFG))
+    _reset()
+    results = {}
+    for name, layout in TRAIN_LAYOUTS.items():
+        initialize_distributed(layout, seed=3)
+        distopt = name.endswith("distopt")
+        chunks = build_model_chunks(CFG, layout)
+        load_global_state_dict(chunks, state)
+        model = wrap_ddp(chunks, use_distributed_optimizer=distopt)
+        optimizer = build_optimizer(model, CFG, OptimConfig(lr=1e-2, use_distributed_optimizer=distopt))
+        dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+        micro = 1
+        losses = []
+        for _ in range(TRAIN_STEPS):
+            batches = _batches(dp_rank, dp_size, micro)
+            result = train_step(model, optimizer, iter(batches), num_microbatches=len(batches),
+                                seq_length=CFG.seq_length, micro_batch_size=micro)
+            assert result.update_successful
+            losses.append(result.loss)
+        # DP replicas must hold identical weights after the steps.
+        checksum = torch.tensor([sum(p.double().sum().item() for p in chunks[0].parameters())])
+        gathered = [torch.zeros_like(checksum) for _ in range(dp_size)]
+        torch.distributed.all_gather(gathered, checksum, group=parallel_state.get_data_parallel_group())
+        results[name] = {"losses": losses, "replica_spread": (max(gathered) - min(gathered)).item()}
+        _reset()
+    if rank == 0:
+        torch.save(results, os.path.join(out_dir, "train_parity.pt"))
