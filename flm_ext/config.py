@@ -52,6 +52,10 @@ class FLMConfig:
     mup_output_mult: float = 2.0
     # Set explicitly to keep m fixed across growth (the logits scale must not jump when width grows).
     mup_width_mult_override: float | None = None
+    # Attention head size; None: hidden_size / num_attention_heads (GPT-3 and FLM). Set, it decouples
+    # the attention width (heads x head size) from hidden_size, as megatron's kv_channels does, so
+    # MSG growth can add heads without widening the residual stream (and vice versa).
+    kv_channels: int | None = None
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:
@@ -59,7 +63,14 @@ class FLMConfig:
 
     @property
     def head_dim(self) -> int:
+        if self.kv_channels is not None:
+            return self.kv_channels
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def attention_width(self) -> int:
+        """heads x head size: the QKV projection's rows / 3 and the attention output projection's columns."""
+        return self.num_attention_heads * self.head_dim
 
     @property
     def mup_width_mult(self) -> float:
@@ -108,10 +119,12 @@ def _divides(what: str, value: int, by_name: str, by: int):
 def validate(model: FLMConfig, parallel: ParallelConfig | None = None) -> None:
     """Check a model config (and its parallel layout, if given); raise ConfigError naming the field."""
     _positive(model, ["num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
-                      "seq_length", "vocab_size", "rotary_base", "xpos_scale_base", "mup_base_width"])
+                      "seq_length", "vocab_size", "rotary_base", "xpos_scale_base", "mup_base_width",
+                      "kv_channels"])
     if model.position_embedding not in POSITION_EMBEDDINGS:
         raise ConfigError(f"position_embedding={model.position_embedding!r} must be one of {POSITION_EMBEDDINGS}")
-    _divides("hidden_size", model.hidden_size, "num_attention_heads", model.num_attention_heads)
+    if model.kv_channels is None:
+        _divides("hidden_size", model.hidden_size, "num_attention_heads", model.num_attention_heads)
     if model.head_dim % 2:
         raise ConfigError(f"head dim hidden_size/num_attention_heads={model.head_dim} must be even for xPos/rotary")
     for name in ("hidden_dropout", "attention_dropout"):
@@ -145,7 +158,8 @@ def validate(model: FLMConfig, parallel: ParallelConfig | None = None) -> None:
 def num_parameters(model: FLMConfig) -> int:
     """Exact parameter count of the FLM model (tied embeddings counted once; no position table)."""
     h, f, v, n = model.hidden_size, model.ffn_hidden_size, model.vocab_size, model.num_layers
-    attention = (h * 3 * h + 3 * h) + (h * h + h)
+    a = model.attention_width  # = h unless kv_channels decouples it
+    attention = (h * 3 * a + 3 * a) + (a * h + h)
     mlp = (h * f + f) + (f * h + h)
     norms = 2 * (2 * h)
     embeddings = v * h * (1 if model.share_embeddings_and_output_weights else 2)

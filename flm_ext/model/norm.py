@@ -8,6 +8,13 @@ gradients over the TP group (each TP rank saw only its slice of the sequence).
 `output_scale` multiplies the output. The final norm uses it for the µP output multiplier
 (logits x mup_output_mult / m): the output layer is linear and bias-free, so scaling its input
 scales the logits exactly, without touching GPTModel's output path or its tied weight.
+
+`growth_mask` (None except while an MSG growth ramps, see flm_ext/growth/masks.py) switches to
+MSG's mask-weighted LayerNorm: with c the mask over hidden dims (1 on old dims, lambda on new),
+mu = sum c x / sum c, var = sum c (x - mu)^2 / sum c, and the output is multiplied by c. At
+lambda = 0 this is exactly the pre-growth LayerNorm on the old dims and zero on the new ones.
+Without a mask the forward is the plain fused `F.layer_norm`, so a model that is not growing pays
+nothing.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ class FLMLayerNorm(torch.nn.Module):
         self.hidden_size = hidden_size
         self.eps = eps
         self.output_scale = output_scale
+        self.growth_mask: torch.Tensor | None = None  # [hidden], set by flm_ext.growth.masks; not state
         device = None if config.use_cpu_initialization else torch.cuda.current_device()
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype, device=device))
         self.bias = torch.nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype, device=device))
@@ -31,8 +39,23 @@ class FLMLayerNorm(torch.nn.Module):
             setattr(param, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.layer_norm(x, (self.hidden_size,), self.weight, self.bias, self.eps)
+        if self.growth_mask is None:
+            out = F.layer_norm(x, (self.hidden_size,), self.weight, self.bias, self.eps)
+        else:
+            out = masked_layer_norm(x, self.growth_mask, self.weight, self.bias, self.eps)
         return out * self.output_scale if self.output_scale != 1.0 else out
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.eps}, output_scale={self.output_scale}"
+
+
+def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+    """MSG's mask-weighted LayerNorm over the last dim, output multiplied by the mask (fp32 statistics)."""
+    xf, c = x.float(), mask.float()
+    total = c.sum()
+    mu = (xf * c).sum(-1, keepdim=True) / total
+    centred = xf - mu
+    var = (centred * centred * c).sum(-1, keepdim=True) / total
+    out = centred * torch.rsqrt(var + eps) * weight.float() + bias.float()
+    return (out * c).to(x.dtype)

@@ -1,0 +1,312 @@
+"""MSG runtime masks in the FLM model, and the growth record a grown checkpoint carries.
+
+After `operators.py` has grown the weights, the grown model computes the old function only while
+its new coordinates are masked (FLM_SPEC.md section 3). With lambda the mask value of every new
+coordinate (old ones have 1):
+
+- hidden dims: the embedding output and each sub-layer output (attention and MLP, bias included,
+  before the residual add) are multiplied by the hidden mask c; every LayerNorm (both per layer
+  and the final one) uses mask-weighted statistics and multiplies its output by c;
+- heads: the new heads' q, k and v (QKV output rows) are multiplied by lambda;
+- FFN units: fc1's output (bias included) is multiplied by the FFN mask before GeLU (GeLU(0) = 0);
+- layers: a new layer returns lambda * Block(h) + (1 - lambda) * h.
+
+At lambda = 0 the new dims of the residual stream stay exactly 0, so the new weights that read
+them see zeros and the old coordinates compute what they computed before growth.
+
+`GrowthState` records which coordinates are new (new ones are appended at the end of their
+axis, so an old size says it all; new layers are listed) and the ramp; `to_dict`/`from_dict` give
+the plain dict a checkpoint stores. The trainer calls `apply_growth_schedule(chunks, state,
+iteration)` before each step: lambda rises linearly from 0 (first step after growth) to 1 after
+`ramp_steps` steps, and then the masks are dropped so the model runs at full speed.
+
+The masks are forward hooks on megatron's own modules (embedding, QKV / fc1 / output
+projections, layers) plus a flag in FLM's LayerNorm, installed only while growth is active: a
+model that is not growing runs with no hooks and no extra work. They are plain attributes, never
+parameters or buffers, so `state_dict()` and `sharded_state_dict()` (checkpoints) do not see
+them. Parallelism: hidden dims are never split (under sequence parallelism the sequence is), so
+the hidden mask is whole on every rank; QKV rows and fc1 units are split over tensor-parallel
+ranks in contiguous blocks, so each rank takes its block of those masks; layers know their
+global 1-based `layer_number` under pipeline parallelism.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from flm_ext.growth.operators import GrowthError, GrowthPlan
+from flm_ext.model.norm import FLMLayerNorm
+
+
+@dataclass(frozen=True)
+class GrowthState:
+    """Which coordinates of a grown model are new, and how the masks ramp.
+
+    start_iteration: the training iteration count at which growth happened (the grown
+    checkpoint's); lambda at iteration i is (i - start_iteration) / ramp_steps, clipped to [0, 1].
+    The current lambda is not stored: it follows from the iteration, so a resume mid-ramp picks
+    up the same value.
+    """
+
+    num_layers: int
+    hidden_size: int
+    old_hidden_size: int
+    num_attention_heads: int
+    old_num_attention_heads: int
+    head_dim: int
+    ffn_hidden_size: int
+    old_ffn_hidden_size: int
+    new_layers: tuple[int, ...]
+    ramp_steps: int
+    start_iteration: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "new_layers", tuple(int(j) for j in self.new_layers))
+        for name in ("num_layers", "hidden_size", "old_hidden_size", "num_attention_heads",
+                     "old_num_attention_heads", "head_dim", "ffn_hidden_size", "old_ffn_hidden_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise GrowthError(f"{name}={value!r} must be a positive integer")
+        for new, old in (("hidden_size", "old_hidden_size"), ("num_attention_heads", "old_num_attention_heads"),
+                         ("ffn_hidden_size", "old_ffn_hidden_size")):
+            if getattr(self, old) > getattr(self, new):
+                raise GrowthError(f"{old}={getattr(self, old)} exceeds {new}={getattr(self, new)}")
+        if not isinstance(self.ramp_steps, int) or self.ramp_steps < 0:
+            raise GrowthError(f"ramp_steps={self.ramp_steps!r} must be a non-negative integer")
+        bad = [j for j in self.new_layers if not 0 <= j < self.num_layers]
+        if bad or len(set(self.new_layers)) != len(self.new_layers):
+            raise GrowthError(f"new_layers={list(self.new_layers)} must be distinct indices below "
+                              f"num_layers={self.num_layers}")
+
+    @classmethod
+    def from_plan(cls, plan: GrowthPlan, ramp_steps: int, start_iteration: int = 0) -> "GrowthState":
+        old, new = plan.old, plan.new
+        return cls(num_layers=new.num_layers, hidden_size=new.hidden_size, old_hidden_size=old.hidden_size,
+                   num_attention_heads=new.num_attention_heads,
+                   old_num_attention_heads=old.num_attention_heads, head_dim=new.head_dim,
+                   ffn_hidden_size=new.ffn_hidden_size, old_ffn_hidden_size=old.ffn_hidden_size,
+                   new_layers=plan.new_layers, ramp_steps=ramp_steps, start_iteration=start_iteration)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["new_layers"] = list(self.new_layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GrowthState":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise GrowthError(f"unknown growth state field(s) {sorted(unknown)}; known: {sorted(fields)}")
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        if required - set(data):
+            raise GrowthError(f"growth state lacks field(s) {sorted(required - set(data))}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "GrowthState":
+        """E.g. `state.replace(ramp_steps=args.growth_ramp_steps)` to override the recorded ramp."""
+        return dataclasses.replace(self, **changes)
+
+    def lambda_at(self, iteration: int) -> float:
+        """Mask value for the step that follows `iteration` completed iterations."""
+        if self.ramp_steps == 0:
+            return 1.0
+        return min(1.0, max(0.0, (iteration - self.start_iteration) / self.ramp_steps))
+
+    # Per-axis "is new" vectors over the whole (global) axis.
+    def new_hidden(self) -> torch.Tensor:
+        return torch.arange(self.hidden_size) >= self.old_hidden_size
+
+    def new_qkv_rows(self) -> torch.Tensor:
+        heads = torch.arange(self.num_attention_heads) >= self.old_num_attention_heads
+        return heads.repeat_interleave(3 * self.head_dim)  # rows grouped per head: [q_h, k_h, v_h]
+
+    def new_ffn(self) -> torch.Tensor:
+        return torch.arange(self.ffn_hidden_size) >= self.old_ffn_hidden_size
+
+
+class _Mask:
+    """One mask: 1 on old coordinates, lambda on new ones (`new` already sliced to this rank)."""
+
+    def __init__(self, new: torch.Tensor | None, like: torch.Tensor):
+        self.new = None if new is None else new.to(device=like.device)
+        self.dtype = like.dtype
+        self.value: torch.Tensor | float | None = None
+
+    def set(self, lam: float) -> None:
+        if self.new is None:  # a layer gate: a scalar
+            self.value = float(lam)
+        else:
+            self.value = (1.0 - self.new.to(self.dtype) * (1.0 - lam))
+
+
+class _Installed:
+    def __init__(self, state: GrowthState):
+        self.state = state
+        self.masks: list[_Mask] = []
+        self.handles: list = []
+        self.norms: list[tuple[FLMLayerNorm, _Mask]] = []
+        self.lam: float | None = None
+
+
+def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(chunk, "module") and isinstance(chunk.module, torch.nn.Module):
+        chunk = chunk.module
+    return chunk
+
+
+def _tp_block(new: torch.Tensor, local_size: int) -> torch.Tensor:
+    """This tensor-parallel rank's contiguous block of a global per-unit vector."""
+    from megatron.core import parallel_state
+
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    if local_size * parallel_state.get_tensor_model_parallel_world_size() != new.numel():
+        raise GrowthError(f"mask of {new.numel()} units does not split into TP blocks of {local_size}")
+    return new[rank * local_size:(rank + 1) * local_size]
+
+
+def _output_hook(mask: _Mask):
+    def hook(_module, _inputs, output):
+        out, bias = output
+        m = mask.value
+        return out * m, (bias * m if bias is not None else None)
+    return hook
+
+
+def _embedding_hook(mask: _Mask):
+    return lambda _module, _inputs, output: output * mask.value
+
+
+def _gate_hook(gate: _Mask):
+    def hook(_module, args, kwargs, output):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        out, context = output
+        lam = gate.value
+        return lam * out + (1.0 - lam) * hidden, context
+    return hook
+
+
+def _check_shape(model, state: GrowthState) -> None:
+    cfg = model.flm_config
+    expected = dict(num_layers=state.num_layers, hidden_size=state.hidden_size,
+                    num_attention_heads=state.num_attention_heads, head_dim=state.head_dim,
+                    ffn_hidden_size=state.ffn_hidden_size)
+    for name, value in expected.items():
+        if getattr(cfg, name) != value:
+            raise GrowthError(f"growth state has {name}={value} but the model has {getattr(cfg, name)}")
+
+
+def attach_growth(chunks: Iterable[torch.nn.Module], state: GrowthState, lam: float = 0.0) -> None:
+    """Install the masks of `state` in this rank's model chunks (DDP-wrapped or not) at `lam`."""
+    for chunk in chunks:
+        model = _unwrap(chunk)
+        if getattr(model, "_flm_growth", None) is not None:
+            raise GrowthError("growth masks are already attached; drop_growth_masks first")
+        _check_shape(model, state)
+        inst = _Installed(state)
+        like = next(model.parameters())
+        grow_hidden = state.hidden_size > state.old_hidden_size
+        hidden = _Mask(state.new_hidden(), like) if grow_hidden else None
+        if hidden is not None:
+            inst.masks.append(hidden)
+            if getattr(model, "pre_process", False):
+                inst.handles.append(model.embedding.register_forward_hook(_embedding_hook(hidden)))
+            for module in model.modules():
+                if isinstance(module, FLMLayerNorm):
+                    inst.norms.append((module, hidden))
+        for layer in model.decoder.layers:
+            attention, mlp = layer.self_attention, layer.mlp
+            if hidden is not None:
+                for proj in (attention.linear_proj, mlp.linear_fc2):
+                    inst.handles.append(proj.register_forward_hook(_output_hook(hidden)))
+            if state.num_attention_heads > state.old_num_attention_heads:
+                qkv = attention.linear_qkv
+                heads = _Mask(_tp_block(state.new_qkv_rows(), qkv.output_size_per_partition), like)
+                inst.masks.append(heads)
+                inst.handles.append(qkv.register_forward_hook(_output_hook(heads)))
+            if state.ffn_hidden_size > state.old_ffn_hidden_size:
+                fc1 = mlp.linear_fc1
+                ffn = _Mask(_tp_block(state.new_ffn(), fc1.output_size_per_partition), like)
+                inst.masks.append(ffn)
+                inst.handles.append(fc1.register_forward_hook(_output_hook(ffn)))
+            if layer.layer_number - 1 in state.new_layers:  # layer_number: global, 1-based
+                gate = _Mask(None, like)
+                inst.masks.append(gate)
+                inst.handles.append(layer.register_forward_hook(_gate_hook(gate), with_kwargs=True))
+        model._flm_growth = inst
+        _set(model, lam)
+
+
+def _installed(chunks) -> list[torch.nn.Module]:
+    models = [_unwrap(c) for c in chunks]
+    if not models or any(getattr(m, "_flm_growth", None) is None for m in models):
+        raise GrowthError("no growth masks attached to these model chunks (attach_growth first)")
+    return models
+
+
+def _set(model, lam: float) -> None:
+    if not 0.0 <= lam <= 1.0:
+        raise GrowthError(f"growth lambda={lam} must be in [0, 1]")
+    inst = model._flm_growth
+    for mask in inst.masks:
+        mask.set(lam)
+    for norm, mask in inst.norms:
+        norm.growth_mask = mask.value
+    inst.lam = float(lam)
+
+
+def set_growth_lambda(chunks: Iterable[torch.nn.Module], lam: float) -> None:
+    """Set every new coordinate's mask (and every new layer's gate) to `lam` in [0, 1]."""
+    for model in _installed(chunks):
+        _set(model, lam)
+
+
+def growth_lambda(chunks: Iterable[torch.nn.Module]) -> float | None:
+    """The current lambda, or None when no growth masks are attached."""
+    values = {getattr(getattr(_unwrap(c), "_flm_growth", None), "lam", None) for c in chunks}
+    if len(values) != 1:
+        raise GrowthError(f"model chunks disagree on growth lambda: {values}")
+    return values.pop()
+
+
+def drop_growth_masks(chunks: Iterable[torch.nn.Module]) -> None:
+    """Remove all masks and gates: the model runs as a plain FLM model again (no-op if none)."""
+    for chunk in chunks:
+        model = _unwrap(chunk)
+        inst = getattr(model, "_flm_growth", None)
+        if inst is None:
+            continue
+        for handle in inst.handles:
+            handle.remove()
+        for norm, _ in inst.norms:
+            norm.growth_mask = None
+        model._flm_growth = None
+
+
+def apply_growth_schedule(chunks: Iterable[torch.nn.Module], state: GrowthState | None, iteration: int
+                          ) -> float | None:
+    """The trainer's one call, before each step: lambda for `iteration` completed iterations.
+
+    Attaches the masks if needed, sets lambda, and drops them once lambda reaches 1 (returns None
+    then, and whenever `state` is None).
+    """
+    chunks = list(chunks)
+    if state is None:
+        return None
+    lam = state.lambda_at(iteration)
+    attached = getattr(_unwrap(chunks[0]), "_flm_growth", None) is not None
+    if lam >= 1.0:
+        drop_growth_masks(chunks)
+        return None
+    if attached:
+        set_growth_lambda(chunks, lam)
+    else:
+        attach_growth(chunks, state, lam)
+    return lam
+
+
+__all__ = ["GrowthState", "attach_growth", "set_growth_lambda", "growth_lambda", "drop_growth_masks",
+           "apply_growth_schedule"]
