@@ -129,3 +129,52 @@ def test_config_is_validated():
         PreprocessConfig(input="x", output_prefix="y", tokenizer_type="Nope")
     with pytest.raises(ValueError, match="workers"):
         PreprocessConfig(input="x", output_prefix="y", tokenizer_type="GPT2BPETokenizer", workers=0)
+
+
+def test_reading_ahead_is_bounded():
+    """Pool.imap alone would read the whole input ahead of a slow consumer; the throttle keeps
+    at most `limit` chunks out, so memory does not grow with the input."""
+    import multiprocessing
+    import time
+
+    from flm_ext.data.preprocess import Throttle
+
+    produced = []
+
+    def source():
+        for i in range(200):
+            produced.append(i)
+            yield "x" * 1000
+
+    limit, ahead = 3, []
+    throttle = Throttle(limit)
+    with multiprocessing.Pool(2) as pool:
+        for consumed, _ in enumerate(pool.imap(len, throttle.feed(source()), chunksize=1), start=1):
+            throttle.done()
+            time.sleep(0.001)
+            ahead.append(len(produced) - consumed)
+    # +1: the next item is made by the source while its slot is awaited
+    assert len(produced) == 200 and max(ahead) <= limit + 1
+    # and without it the feeder runs far ahead (the reason for the throttle)
+    produced.clear()
+    ahead.clear()
+    with multiprocessing.Pool(2) as pool:
+        for consumed, _ in enumerate(pool.imap(len, source(), chunksize=1), start=1):
+            time.sleep(0.001)
+            ahead.append(len(produced) - consumed)
+    assert max(ahead) > 10 * limit
+
+
+def test_error_with_many_chunks_in_flight_shuts_down(tmp_path):
+    """A bad line early in a long input: the run stops promptly (the throttled feeder must not
+    keep the pool from terminating) and leaves nothing."""
+    recs = [{"text": f"line {i}"} for i in range(5000)]
+    recs[10] = {"text": 3}
+    inp = write_jsonl(str(tmp_path / "in.jsonl"), recs)
+    cfg = PreprocessConfig(input=inp, output_prefix=str(tmp_path / "out" / "x"), tokenizer_type="GPT2BPETokenizer",
+                           workers=2, chunk_lines=4, log_interval=1e9)
+    from flm_ext.data.preprocess import BadInputError
+
+    with pytest.raises(BadInputError, match=r"in.jsonl:11: non_string"):
+        preprocess(cfg)
+    assert os.listdir(tmp_path / "out") == []

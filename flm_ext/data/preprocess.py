@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -105,6 +106,11 @@ class Unit:
 
     @property
     def size(self) -> int:
+        """Bytes of text in the unit (for progress): a gzip file's own record of its size."""
+        if self.path.endswith(".gz"):
+            with open(self.path, "rb") as f:  # ISIZE: the last member's size mod 2**32
+                f.seek(-4, os.SEEK_END)
+                return int.from_bytes(f.read(4), "little")
         total = os.path.getsize(self.path)
         return (total if self.end is None else self.end) - self.start
 
@@ -259,6 +265,33 @@ def _encode_chunk(task: Tuple[int, List[Tuple[int, bytes]], Tuple[str, ...], boo
 
 # ----------------------------------------------------------------------------- one partition
 
+class Throttle:
+    """Back-pressure for ``Pool.imap``: its feeder thread reads the whole input as fast as it
+    can, so a slow tokenizer would let unread chunks pile up in memory. ``feed`` lets at most
+    ``limit`` chunks be out (sent, result not yet taken with ``done``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.Semaphore(limit)
+        self._stopped = False
+
+    def feed(self, items):
+        for item in items:
+            self._slots.acquire()
+            if self._stopped:
+                return
+            yield item
+
+    def done(self) -> None:
+        self._slots.release()
+
+    def stop(self) -> None:
+        """Unblock and end the feeder (on error, so the pool can shut down)."""
+        self._stopped = True
+        for _ in range(self.limit + 1):
+            self._slots.release()
+
+
 @dataclasses.dataclass
 class Stats:
     documents: int = 0
@@ -308,11 +341,17 @@ def run_partition(cfg: PreprocessConfig, units: Sequence[Unit], part_prefix: str
     total = sum(u.size for u in units)
     t0 = last = time.time()
     pool = multiprocessing.Pool(workers, _init_worker, (spec,)) if workers > 1 else None
+    throttle = Throttle(4 * workers)
+    completed = False
     try:
         tasks = _chunks(units, cfg)
-        results = pool.imap(_encode_chunk, tasks, chunksize=1) if pool else map(_encode_chunk, tasks)
+        if pool:
+            results = pool.imap(_encode_chunk, throttle.feed(tasks), chunksize=1)
+        else:
+            results = map(_encode_chunk, tasks)
         token_streams = [s for s in cfg.streams if s != TEACHER_MASK_STREAM]
         for unit_index, out, bad, n_bytes in results:
+            throttle.done()
             if bad and not cfg.skip_bad_lines:
                 stats.error = _locate(units[unit_index], bad[0])
                 break
@@ -327,9 +366,11 @@ def run_partition(cfg: PreprocessConfig, units: Sequence[Unit], part_prefix: str
             if now - last >= cfg.log_interval:
                 last = now
                 print(_progress(tag, stats, t0, min(stats.bytes, total), total), file=sys.stderr, flush=True)
+        completed = stats.error is None
     finally:
+        throttle.stop()
         if pool is not None:
-            pool.terminate() if stats.error else pool.close()
+            pool.close() if completed else pool.terminate()
             pool.join()
         for w in writers.values():
             w.close()
@@ -364,6 +405,8 @@ def preprocess(cfg: PreprocessConfig) -> Stats:
     finals = {s: cfg.output_path(s) for s in cfg.streams}
     produced: List[str] = []
     stats = Stats()
+    _init_worker((cfg.tokenizer_type, cfg.vocab_file, cfg.merge_file, cfg.tokenizer_model))
+    dtype = token_dtype(_TOKENIZER.vocab_size)
     try:
         if len(groups) == 1:
             stats.add(run_partition(cfg, groups[0], part_prefixes[0], cfg.workers))
@@ -371,9 +414,6 @@ def preprocess(cfg: PreprocessConfig) -> Stats:
             stats = _run_partitions(cfg, groups, part_prefixes)
         if stats.error:
             raise BadInputError(stats.error)
-        vocab_size = _TOKENIZER.vocab_size if _TOKENIZER is not None else build_tokenizer(
-            cfg.tokenizer_type, cfg.vocab_file, cfg.merge_file, cfg.tokenizer_model).vocab_size
-        dtype = token_dtype(vocab_size)
         for s, final in finals.items():
             produced += [f"{tmp}.{s}.bin", f"{tmp}.{s}.idx"]
             merge_to_indexed([f"{p}.{s}" for p in part_prefixes], dtype, f"{tmp}.{s}.bin", f"{tmp}.{s}.idx")
