@@ -132,3 +132,18 @@ def test_teacher_signal_bad_lines(tmp_path, capsys):
 def test_missing_input_file(tmp_path):
     r, left, _ = _preprocess(tmp_path, str(tmp_path / "nope-*.jsonl"))
     assert r.returncode != 0 and "no such file" in r.stderr and left == []
+
+
+@pytest.mark.parametrize("workers,partitions", [(1, 1), (2, 1), (2, 2)])
+def test_truncated_gzip_is_reported_and_leaves_nothing(tmp_path, workers, partitions, capsys):
+    import gzip
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _write(shards / "a.jsonl", GOOD)
+    data = gzip.compress(b"\n".join(GOOD * 50) + b"\n")
+    (shards / "b.jsonl.gz").write_bytes(data[: len(data) // 2])  # cut in the middle
+    r, left, _ = _preprocess(tmp_path, str(shards / "*"), "--workers", str(workers), "--partitions", str(partitions),
+                             capsys=capsys)
+    assert r.returncode != 0 and f"{shards / 'b.jsonl.gz'}: unreadable" in r.stderr, r.stderr
+    assert left == []

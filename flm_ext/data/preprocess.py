@@ -109,6 +109,8 @@ class Unit:
         """Bytes of text in the unit (for progress): a gzip file's own record of its size."""
         if self.path.endswith(".gz"):
             with open(self.path, "rb") as f:  # ISIZE: the last member's size mod 2**32
+                if os.path.getsize(self.path) < 4:
+                    return 0
                 f.seek(-4, os.SEEK_END)
                 return int.from_bytes(f.read(4), "little")
         total = os.path.getsize(self.path)
@@ -151,7 +153,15 @@ def _open_binary(path: str):
 
 
 def _iter_unit_lines(unit: Unit) -> Iterator[Tuple[int, bytes]]:
-    """(line number within the unit, raw line without newline) for lines starting in range."""
+    """(line number within the unit, raw line without newline) for lines starting in range.
+    A file that cannot be read on (a truncated or corrupt .gz) is a ``BadInputError``."""
+    try:
+        yield from _read_unit_lines(unit)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise BadInputError(f"{unit.path}: unreadable ({type(e).__name__}: {e})") from e
+
+
+def _read_unit_lines(unit: Unit) -> Iterator[Tuple[int, bytes]]:
     with _open_binary(unit.path) as f:
         pos = unit.start
         if pos > 0:
@@ -386,6 +396,8 @@ def _locate(unit: Unit, bad: Tuple[int, str, str]) -> str:
 def _partition_main(cfg, units, part_prefix, workers, tag, conn) -> None:
     try:
         stats = run_partition(cfg, units, part_prefix, workers, tag)
+    except BadInputError as e:
+        stats = Stats(error=str(e))
     except BaseException:  # report to the parent, which cleans up
         stats = Stats(error=traceback.format_exc())
     conn.send(stats)
