@@ -220,3 +220,12 @@ def test_under_torch_distributed_gloo(corpus, datasets, tmp_path):
         got = torch.load(str(tmp_path / f"rank{rank}.pt"))
         assert all(torch.equal(a, b) for a, b in zip(got, expected))
     assert os.listdir(tmp_path / "cache")
+
+
+def test_language_only_when_no_teacher_data(corpus, tok):
+    cfg = DataConfig(data_path=f"0.535 {corpus / 'en_text_document'} 0.465 {corpus / 'zh_text_document'}",
+                     split="90,8,2", data_cache_path=str(corpus / "cache"))
+    train, valid, _ = build_pretraining_datasets(cfg, tok, SEQ, GBS, 100, 10, 0, seed=1234)
+    assert len(train) == 100 and len(valid) == 10
+    assert all(train.source(i)[0] == "language" for i in range(100))
+    assert all(bool(train[i]["loss_mask"].eq(1).all()) for i in range(0, 100, 7))
