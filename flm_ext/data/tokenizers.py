@@ -133,9 +133,11 @@ def _tiktoken_params(constructor: str, local_files: Dict[str, str], verify: bool
             local(vocab_bpe_file, vocab_bpe_hash), local(encoder_json_file, encoder_json_hash)
         )
 
+    # tiktoken would also keep a copy of each file in a cache keyed by its path and, with no
+    # hash to check, serve that copy even after the file changed: read files directly instead.
     with mock.patch.object(openai_public, "load_tiktoken_bpe", load_tiktoken_bpe), mock.patch.object(
         openai_public, "data_gym_to_mergeable_bpe_ranks", data_gym
-    ):
+    ), mock.patch.object(load, "read_file_cached", lambda path, expected_hash=None: load.read_file(path)):
         return getattr(openai_public, constructor)()
 
 
