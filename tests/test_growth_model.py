@@ -8,7 +8,7 @@ import torch
 
 import reference_flm
 import reference_msg
-from flm_ext.config import FLMConfig
+from flm_ext.config import FLMConfig, num_parameters
 from flm_ext.growth import (GrowthError, GrowthPlan, GrowthState, apply_growth_schedule, attach_growth,
                             drop_growth_masks, grow_state_dict, growth_lambda, set_growth_lambda)
 from flm_ext.model.flm_model import build_model_chunks
@@ -29,6 +29,9 @@ GROWTHS = {
     "depth-stack-interleave": ({}, dict(num_layers=3), dict(depth_init="stack", depth_placement="interleave")),
     "depth-random-interleave": ({}, dict(num_layers=4), dict(depth_init="random", depth_placement="interleave")),
     "width+depth": ({}, dict(hidden_size=48, num_attention_heads=6, ffn_hidden_size=160, num_layers=3), {}),
+    "width-untied-output": (dict(share_embeddings_and_output_weights=False),
+                            dict(share_embeddings_and_output_weights=False, hidden_size=48, num_attention_heads=6),
+                            {}),
 }
 
 
@@ -133,3 +136,14 @@ def test_schedule_ramps_then_drops(megatron_single_process):
     assert seen == [0.0, 0.25, 0.5, 0.75, None, None]
     assert growth_lambda([grown]) is None and getattr(grown, "_flm_growth") is None
     assert apply_growth_schedule([grown], None, 3) is None
+
+
+def test_decoupled_head_size_model_matches_the_reference(megatron_single_process):
+    """kv_channels (heads x head size != hidden, as "hidden" / "heads" growth produce) is a real FLM model."""
+    for name in ("hidden", "heads"):
+        _, grown, plan, _ = _grown(name, mup=True)
+        assert plan.new.attention_width != plan.new.hidden_size
+        assert sum(p.numel() for p in grown.parameters()) == num_parameters(plan.new)
+        ids = _ids(plan.new)
+        expected = reference_flm.logits(global_state_dict([grown]), plan.new, ids)
+        assert (_logits(grown, ids).double() - expected).abs().max().item() <= 5e-5
