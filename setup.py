@@ -18,6 +18,8 @@ setup(
         "numpy",
         "psutil",  # dist_checkpointing.save needs it
         "packaging",
+        "tensorboard",  # training scalars
+        "matplotlib",  # loss curves and fits as PNG
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout"],

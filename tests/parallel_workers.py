@@ -65,11 +65,15 @@ def forward_parity(rank, world_size, out_dir):
         ref_logits = _forward_logits(reference, batch, num_microbatches=2)
     _reset()
     diffs = {}
-    for name, layout in LAYOUTS.items():
-        initialize_distributed(layout, seed=100 + len(diffs))  # a different init: the load must matter
+    runs = [(name, layout, True) for name, layout in LAYOUTS.items()]
+    # Without loading anything: the same seed must build the same weights at any layout.
+    runs += [("fresh_" + name, LAYOUTS[name], False) for name in ("tp2", "pp2")]
+    for name, layout, load in runs:
+        # Loaded runs start from a different seed, so the load has to do the work.
+        initialize_distributed(layout, seed=100 + len(diffs) if load else 11)
         chunks = build_model_chunks(CFG, layout)
-        loaded = load_global_state_dict(chunks, state)
-        assert loaded > 0
+        if load:
+            assert load_global_state_dict(chunks, state) > 0
         with torch.no_grad():
             logits = _forward_logits(chunks, batch, num_microbatches=2)
         diff = torch.tensor(-1.0 if logits is None else (logits - ref_logits).abs().max().item())

@@ -21,14 +21,39 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+from megatron.core.transformer.transformer_layer import (TransformerLayer, TransformerLayerSubmodules,
+                                                          get_transformer_layer_offset)
 
 from flm_ext.config import FLMConfig, ParallelConfig, to_transformer_config
 from flm_ext.model.attention import FLMCoreAttention
 from flm_ext.model.norm import FLMLayerNorm
 
 
-def flm_layer_spec(model: FLMConfig) -> ModuleSpec:
+class FLMTransformerLayer(TransformerLayer):
+    """megatron's TransformerLayer, initialised from its own seed: (init_seed, global layer number).
+
+    With CPU initialisation megatron draws each whole weight and slices this rank's part, so TP
+    does not change the weights; reseeding per layer makes PP not change them either (a later
+    stage never sees the draws of earlier layers). So one seed gives one model at any layout,
+    which is what makes loss curves comparable across layouts.
+    """
+
+    def __init__(self, config: TransformerConfig, submodules, layer_number: int = 1, *args,
+                 init_seed: Optional[int] = None, **kwargs):
+        if init_seed is None or not config.use_cpu_initialization:
+            super().__init__(config, submodules, layer_number, *args, **kwargs)
+            return
+        from megatron.core import parallel_state
+
+        # `layer_number` is local to this pipeline stage; megatron adds the stage's offset.
+        global_number = layer_number + get_transformer_layer_offset(
+            config, kwargs.get("vp_stage"), parallel_state.get_pipeline_model_parallel_rank())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed + 7919 * global_number)
+            super().__init__(config, submodules, layer_number, *args, **kwargs)
+
+
+def flm_layer_spec(model: FLMConfig, init_seed: Optional[int] = None) -> ModuleSpec:
     """One FLM block: x + Attn(LN(x)), then x + MLP(LN(x)); biases everywhere, GeLU(tanh) MLP."""
     core_attention = ModuleSpec(
         module=FLMCoreAttention,
@@ -36,7 +61,8 @@ def flm_layer_spec(model: FLMConfig) -> ModuleSpec:
                     xpos_scale_base=float(model.xpos_scale_base), xpos_center=model.seq_length / 2),
     )
     return ModuleSpec(
-        module=TransformerLayer,
+        module=FLMTransformerLayer,
+        params={"init_seed": init_seed},
         submodules=TransformerLayerSubmodules(
             input_layernorm=FLMLayerNorm,
             self_attention=ModuleSpec(
@@ -59,10 +85,10 @@ def flm_layer_spec(model: FLMConfig) -> ModuleSpec:
     )
 
 
-def flm_block_spec(model: FLMConfig, config: TransformerConfig, vp_stage: Optional[int] = None
-                   ) -> TransformerBlockSubmodules:
+def flm_block_spec(model: FLMConfig, config: TransformerConfig, vp_stage: Optional[int] = None,
+                   init_seed: Optional[int] = None) -> TransformerBlockSubmodules:
     """This pipeline stage's layers plus the final LayerNorm with the µP output multiplier."""
-    layer = flm_layer_spec(model)
+    layer = flm_layer_spec(model, init_seed)
     output_scale = model.mup_output_mult / model.mup_width_mult if model.use_mup else 1.0
     return TransformerBlockSubmodules(
         layer_specs=[layer] * get_num_layers_to_build(config, vp_stage=vp_stage),
@@ -76,10 +102,10 @@ class FLMModel(GPTModel):
     """
 
     def __init__(self, model: FLMConfig, config: TransformerConfig, *, pre_process: bool = True,
-                 post_process: bool = True, vp_stage: Optional[int] = None):
+                 post_process: bool = True, vp_stage: Optional[int] = None, init_seed: Optional[int] = None):
         super().__init__(
             config=config,
-            transformer_layer_spec=flm_block_spec(model, config, vp_stage),
+            transformer_layer_spec=flm_block_spec(model, config, vp_stage, init_seed),
             vocab_size=model.vocab_size,
             max_sequence_length=model.seq_length,
             pre_process=pre_process,
@@ -106,6 +132,7 @@ def build_model_chunks(model: FLMConfig, parallel: ParallelConfig | None = None,
     parallel = parallel or ParallelConfig()
     config = to_transformer_config(model, parallel, params_dtype=params_dtype, **transformer_overrides)
     vpp = parallel.virtual_pipeline_model_parallel_size or 1
+    init_seed = torch.initial_seed() % 2**31  # set by runtime.set_seed, equal on all ranks
     chunks = []
     for stage in range(vpp):
         vp_stage = stage if vpp > 1 else None
@@ -114,6 +141,7 @@ def build_model_chunks(model: FLMConfig, parallel: ParallelConfig | None = None,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
             vp_stage=vp_stage,
+            init_seed=init_seed,
         )
         chunks.append(chunk)
     if torch.cuda.is_available():

@@ -9,6 +9,7 @@ and FreeLM teacher samples (loss on two label tokens only) weigh per token like 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator
@@ -103,12 +104,39 @@ def reduce_loss(reports: list[dict]) -> float:
 class StepResult:
     loss: float
     grad_norm: float | None
-    update_successful: bool
+    update_successful: bool  # False: the step was skipped (non-finite loss or gradient norm)
+
+
+def _clip_grads(optimizer, grad_norm: float) -> None:
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        params = opt.get_parameters()
+        if params and opt.config.clip_grad > 0.0:
+            clip_grad_by_total_norm_fp32(params, max_norm=opt.config.clip_grad, total_norm=grad_norm,
+                                         use_decoupled_grad=getattr(
+                                             opt.config, "use_precision_aware_optimizer_no_fp8_or_ds_fp8", False))
+
+
+def optimizer_step(optimizer, loss: float) -> tuple[bool, float]:
+    """megatron's optimizer.step(), split so a non-finite loss or gradient norm skips the update.
+
+    (megatron skips only on fp16 loss-scale overflow; in bf16/fp32 a NaN would reach the weights.)
+    """
+    found_inf = optimizer.prepare_grads()
+    grad_norm = float(optimizer.get_grad_norm())
+    if found_inf or not math.isfinite(loss) or not math.isfinite(grad_norm):
+        return False, grad_norm
+    _clip_grads(optimizer, grad_norm)
+    return bool(optimizer.step_with_ready_grads()), grad_norm
 
 
 def train_step(chunks: list[DistributedDataParallel], optimizer, data_iterator, *, num_microbatches: int,
                seq_length: int, micro_batch_size: int, step_fn: Callable = forward_step) -> StepResult:
-    """Forward and backward over `num_microbatches` micro-batches, then one optimizer step."""
+    """Forward and backward over `num_microbatches` micro-batches, then one optimizer step.
+
+    With interleaved pipelining pass one iterator per model chunk.
+    """
     for chunk in chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -119,5 +147,24 @@ def train_step(chunks: list[DistributedDataParallel], optimizer, data_iterator, 
         num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
         forward_only=False,
     )
-    update_successful, grad_norm, _ = optimizer.step()
-    return StepResult(loss=reduce_loss(reports), grad_norm=grad_norm, update_successful=update_successful)
+    loss = reduce_loss(reports)
+    update_successful, grad_norm = optimizer_step(optimizer, loss)
+    return StepResult(loss=loss, grad_norm=grad_norm, update_successful=update_successful)
+
+
+@torch.no_grad()
+def eval_step(chunks, data_iterator, *, num_microbatches: int, seq_length: int, micro_batch_size: int,
+              step_fn: Callable = forward_step) -> float:
+    """Per-token loss over `num_microbatches` micro-batches without gradients."""
+    for chunk in chunks:
+        chunk.eval()
+    try:
+        reports = get_forward_backward_func()(
+            forward_step_func=step_fn, data_iterator=data_iterator, model=chunks,
+            num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
+            forward_only=True,
+        )
+    finally:
+        for chunk in chunks:
+            chunk.train()
+    return reduce_loss(reports)

@@ -1,0 +1,307 @@
+"""Command-line flags for pretrain_flm.py (Megatron-LM's names) -> one validated `TrainConfig`.
+
+Flags keep Megatron-LM's names wherever Megatron has the concept, so a Megatron user's launch
+script reads the same; FLM-specific ones (`--model-preset`, xPos, µP, teacher signal, growth)
+are added. Parsing produces plain typed dataclasses; everything is checked once in
+`TrainConfig.validate`, and errors name the flag.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, replace
+
+from flm_ext.config import ConfigError, FLMConfig, ParallelConfig, get_preset, pad_vocab_size, validate
+from flm_ext.training.engine import OptimConfig
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Batch sizes and the LR schedule, in samples (as FLM's table gives them)."""
+
+    micro_batch_size: int
+    global_batch_size: int
+    train_samples: int
+    lr_warmup_samples: int = 0
+    lr_decay_samples: int | None = None  # None: decay over all train samples
+    lr_decay_style: str = "cosine"  # cosine | linear | constant
+    lr_warmup_init: float = 0.0
+
+    def num_microbatches(self, data_parallel_size: int) -> int:
+        return self.global_batch_size // (self.micro_batch_size * data_parallel_size)
+
+    @property
+    def train_iters(self) -> int:
+        return math.ceil(self.train_samples / self.global_batch_size)
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    data_path: list[str] = field(default_factory=list)
+    split: str = "969,30,1"
+    teacher_data_path: str | None = None
+    teacher_fraction: float = 0.0
+    data_cache_path: str | None = None
+    tokenizer_type: str | None = None
+    vocab_file: str | None = None
+    merge_file: str | None = None
+    tokenizer_model: str | None = None
+    make_vocab_size_divisible_by: int = 128
+    vocab_from_tokenizer: bool = True  # False when --vocab-size is given
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointArgs:
+    save: str | None = None
+    load: str | None = None
+    save_interval: int | None = None
+    keep_last: int | None = 3
+    no_load_optim: bool = False
+    finetune: bool = False  # load weights only and start counting from 0 (e.g. after growth)
+
+
+@dataclass(frozen=True)
+class LoggingArgs:
+    log_interval: int = 10
+    eval_interval: int | None = None
+    eval_iters: int = 10
+    tensorboard_dir: str | None = None
+    peak_tflops: float | None = None  # per device; default by device type
+    exit_interval: int | None = None  # stop (and save) after this many iterations of this run
+    metrics_jsonl: str | None = None  # one JSON line per logged step / evaluation, full precision
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: FLMConfig
+    parallel: ParallelConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    data: DataArgs
+    checkpoint: CheckpointArgs
+    logging: LoggingArgs
+    seed: int = 1234
+    bf16: bool = False
+    recompute_granularity: str | None = None  # None | "selective" | "full"
+    recompute_method: str = "uniform"
+    recompute_num_layers: int = 1
+    max_consecutive_skips: int = 5
+    growth_ramp_steps: int | None = None  # overrides the value recorded by grow_checkpoint.py
+    dry_run: bool = False
+
+    def validate(self) -> None:
+        validate(self.model, self.parallel)
+        s, p = self.schedule, self.parallel
+        for name in ("micro_batch_size", "global_batch_size", "train_samples"):
+            if getattr(s, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}={getattr(s, name)} must be >= 1")
+        dp = p.data_parallel_size
+        if dp < 1:
+            raise ConfigError(f"world size {p.world_size} is smaller than --tensor-model-parallel-size x "
+                              f"--pipeline-model-parallel-size = {p.model_parallel_size}")
+        if s.global_batch_size % (s.micro_batch_size * dp):
+            raise ConfigError(f"--global-batch-size={s.global_batch_size} is not divisible by --micro-batch-size "
+                              f"x data-parallel size = {s.micro_batch_size} x {dp}")
+        nmb = s.num_microbatches(dp)
+        if p.virtual_pipeline_model_parallel_size and nmb % p.pipeline_model_parallel_size:
+            raise ConfigError(f"interleaved pipeline needs the number of micro-batches ({nmb}) to be a multiple of "
+                              f"--pipeline-model-parallel-size={p.pipeline_model_parallel_size}")
+        if s.lr_decay_style not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"--lr-decay-style={s.lr_decay_style!r} must be cosine, linear or constant")
+        if s.lr_warmup_samples > (s.lr_decay_samples or s.train_samples):
+            raise ConfigError(f"--lr-warmup-samples={s.lr_warmup_samples} exceeds the decay length")
+        if not 0.0 <= self.optim.min_lr <= self.optim.lr:
+            raise ConfigError(f"--min-lr={self.optim.min_lr} must be in [0, --lr={self.optim.lr}]")
+        if self.recompute_granularity not in (None, "selective", "full"):
+            raise ConfigError(f"--recompute-granularity={self.recompute_granularity!r} must be selective or full")
+        if self.data.teacher_fraction and not self.data.teacher_data_path:
+            raise ConfigError("--teacher-fraction needs --teacher-data-path")
+        if not self.dry_run and not self.data.data_path:
+            raise ConfigError("--data-path is required (or use --dry-run to check a configuration)")
+        if not self.dry_run and not self.data.tokenizer_type:
+            raise ConfigError("--tokenizer-type is required to train")
+        ck = self.checkpoint
+        if ck.save_interval is not None and ck.save_interval < 1:
+            raise ConfigError(f"--save-interval={ck.save_interval} must be >= 1")
+        if ck.save_interval and not ck.save:
+            raise ConfigError("--save-interval needs --save")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pretrain_flm.py", description="Pre-train an FLM model on megatron-core.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model-preset", default=None, help="flm-16b, flm-51b, flm-101b, tiny-*; flags below override it")
+    g.add_argument("--num-layers", type=int)
+    g.add_argument("--hidden-size", type=int)
+    g.add_argument("--num-attention-heads", type=int)
+    g.add_argument("--ffn-hidden-size", type=int)
+    g.add_argument("--seq-length", type=int)
+    g.add_argument("--position-embedding-type", choices=["xpos", "rope"], dest="position_embedding")
+    g.add_argument("--rotary-base", type=int)
+    g.add_argument("--xpos-scale-base", type=int)
+    g.add_argument("--init-method-std", type=float)
+    g.add_argument("--hidden-dropout", type=float)
+    g.add_argument("--attention-dropout", type=float)
+    g.add_argument("--use-mup", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--mup-base-width", type=int)
+    g.add_argument("--mup-input-mult", type=float)
+    g.add_argument("--mup-output-mult", type=float)
+    g.add_argument("--vocab-size", type=int, help="padded vocabulary size (default: from the tokenizer)")
+
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--recompute-activations", action="store_true", help="selective recompute (attention core)")
+    g.add_argument("--recompute-granularity", choices=["selective", "full"], default=None)
+    g.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform")
+    g.add_argument("--recompute-num-layers", type=int, default=1)
+    g.add_argument("--world-size", type=int, default=None,
+                   help="for --dry-run: the world size to check (default: WORLD_SIZE or NNODES x GPUS_PER_NODE)")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--global-batch-size", type=int, default=None)
+    g.add_argument("--train-samples", type=int, default=None)
+    g.add_argument("--train-iters", type=int, default=None)
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", default="cosine", choices=["cosine", "linear", "constant"])
+    g.add_argument("--lr-warmup-samples", type=int, default=0)
+    g.add_argument("--lr-warmup-iters", type=int, default=None)
+    g.add_argument("--lr-decay-samples", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--max-consecutive-skips", type=int, default=5,
+                   help="stop after this many steps in a row with a non-finite loss or gradient norm")
+    g.add_argument("--growth-ramp-steps", type=int, default=None,
+                   help="override the mask ramp length recorded in a grown checkpoint")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check the configuration for the world size, print layout, size and memory, exit")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", nargs="*", default=[], help="[weight] prefix [weight] prefix ...")
+    g.add_argument("--split", default="969,30,1")
+    g.add_argument("--teacher-data-path", default=None, help="prefix written by preprocess_data.py --teacher-signal")
+    g.add_argument("--teacher-fraction", type=float, default=0.0, help="share of every global batch")
+    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--tokenizer-type", default=None,
+                   choices=["CL100kTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer"])
+    g.add_argument("--vocab-file", default=None)
+    g.add_argument("--merge-file", default=None)
+    g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+
+    g = p.add_argument_group("checkpointing")
+    g.add_argument("--save", default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (0: all)")
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--finetune", action="store_true", help="load weights only; iteration and data restart at 0")
+
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-interval", type=int, default=10)
+    g.add_argument("--eval-interval", type=int, default=None)
+    g.add_argument("--eval-iters", type=int, default=10)
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU")
+    g.add_argument("--exit-interval", type=int, default=None)
+    g.add_argument("--metrics-jsonl", default=None,
+                   help="append a JSON line per logged step and evaluation (full-precision losses) to this file")
+    return p
+
+
+MODEL_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "seq_length",
+               "position_embedding", "rotary_base", "xpos_scale_base", "init_method_std", "hidden_dropout",
+               "attention_dropout", "use_mup", "mup_base_width", "mup_input_mult", "mup_output_mult", "vocab_size")
+
+
+def model_config_from_args(args: argparse.Namespace) -> FLMConfig:
+    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    if args.model_preset:
+        base = get_preset(args.model_preset)
+        if "hidden_size" in overrides and "ffn_hidden_size" not in overrides:
+            overrides["ffn_hidden_size"] = 4 * overrides["hidden_size"]
+        return base.replace(**overrides)
+    missing = [f"--{k.replace('_', '-')}" for k in ("num_layers", "hidden_size", "num_attention_heads")
+               if k not in overrides]
+    if missing:
+        raise ConfigError(f"give --model-preset or all of {', '.join(missing)}")
+    return FLMConfig(**overrides)
+
+
+def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
+    """Turn parsed flags into a validated TrainConfig (vocab padding from the tokenizer comes later)."""
+    model = model_config_from_args(args)
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    vpp = None
+    if args.num_layers_per_virtual_pipeline_stage:
+        per_stage = model.num_layers // pp
+        if per_stage % args.num_layers_per_virtual_pipeline_stage:
+            raise ConfigError(f"--num-layers-per-virtual-pipeline-stage={args.num_layers_per_virtual_pipeline_stage} "
+                              f"does not divide the {per_stage} layers per pipeline stage")
+        vpp = per_stage // args.num_layers_per_virtual_pipeline_stage
+    parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                              virtual_pipeline_model_parallel_size=vpp, sequence_parallel=args.sequence_parallel,
+                              world_size=world_size)
+    dp = max(1, world_size // max(1, tp * pp))
+    gbs = args.global_batch_size or args.micro_batch_size * dp
+    if args.train_samples is not None and args.train_iters is not None:
+        raise ConfigError("give --train-samples or --train-iters, not both")
+    if args.train_samples is None and args.train_iters is None:
+        raise ConfigError("give --train-samples or --train-iters")
+    train_samples = args.train_samples if args.train_samples is not None else args.train_iters * gbs
+    warmup = args.lr_warmup_samples if args.lr_warmup_iters is None else args.lr_warmup_iters * gbs
+    recompute = args.recompute_granularity or ("selective" if args.recompute_activations else None)
+    config = TrainConfig(
+        model=model,
+        parallel=parallel,
+        optim=OptimConfig(lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+                          adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+                          clip_grad=args.clip_grad, use_distributed_optimizer=args.use_distributed_optimizer),
+        schedule=ScheduleConfig(micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
+                                train_samples=train_samples, lr_warmup_samples=warmup,
+                                lr_decay_samples=args.lr_decay_samples, lr_decay_style=args.lr_decay_style),
+        data=DataArgs(data_path=list(args.data_path), split=args.split, teacher_data_path=args.teacher_data_path,
+                      teacher_fraction=args.teacher_fraction, data_cache_path=args.data_cache_path,
+                      tokenizer_type=args.tokenizer_type, vocab_file=args.vocab_file, merge_file=args.merge_file,
+                      tokenizer_model=args.tokenizer_model,
+                      make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+                      vocab_from_tokenizer=args.vocab_size is None, num_workers=args.num_workers),
+        checkpoint=CheckpointArgs(save=args.save, load=args.load, save_interval=args.save_interval,
+                                  keep_last=args.keep_last or None, no_load_optim=args.no_load_optim,
+                                  finetune=args.finetune),
+        logging=LoggingArgs(log_interval=args.log_interval, eval_interval=args.eval_interval,
+                            eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
+                            peak_tflops=args.peak_tflops, exit_interval=args.exit_interval,
+                            metrics_jsonl=args.metrics_jsonl),
+        seed=args.seed, bf16=args.bf16, recompute_granularity=recompute, recompute_method=args.recompute_method,
+        recompute_num_layers=args.recompute_num_layers, max_consecutive_skips=args.max_consecutive_skips,
+        growth_ramp_steps=args.growth_ramp_steps, dry_run=args.dry_run,
+    )
+    config.validate()
+    return config
+
+
+def with_vocab(config: TrainConfig, tokenizer_vocab_size: int) -> TrainConfig:
+    """Pad the tokenizer's vocabulary as Megatron does (to a multiple of 128 x TP), unless
+    --vocab-size fixed it, in which case it must hold every token id."""
+    if not config.data.vocab_from_tokenizer:
+        if config.model.vocab_size < tokenizer_vocab_size:
+            raise ConfigError(f"--vocab-size={config.model.vocab_size} is smaller than the tokenizer's "
+                              f"{tokenizer_vocab_size} tokens")
+        return config
+    padded = pad_vocab_size(tokenizer_vocab_size, config.parallel.tensor_model_parallel_size,
+                            config.data.make_vocab_size_divisible_by)
+    return replace(config, model=config.model.replace(vocab_size=padded))

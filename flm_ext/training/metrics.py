@@ -1,0 +1,72 @@
+"""Throughput accounting and log sinks (console lines + TensorBoard scalars).
+
+FLOPs per step = tokens x (6 N + 12 L h s): the 6N of a dense forward + backward plus the
+attention score and context products (FLM_SPEC / issue 8's convention), N = parameter count.
+MFU = achieved FLOP/s per device / the device's peak (dense bf16), which `--peak-tflops`
+overrides; on a CPU no peak is assumed and MFU is not reported.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+
+from flm_ext.config import FLMConfig, num_parameters
+
+# Dense bf16 peaks (TFLOP/s) by device-name fragment.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+
+
+def flops_per_token(model: FLMConfig) -> float:
+    return 6.0 * num_parameters(model) + 12.0 * model.num_layers * model.hidden_size * model.seq_length
+
+
+def default_peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class MetricsWriter:
+    """TensorBoard scalars and/or a JSON-lines file, written by rank 0 (no-op elsewhere)."""
+
+    def __init__(self, tensorboard_dir: str | None, jsonl_path: str | None, rank: int):
+        self.writer = self.jsonl = None
+        if rank != 0:
+            return
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            os.makedirs(tensorboard_dir, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=tensorboard_dir)
+        if jsonl_path:
+            os.makedirs(os.path.dirname(os.path.abspath(jsonl_path)), exist_ok=True)
+            self.jsonl = open(jsonl_path, "a")
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                if value is not None and math.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"iteration": step, **values}) + "\n")
+            self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()

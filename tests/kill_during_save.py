@@ -1,0 +1,51 @@
+"""Child process for the kill-during-save test: save iteration 1, then hang inside the save of
+iteration 2 (after its shards are written, before it is made the latest) until SIGKILLed.
+
+    python kill_during_save.py CKPT_DIR
+Prints "saved 1" and then "hanging in save 2" on stdout.
+"""
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+
+from flm_ext.config import FLMConfig, ParallelConfig  # noqa: E402
+from flm_ext.model.flm_model import build_model_chunks  # noqa: E402
+from flm_ext.runtime import initialize_distributed  # noqa: E402
+from flm_ext.training import checkpointing  # noqa: E402
+from flm_ext.training.engine import OptimConfig, build_optimizer, wrap_ddp  # noqa: E402
+
+CFG = FLMConfig(num_layers=2, hidden_size=32, num_attention_heads=2, seq_length=16, vocab_size=128)
+
+
+def build():
+    model = wrap_ddp(build_model_chunks(CFG))
+    return model, build_optimizer(model, CFG, OptimConfig())
+
+
+def main(root: str) -> None:
+    initialize_distributed(ParallelConfig(), seed=7, rank=0, world_size=1)
+    model, optimizer = build()
+    checkpointing.save_checkpoint(root, 1, model, optimizer, None, extra=checkpointing.common_extra(CFG, 8))
+    torch.save({k: v.clone() for k, v in model[0].module.state_dict().items() if v is not None},
+               f"{root}/weights_at_1.pt")
+    print("saved 1", flush=True)
+    with torch.no_grad():
+        for p in model[0].parameters():
+            p.add_(1.0)  # iteration 2 has different weights
+    real_save = checkpointing.dist_checkpointing.save
+
+    def save_then_hang(*args, **kwargs):
+        real_save(*args, **kwargs)
+        print("hanging in save 2", flush=True)
+        time.sleep(600)
+
+    checkpointing.dist_checkpointing.save = save_then_hang
+    checkpointing.save_checkpoint(root, 2, model, optimizer, None, extra=checkpointing.common_extra(CFG, 16))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

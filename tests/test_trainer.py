@@ -1,0 +1,245 @@
+"""pretrain_flm.py end to end on real (tiny) bilingual data: learning, parallel parity, resume,
+resharding, crash safety of saves, non-finite steps and the 24-node launch scripts' dry runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_data
+from distributed import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_data.build(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def _command(nproc: int, args: list[str]) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, str(REPO / "pretrain_flm.py"), *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+            str(free_port()), str(REPO / "pretrain_flm.py"), *args]
+
+
+def train(nproc: int, data: dict, out: Path, **flags) -> dict[int, float]:
+    """Run pretrain_flm.py; returns {iteration: train loss} from its metrics file."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = out / "metrics.jsonl"
+    args = tiny_data.train_args(data, metrics_jsonl=str(metrics), **flags)
+    proc = subprocess.run(_command(nproc, args), capture_output=True, text=True, env=ENV, timeout=600)
+    (out / "stdout.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return losses(metrics)
+
+
+def losses(metrics: Path, key: str = "train/loss") -> dict[int, float]:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return {row["iteration"]: row[key] for row in rows if key in row}
+
+
+@pytest.fixture(scope="module")
+def tp1(data, runs):
+    """The reference: TP=1, 20 steps, checkpoints at 10 and 20."""
+    ckpt = runs / "tp1" / "ckpt"
+    return train(1, data, runs / "tp1", save=str(ckpt), save_interval=10, keep_last=0), ckpt
+
+
+def test_tiny_flm_learns_from_the_bilingual_corpus(data, runs):
+    out = runs / "learn"
+    train(1, data, out, train_iters=30, eval_interval=10, eval_iters=2, tensorboard_dir=str(out / "tb"))
+    valid = losses(out / "metrics.jsonl", "valid/loss")
+    assert sorted(valid) == [10, 20, 30]
+    assert valid[10] > valid[20] > valid[30], valid
+    assert valid[30] < valid[10] - 0.3
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "tb"))
+    log = (out / "stdout.log").read_text()
+    for field in ("loss", "lr", "grad norm", "tokens/s", "TFLOP/s/device", "MFU", "ETA", "validation loss"):
+        assert field in log
+
+
+@pytest.mark.parametrize("layout, nproc, flags", [
+    ("tp2", 2, dict(tensor_model_parallel_size=2)),
+    ("tp2_sp", 2, dict(tensor_model_parallel_size=2, sequence_parallel=True)),
+    ("pp2", 2, dict(pipeline_model_parallel_size=2)),
+    ("dp2_distopt", 2, dict(use_distributed_optimizer=True)),
+])
+def test_parallel_layouts_give_the_tp1_loss_curve(data, runs, tp1, layout, nproc, flags):
+    reference, _ = tp1
+    ckpt = runs / layout / "ckpt"
+    got = train(nproc, data, runs / layout, save=str(ckpt), save_interval=10, keep_last=0, **flags)
+    assert sorted(got) == sorted(reference) == list(range(1, 21))
+    for step, loss in got.items():
+        assert abs(loss - reference[step]) <= 1e-4 * abs(reference[step]), f"{layout} step {step}"
+    assert reference[20] < reference[1] - 0.5
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run_bitwise(data, runs, tp1):
+    reference, _ = tp1
+    out = runs / "killed"
+    out.mkdir()
+    ckpt = out / "ckpt"
+    args = tiny_data.train_args(data, save=str(ckpt), load=str(ckpt), save_interval=4,
+                                metrics_jsonl=str(out / "first.jsonl"))
+    proc = subprocess.Popen(_command(1, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    for line in proc.stdout:
+        if line.startswith("step      10/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "8"
+    resumed = train(1, data, out, save=str(ckpt), load=str(ckpt), save_interval=4)
+    assert sorted(resumed) == list(range(9, 21))
+    for step, loss in resumed.items():
+        assert loss == reference[step], f"step {step}: resumed {loss!r} != uninterrupted {reference[step]!r}"
+
+
+@pytest.mark.parametrize("saved_at, resume_nproc, resume_flags", [
+    ("tp2", 1, {}),
+    ("tp1", 2, dict(tensor_model_parallel_size=2)),
+    ("pp2", 2, dict(tensor_model_parallel_size=2)),
+])
+def test_resharding_on_resume_gives_the_same_next_loss(data, runs, tp1, saved_at, resume_nproc, resume_flags):
+    source = runs / saved_at
+    expected = losses(source / "metrics.jsonl")[11]
+    out = runs / f"reshard_{saved_at}_to_{resume_nproc}"
+    got = train(resume_nproc, data, out, load=str(source / "ckpt" / "iter_0000010"), train_iters=11,
+                **resume_flags)
+    assert list(got) == [11]
+    assert abs(got[11] - expected) <= 1e-5 * abs(expected), (got[11], expected)
+
+
+def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    root = tmp_path / "ckpt"
+    env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("kill_during_save.py")), str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("hanging in save 2"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert any(s.startswith("saved 1") for s in seen), "".join(seen)[-3000:]
+    assert (root / "iter_0000002.partial").is_dir() and not (root / "iter_0000002").exists()
+    # In a fresh process: the latest checkpoint is iteration 1 and it loads, with iteration 1's weights.
+    code = (
+        "import sys, torch, warnings; warnings.filterwarnings('ignore')\n"
+        "sys.path.insert(0, %r)\n"
+        "import kill_during_save as k\n"
+        "from flm_ext.training import checkpointing\n"
+        "from flm_ext.runtime import initialize_distributed\n"
+        "from flm_ext.config import ParallelConfig\n"
+        "initialize_distributed(ParallelConfig(), seed=99, rank=0, world_size=1)\n"
+        "model, opt = k.build()\n"
+        "common = checkpointing.load_checkpoint(%r, model, opt, None)\n"
+        "assert common['iteration'] == 1 and common['consumed_train_samples'] == 8, common\n"
+        "want = torch.load(%r)\n"
+        "got = model[0].module.state_dict()\n"
+        "assert all(torch.equal(got[n], t) for n, t in want.items())\n"
+        "print('loaded iteration 1')\n"
+    ) % (str(Path(__file__).parent), str(root), str(root / "weights_at_1.pt"))
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=dict(env, MASTER_PORT=str(free_port())), timeout=300)
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "loaded iteration 1" in check.stdout
+
+
+def test_explicit_load_of_a_missing_checkpoint_is_an_error(data, tmp_path):
+    args = tiny_data.train_args(data, load=str(tmp_path / "nothing"), train_iters=1, lr_warmup_iters=0)
+    proc = subprocess.run(_command(1, args), capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 1
+    assert "no complete checkpoint" in proc.stderr and str(tmp_path / "nothing") in proc.stderr
+
+
+@pytest.mark.parametrize("stage, size", [(1, "15.8B"), (2, "51.4B"), (3, "101.7B")])
+def test_stage_scripts_pass_dry_run_on_24_nodes(stage, size):
+    env = dict(ENV, NNODES="24", GPUS_PER_NODE="8")
+    proc = subprocess.run(["bash", str(REPO / "examples" / f"flm101b_stage{stage}.sh"), "--dry-run"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    layout = {1: "TP 2 x PP 1 x DP 96", 2: "TP 4 x PP 2 x DP 24", 3: "TP 4 x PP 4 x DP 12"}[stage]
+    for text in (size, "world size   192 = " + layout, "tokens/step", "memory/GPU", "configuration OK"):
+        assert text in proc.stdout
+
+
+@pytest.mark.parametrize("env_extra, extra_args, message", [
+    ({"NNODES": "24"}, ["--tensor-model-parallel-size", "3"], "num_attention_heads=80 is not divisible"),
+    ({"NNODES": "1"}, [], "world_size=8 is not divisible"),
+    ({"NNODES": "24"}, ["--global-batch-size", "1000"], "--global-batch-size=1000"),
+])
+def test_impossible_layouts_fail_dry_run_with_the_reason(env_extra, extra_args, message):
+    env = dict(ENV, GPUS_PER_NODE="8", **env_extra)
+    proc = subprocess.run(["bash", str(REPO / "examples" / "flm101b_stage3.sh"), "--dry-run", *extra_args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_non_finite_loss_skips_the_update_and_too_many_stop_the_run(megatron_single_process):
+    from flm_ext.config import FLMConfig
+    from flm_ext.model.flm_model import build_model_chunks
+    from flm_ext.training.engine import OptimConfig, build_optimizer, forward_step, train_step, wrap_ddp
+    from flm_ext.training.trainer import SkipTracker, TrainingError
+
+    cfg = FLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, seq_length=16, vocab_size=128)
+    model = wrap_ddp(build_model_chunks(cfg))
+    optimizer = build_optimizer(model, cfg, OptimConfig(lr=1e-2))
+    ids = torch.randint(0, cfg.vocab_size, (2, cfg.seq_length + 1))
+    batch = {"tokens": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": torch.ones(2, cfg.seq_length),
+             "position_ids": torch.arange(cfg.seq_length).expand(2, -1)}
+
+    def poisoned_step(data_iterator, module):
+        output, loss_fn = forward_step(data_iterator, module)
+        return output * float("nan"), loss_fn
+
+    before = [p.detach().clone() for p in model[0].parameters()]
+    result = train_step(model, optimizer, iter([batch]), num_microbatches=1, seq_length=cfg.seq_length,
+                        micro_batch_size=2, step_fn=poisoned_step)
+    assert not result.update_successful and result.loss != result.loss  # NaN
+    assert all(torch.equal(a, b) for a, b in zip(before, model[0].parameters()))
+    good = train_step(model, optimizer, iter([batch]), num_microbatches=1, seq_length=cfg.seq_length,
+                      micro_batch_size=2)
+    assert good.update_successful and not all(torch.equal(a, b) for a, b in zip(before, model[0].parameters()))
+
+    tracker = SkipTracker(limit=3)
+    for step, skipped in enumerate([True, True, False, True, True], start=1):
+        tracker.record(skipped, step, float("nan"), None)
+    assert tracker.total == 4 and tracker.in_a_row == 2
+    with pytest.raises(TrainingError, match="3 consecutive steps"):
+        tracker.record(True, 6, float("nan"), None)
+
+
+def test_untie_adam_steps_gives_every_parameter_its_own_step():
+    from flm_ext.training.checkpointing import untie_adam_steps
+
+    params = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
+    adam = torch.optim.Adam(params)
+    shared = torch.tensor(5.0)
+    for p in params:  # what a load that hands one `step` tensor to every parameter produces
+        adam.state[p] = {"step": shared, "exp_avg": torch.zeros(2), "exp_avg_sq": torch.zeros(2)}
+
+    class MegatronLike:
+        optimizer = adam
+
+    assert untie_adam_steps(MegatronLike()) == 2
+    for p in params:
+        p.grad = torch.ones(2)
+    adam.step()
+    assert [adam.state[p]["step"].item() for p in params] == [6.0, 6.0, 6.0]
