@@ -1,0 +1,527 @@
+"""tools/predict_loss.py: µP hyper-parameter search, width sweep, loss-prediction fit and check.
+
+    predict_loss.py coord-check --out DIR                     µP coordinate check (test + PNG)
+    predict_loss.py search --out DIR --proxy-width 32 --lrs ... --init-stds ... --output-mults ... [pretrain flags]
+    predict_loss.py sweep  --out DIR --widths 32 48 64 96 --from-search DIR/search/best.json [pretrain flags]
+    predict_loss.py fit    --sweep DIR/sweep/sweep.json --target-width 384     (or --points CSV --fit-first 7)
+    predict_loss.py check  --prediction DIR/fit/fit.json [--actual-loss X]   (default: trains the target)
+
+Flags this tool does not know are passed to every pretrain_flm.py run (data, tokenizer, layers,
+sequence length, batch, schedule, --train-iters, --eval-interval, --eval-iters ...). Per run it
+sets --hidden-size, --num-attention-heads (hidden / --head-dim), --ffn-hidden-size (4x),
+--use-mup, --mup-base-width, --lr, --init-method-std and --mup-output-mult.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+
+from flm_ext.mup import scaling_fit
+from flm_ext.mup.sweep import Orchestrator, RunSpec, SweepError, loss_at
+
+OWNED = ("--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--use-mup", "--no-use-mup",
+         "--mup-base-width", "--lr", "--init-method-std", "--mup-output-mult", "--metrics-jsonl", "--save",
+         "--load", "--save-interval")
+
+
+class UsageError(ValueError):
+    """Bad flags or input files; the message names them."""
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---- pretrain flags and model sizes ---------------------------------------------------------------
+
+def _check_passthrough(extra: list[str]) -> None:
+    for flag in extra:
+        if flag.split("=")[0] in OWNED:
+            raise UsageError(f"{flag} is set per run by predict_loss.py; do not pass it through")
+
+
+def run_flags(base: list[str], *, width: int, head_dim: int, base_width: int, lr: float, init_std: float,
+              output_mult: float) -> list[str]:
+    if width % head_dim:
+        raise UsageError(f"width {width} is not a multiple of --head-dim {head_dim}")
+    return [*base, "--hidden-size", str(width), "--num-attention-heads", str(width // head_dim),
+            "--ffn-hidden-size", str(4 * width), "--use-mup", "--mup-base-width", str(base_width),
+            "--lr", repr(lr), "--init-method-std", repr(init_std), "--mup-output-mult", repr(output_mult)]
+
+
+def resolve_run(flags: list[str]):
+    """The validated TrainConfig of a run (vocabulary padded from the tokenizer), so bad flags or
+    missing data files fail here, naming the flag or file, before any run starts."""
+    from flm_ext.config import ConfigError
+    from flm_ext.training.arguments import build_parser, config_from_args, with_vocab
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(flags)
+    except SystemExit as exc:
+        raise UsageError(f"pretrain_flm.py rejects these flags: {' '.join(flags)}") from exc
+    try:
+        cfg = config_from_args(args, 1)
+    except ConfigError as error:
+        raise UsageError(f"pretrain_flm.py configuration error: {error}") from error
+    for entry in cfg.data.data_path:
+        try:
+            float(entry)
+            continue
+        except ValueError:
+            pass
+        for suffix in (".bin", ".idx"):
+            if not os.path.exists(entry + suffix):
+                raise UsageError(f"--data-path {entry}: {entry + suffix} does not exist")
+    if cfg.data.vocab_from_tokenizer:
+        from flm_ext.data.tokenizers import build_tokenizer
+
+        for name in ("vocab_file", "merge_file", "tokenizer_model"):
+            path = getattr(cfg.data, name)
+            if path and not os.path.exists(path):
+                raise UsageError(f"--{name.replace('_', '-')} {path} does not exist")
+        tokenizer = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file, cfg.data.merge_file,
+                                    cfg.data.tokenizer_model)
+        cfg = with_vocab(cfg, tokenizer.vocab_size)
+    return cfg
+
+
+def model_sizes(model) -> dict:
+    from flm_ext.config import num_parameters
+
+    total = num_parameters(model)
+    embedding = model.vocab_size * model.hidden_size * (1 if model.share_embeddings_and_output_weights else 2)
+    return {"total": total, "non_embedding": total - embedding}
+
+
+def _steps(cfg) -> list[int]:
+    """The steps at which losses are recorded: every --eval-interval and the last step."""
+    iters = cfg.schedule.train_iters
+    interval = cfg.logging.eval_interval
+    steps = list(range(interval, iters + 1, interval)) if interval else []
+    return sorted(set(steps) | {iters})
+
+
+def _run_losses(result: dict | None, steps: list[int], metric: str) -> dict[int, float | None]:
+    if result is None:
+        return {s: None for s in steps}
+    return {s: loss_at(result["metrics"], s, metric) for s in steps}
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+# ---- search ---------------------------------------------------------------------------------------
+
+def cmd_search(a, extra: list[str]) -> int:
+    _check_passthrough(extra)
+    base_width = a.mup_base_width or a.proxy_width
+    grid = [(lr, std, om) for lr in a.lrs for std in a.init_stds for om in a.output_mults]
+    specs = []
+    for lr, std, om in grid:
+        flags = run_flags(extra, width=a.proxy_width, head_dim=a.head_dim, base_width=base_width, lr=lr,
+                          init_std=std, output_mult=om)
+        cfg = resolve_run(flags)
+        specs.append(RunSpec(name=f"w{a.proxy_width}_lr{lr:g}_std{std:g}_om{om:g}", args=flags,
+                             train_iters=cfg.schedule.train_iters,
+                             meta={"width": a.proxy_width, "lr": lr, "init_std": std, "output_mult": om}))
+    steps = _steps(cfg)
+    metric = a.metric or ("valid" if cfg.logging.eval_interval else "train")
+    folder = os.path.join(a.out, a.name)
+    results = Orchestrator(os.path.join(folder, "runs"), jobs=a.jobs, threads=a.threads, retry_failed=a.retry_failed,
+                           checkpoint_interval=a.checkpoint_interval, label=a.name).run(specs)
+    rows = []
+    for spec in specs:
+        res = results.get(spec.name)
+        loss = _run_losses(res, [steps[-1]], metric)[steps[-1]]
+        status = res["status"] if res else "missing"
+        if status == "ok" and (loss is None or not math.isfinite(loss)):
+            status = "diverged"
+        rows.append({**spec.meta, "name": spec.name, "status": status, "loss": loss})
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        raise UsageError(f"no run of the search finished with a finite loss; see {folder}/runs/*/stdout.log")
+    best = min(ok, key=lambda r: r["loss"])
+    with open(os.path.join(folder, "table.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", "width", "lr", "init_std", "output_mult", "status", "loss"])
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# µP search at width {a.proxy_width} (base width {base_width}): {metric} loss at step {steps[-1]}", "",
+             "| lr | init std | output mult | loss | status |", "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["loss"] is None, r["loss"] if r["loss"] is not None else 0)):
+        mark = " **best**" if r is best else ""
+        lines.append(f"| {r['lr']:g} | {r['init_std']:g} | {r['output_mult']:g} | {_fmt(r['loss'])}{mark} | "
+                     f"{r['status']} |")
+    with open(os.path.join(folder, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    summary = {"proxy_width": a.proxy_width, "mup_base_width": base_width, "head_dim": a.head_dim,
+               "lr": best["lr"], "init_std": best["init_std"], "output_mult": best["output_mult"], "loss": best["loss"],
+               "metric": metric, "step": steps[-1], "grid": {"lrs": a.lrs, "init_stds": a.init_stds,
+                                                            "output_mults": a.output_mults},
+               "pretrain_flags": extra, "rows": rows}
+    with open(os.path.join(folder, "best.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    _plot_search(rows, os.path.join(folder, "search.png"), f"µP search, width {a.proxy_width}: {metric} loss "
+                                                             f"at step {steps[-1]}")
+    _say("\n".join(lines))
+    _say(f"best: lr {best['lr']:g}, init std {best['init_std']:g}, output mult {best['output_mult']:g} "
+         f"(loss {best['loss']:.4f}); wrote {folder}/table.md, table.csv, best.json, search.png")
+    return 0
+
+
+def _plot_search(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    combos = sorted({(r["init_std"], r["output_mult"]) for r in rows})
+    for i, (std, om) in enumerate(combos):
+        pts = sorted((r["lr"], r["loss"]) for r in rows if (r["init_std"], r["output_mult"]) == (std, om)
+                     and r["status"] == "ok")
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i % 10}",
+                    label=f"std {std:g}, out mult {om:g}")
+    scaling_fit.save_log_x_plot(fig, ax, path, xlabel="learning rate", ylabel="loss", title=title)
+
+
+# ---- sweep ----------------------------------------------------------------------------------------
+
+def _hyper_parameters(a) -> dict:
+    hp = {}
+    if a.from_search:
+        if not os.path.exists(a.from_search):
+            raise UsageError(f"--from-search {a.from_search} does not exist (run `search` first)")
+        with open(a.from_search) as f:
+            best = json.load(f)
+        hp = {k: best[k] for k in ("lr", "init_std", "output_mult")}
+        hp["mup_base_width"] = best["mup_base_width"]
+        hp["head_dim"] = best["head_dim"]
+    for key in ("lr", "init_std", "output_mult", "mup_base_width", "head_dim"):
+        if getattr(a, key, None) is not None:
+            hp[key] = getattr(a, key)
+    missing = [k for k in ("lr", "init_std", "output_mult", "mup_base_width") if k not in hp]
+    if missing:
+        raise UsageError(f"give --from-search or --{', --'.join(m.replace('_', '-') for m in missing)}")
+    hp.setdefault("head_dim", 16)
+    return hp
+
+
+def width_spec(width: int, hp: dict, extra: list[str]) -> tuple[RunSpec, object]:
+    flags = run_flags(extra, width=width, head_dim=hp["head_dim"], base_width=hp["mup_base_width"], lr=hp["lr"],
+                      init_std=hp["init_std"], output_mult=hp["output_mult"])
+    cfg = resolve_run(flags)
+    return RunSpec(name=f"w{width}", args=flags, train_iters=cfg.schedule.train_iters,
+                   meta={"width": width, **model_sizes(cfg.model)}), cfg
+
+
+def cmd_sweep(a, extra: list[str]) -> int:
+    _check_passthrough(extra)
+    hp = _hyper_parameters(a)
+    specs, cfgs = zip(*(width_spec(w, hp, extra) for w in a.widths))
+    steps = _steps(cfgs[0])
+    metric = a.metric or ("valid" if cfgs[0].logging.eval_interval else "train")
+    folder = os.path.join(a.out, "sweep")
+    results = Orchestrator(os.path.join(folder, "runs"), jobs=a.jobs, threads=a.threads, retry_failed=a.retry_failed,
+                           checkpoint_interval=a.checkpoint_interval, label="sweep").run(list(specs))
+    points = []
+    for spec in specs:
+        res = results.get(spec.name)
+        points.append({**spec.meta, "name": spec.name, "status": res["status"] if res else "missing",
+                       "losses": _run_losses(res, steps, metric)})
+    sweep = {"hyper_parameters": hp, "metric": metric, "steps": steps, "pretrain_flags": list(extra),
+             "points": points}
+    with open(os.path.join(folder, "sweep.json"), "w") as f:
+        json.dump(sweep, f, indent=1)
+    header = "| width | params | non-embedding | status | " + " | ".join(f"step {s}" for s in steps) + " |"
+    lines = [header, "|" + "---|" * (4 + len(steps))]
+    for p in points:
+        lines.append(f"| {p['width']} | {p['total']:,} | {p['non_embedding']:,} | {p['status']} | "
+                     + " | ".join(_fmt(p["losses"][s]) for s in steps) + " |")
+    _say(f"{metric} loss by width (lr {hp['lr']:g}, init std {hp['init_std']:g}, output mult {hp['output_mult']:g}, "
+         f"µP base width {hp['mup_base_width']}):\n" + "\n".join(lines))
+    _say(f"wrote {folder}/sweep.json")
+    return 0
+
+
+# ---- fit ------------------------------------------------------------------------------------------
+
+def _points_from_csv(path: str) -> list[scaling_fit.Point]:
+    if not os.path.exists(path):
+        raise UsageError(f"--points {path} does not exist")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    if not rows or not {"size", "loss"} <= set(rows[0]):
+        raise UsageError(f"--points {path}: need a header with columns 'size' and 'loss' (and optionally 'name')")
+    points = []
+    for i, row in enumerate(rows):
+        try:
+            size = float(row["size"])
+        except ValueError as exc:
+            raise UsageError(f"--points {path}, data row {i + 1}: size {row['size']!r} is not a number") from exc
+        try:
+            loss = float(row["loss"]) if row["loss"].strip() else None
+        except ValueError:
+            loss = None  # reported as a bad point
+        points.append(scaling_fit.Point(name=row.get("name") or f"row{i + 1}", size=size, loss=loss))
+    return points
+
+
+def _load_sweep(path: str) -> dict:
+    if not os.path.exists(path):
+        raise UsageError(f"--sweep {path} does not exist (run `sweep` first)")
+    with open(path) as f:
+        sweep = json.load(f)
+    for p in sweep["points"]:
+        p["losses"] = {int(k): v for k, v in p["losses"].items()}
+    return sweep
+
+
+def cmd_fit(a, extra: list[str]) -> int:
+    if extra:
+        raise UsageError(f"fit takes no pretrain flags: {' '.join(extra)}")
+    size_key = "non_embedding" if a.size == "non-embedding" else "total"
+    targets: list[dict] = []
+    sweep = None
+    if a.sweep:
+        sweep = _load_sweep(a.sweep)
+        step = a.step or sweep["steps"][-1]
+        if step not in sweep["steps"]:
+            raise UsageError(f"--step {step}: the sweep recorded losses at steps {sweep['steps']}")
+        points = []
+        for p in sweep["points"]:
+            problem = None if p["status"] == "ok" else f"run {p['status']}"
+            points.append(scaling_fit.Point(name=p["name"], size=float(p[size_key]), loss=p["losses"].get(step),
+                                            problem=problem))
+        max_loss = None
+        if sweep["points"]:
+            # No better than a uniform guess over the vocabulary: the run did not learn (or diverged).
+            vocab = (sweep["points"][0]["total"] - sweep["points"][0]["non_embedding"]) // sweep["points"][0]["width"]
+            max_loss = math.log(vocab)
+        label = f"{sweep['metric']} loss at step {step}"
+        for w in a.target_width or []:
+            spec, cfg = width_spec(w, sweep["hyper_parameters"], sweep["pretrain_flags"])
+            targets.append({"name": spec.name, "width": w, "size": float(model_sizes(cfg.model)[size_key])})
+    elif a.points:
+        points = _points_from_csv(a.points)
+        step, max_loss, label = a.step, None, "loss"
+        if a.target_width:
+            raise UsageError("--target-width needs --sweep (the model flags come from the sweep)")
+    else:
+        raise UsageError("give --sweep (from the `sweep` command) or --points CSV")
+    if a.fit_first:  # fit the K smallest, predict (and compare with) the rest
+        ordered = sorted(points, key=lambda p: p.size)
+        held_out = ordered[a.fit_first:]
+        points = ordered[:a.fit_first]
+        for p in held_out:
+            targets.append({"name": p.name, "size": p.size, "actual": p.loss})
+    for s in a.target_params or []:
+        targets.append({"name": f"N={s:g}", "size": float(s)})
+    if not targets:
+        _say("no target given (--target-width, --target-params or --fit-first): fitting only")
+    usable, rejected = scaling_fit.split_usable(points, max_loss=max_loss)
+    for p in rejected:
+        _say(f"WARNING: {p.name} (N={p.size:.4g}) left out of the fit: {p.problem}")
+    for warning in scaling_fit.non_monotone(usable):
+        _say(f"WARNING: {warning}")
+    try:
+        fit = scaling_fit.fit_power_law([p.size for p in usable], [p.loss for p in usable])
+    except scaling_fit.FitError as error:
+        raise UsageError(f"cannot fit: {error} ({len(usable)} usable point(s), {len(rejected)} rejected)") from error
+    _say(f"fit of {label} on {len(usable)} points: L(N) = {fit.a:.6g} * N^{fit.b:.5f} + {fit.c:.5f} "
+         f"(N = {'non-embedding' if size_key == 'non_embedding' else 'total'} parameters; rmse {fit.rmse:.5f})")
+    for t in targets:
+        t["predicted"] = fit.predict(t["size"])
+        t["stderr"] = fit.stderr(t["size"])
+        loo = fit.loo_predictions(t["size"])
+        t["loo_spread"] = max(abs(x - t["predicted"]) for x in loo) if loo else None
+        if t.get("actual") is not None:
+            t["relative_error"] = scaling_fit.relative_error(t["predicted"], t["actual"])
+        unc = f" +- {t['stderr']:.4f} (1 s.e.)" if t["stderr"] is not None else ""
+        loo_text = f", leave-one-out spread {t['loo_spread']:.4f}" if t["loo_spread"] is not None else ""
+        actual = (f"; actual {t['actual']:.4f}, error {100 * t['relative_error']:+.3f}%"
+                  if t.get("actual") is not None else "")
+        _say(f"  {t['name']}: N={t['size']:.6g} predicted {t['predicted']:.4f}{unc}{loo_text}{actual}")
+    out = a.output or (os.path.join(os.path.dirname(os.path.abspath(a.sweep)), "..", "fit") if a.sweep else "fit")
+    out = os.path.normpath(out)
+    os.makedirs(out, exist_ok=True)
+    result = {"fit": fit.to_dict(), "size": size_key, "step": step, "label": label, "targets": targets,
+              "rejected": [{"name": p.name, "size": p.size, "loss": p.loss, "problem": p.problem} for p in rejected],
+              "sweep": os.path.abspath(a.sweep) if a.sweep else None}
+    with open(os.path.join(out, "fit.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    scaling_fit.plot_fit(fit, os.path.join(out, "fit.png"), title=f"µScaling fit: {label}", rejected=rejected,
+                         targets=targets, size_label=f"{size_key.replace('_', '-')} parameters N")
+    _say(f"wrote {out}/fit.json and {out}/fit.png")
+    return 0
+
+
+# ---- check ----------------------------------------------------------------------------------------
+
+def cmd_check(a, extra: list[str]) -> int:
+    if not os.path.exists(a.prediction):
+        raise UsageError(f"--prediction {a.prediction} does not exist (run `fit` first)")
+    with open(a.prediction) as f:
+        pred = json.load(f)
+    candidates = [t for t in pred["targets"] if "width" in t] if a.actual_loss is None else pred["targets"]
+    if a.target:
+        candidates = [t for t in pred["targets"] if t["name"] == a.target]
+    if len(candidates) != 1:
+        raise UsageError(f"{a.prediction} has targets {[t['name'] for t in pred['targets']]}: choose one with --target")
+    target = candidates[0]
+    if a.actual_loss is not None:
+        actual, source = a.actual_loss, "--actual-loss"
+    else:
+        if not pred.get("sweep") or "width" not in target:
+            raise UsageError("without --actual-loss the prediction must come from `fit --sweep ... --target-width`")
+        sweep = _load_sweep(pred["sweep"])
+        spec, _cfg = width_spec(target["width"], sweep["hyper_parameters"], sweep["pretrain_flags"])
+        root = os.path.join(os.path.dirname(pred["sweep"]), "runs")  # same folder: an already-run width is reused
+        results = Orchestrator(root, jobs=1, threads=a.threads, retry_failed=a.retry_failed,
+                               checkpoint_interval=a.checkpoint_interval, label="check").run([spec])
+        res = results[spec.name]
+        actual = loss_at(res["metrics"], pred["step"], sweep["metric"]) if res["status"] == "ok" else None
+        source = os.path.join(root, spec.name)
+        if actual is None or not math.isfinite(actual):
+            raise UsageError(f"the target run {source} has no finite loss at step {pred['step']} "
+                             f"(status {res['status']}); see its stdout.log")
+    result = check_prediction(target["predicted"], actual, target.get("stderr"))
+    result.update({"target": target["name"], "size": target["size"], "actual_from": source, "step": pred["step"]})
+    out = os.path.dirname(os.path.abspath(a.prediction))
+    with open(os.path.join(out, "check.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    fit = scaling_fit.PowerLawFit(**{k: v for k, v in pred["fit"].items()})
+    target = {**target, "actual": actual}
+    rejected = [scaling_fit.Point(**r) for r in pred.get("rejected", [])]
+    scaling_fit.plot_fit(fit, os.path.join(out, "check.png"), title=f"prediction vs real run: {pred['label']}",
+                         rejected=rejected, targets=[target], size_label=f"{pred['size'].replace('_', '-')} parameters N")
+    unc = f" +- {result['stderr']:.4f}" if result["stderr"] is not None else ""
+    _say(f"{target['name']} (N={target['size']:.6g}): predicted {result['predicted']:.4f}{unc}, actual {actual:.4f} "
+         f"({source}): error {result['absolute_error']:+.4f} = {100 * result['relative_error']:+.3f}%"
+         + (f", {result['sigmas']:.2f} standard errors" if result["sigmas"] is not None else ""))
+    _say(f"wrote {out}/check.json and {out}/check.png")
+    return 0
+
+
+def check_prediction(predicted: float, actual: float, stderr: float | None = None) -> dict:
+    """Absolute and relative error of a prediction, and how many standard errors off it is."""
+    if not math.isfinite(actual) or actual <= 0:
+        raise UsageError(f"the actual loss {actual} must be a finite positive number")
+    error = predicted - actual
+    return {"predicted": predicted, "actual": actual, "absolute_error": error,
+            "relative_error": scaling_fit.relative_error(predicted, actual), "stderr": stderr,
+            "sigmas": abs(error) / stderr if stderr else None}
+
+
+# ---- coordinate check -----------------------------------------------------------------------------
+
+def cmd_coord_check(a, extra: list[str]) -> int:
+    if extra:
+        raise UsageError(f"coord-check takes no pretrain flags: {' '.join(extra)}")
+    from flm_ext.mup.coord_check import plot_coord_check, run_coord_check, verdict
+
+    os.makedirs(a.out, exist_ok=True)
+    kw = dict(head_dim=a.head_dim, num_layers=a.num_layers, lr=a.lr, steps=a.steps, seeds=tuple(a.seeds))
+    mup = run_coord_check(a.widths, use_mup=True, progress=_say, **kw)
+    sp = run_coord_check(a.widths, use_mup=False, progress=_say, **kw)
+    path = os.path.join(a.out, "coord_check.png")
+    plot_coord_check([mup, sp], path)
+    ok, text = verdict(mup, sp)
+    with open(os.path.join(a.out, "coord_check.json"), "w") as f:
+        json.dump({"passed": ok, "verdict": text, "mup": mup.__dict__, "sp": sp.__dict__,
+                   "mup_slopes": mup.slopes(), "sp_slopes": sp.slopes()}, f, indent=1)
+    for name, res in (("µP", mup), ("SP", sp)):
+        _say(f"{name} slopes of log2 mean|coord| vs log2 width at step {res.steps[-1]}: "
+             + ", ".join(f"{k} {v:+.2f}" for k, v in res.slopes().items()))
+    _say(f"coordinate check {'PASSED' if ok else 'FAILED'}: {text}\nwrote {path}")
+    return 0 if ok else 1
+
+
+# ---- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predict_loss.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def runs(s):
+        s.add_argument("--out", required=True, help="output root (run folders, tables, plots)")
+        s.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+        s.add_argument("--threads", type=int, default=None, help="OMP threads per run (default: cores / jobs)")
+        s.add_argument("--retry-failed", action="store_true", help="rerun runs that finished with an error")
+        s.add_argument("--checkpoint-interval", type=int, default=None,
+                       help="save a checkpoint every N steps so an interrupted run resumes midway")
+        s.add_argument("--metric", choices=["valid", "train"], default=None,
+                       help="loss to record: validation loss (default when --eval-interval is given) or the "
+                            "mean train loss over the last 5 logged steps")
+
+    s = sub.add_parser("search", help="grid over LR x init std x output multiplier at a proxy width")
+    runs(s)
+    s.add_argument("--name", default="search", help="sub-folder of --out for this search")
+    s.add_argument("--proxy-width", type=int, required=True)
+    s.add_argument("--mup-base-width", type=int, default=None, help="default: the proxy width")
+    s.add_argument("--head-dim", type=int, default=16)
+    s.add_argument("--lrs", type=float, nargs="+", required=True)
+    s.add_argument("--init-stds", type=float, nargs="+", default=[0.02])
+    s.add_argument("--output-mults", type=float, nargs="+", default=[1.0])
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("sweep", help="train a series of widths with the transferred hyper-parameters")
+    runs(s)
+    s.add_argument("--widths", type=int, nargs="+", required=True)
+    s.add_argument("--from-search", default=None, help="best.json written by `search`")
+    s.add_argument("--lr", type=float)
+    s.add_argument("--init-std", type=float)
+    s.add_argument("--output-mult", type=float)
+    s.add_argument("--mup-base-width", type=int)
+    s.add_argument("--head-dim", type=int)
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("fit", help="fit L(N) = a N^b + c and predict larger sizes")
+    s.add_argument("--sweep", default=None, help="sweep.json written by `sweep`")
+    s.add_argument("--points", default=None, help="CSV with columns name,size,loss (instead of --sweep)")
+    s.add_argument("--step", type=int, default=None, help="training step whose losses are fitted (default: last)")
+    s.add_argument("--size", choices=["total", "non-embedding"], default="total", help="what N counts")
+    s.add_argument("--fit-first", type=int, default=None, help="fit the K smallest points, predict the rest")
+    s.add_argument("--target-width", type=int, nargs="*", help="predict these widths (needs --sweep)")
+    s.add_argument("--target-params", type=float, nargs="*", help="predict these sizes N")
+    s.add_argument("--output", default=None, help="folder for fit.json/fit.png (default: <sweep root>/fit)")
+    s.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("check", help="compare a prediction with a real run of the target size")
+    s.add_argument("--prediction", required=True, help="fit.json written by `fit`")
+    s.add_argument("--target", default=None, help="which target of fit.json (default: the only width target)")
+    s.add_argument("--actual-loss", type=float, default=None, help="the real loss (default: train the target)")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--retry-failed", action="store_true")
+    s.add_argument("--checkpoint-interval", type=int, default=None)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("coord-check", help="µP coordinate check: activation size vs width, µP vs SP, PNG")
+    s.add_argument("--out", required=True)
+    s.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256])
+    s.add_argument("--head-dim", type=int, default=8)
+    s.add_argument("--num-layers", type=int, default=2)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--steps", type=int, default=8)
+    s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    s.set_defaults(func=cmd_coord_check)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a, extra = parser.parse_known_args(argv)
+    try:
+        return a.func(a, extra)
+    except (UsageError, SweepError) as error:
+        print(f"predict_loss.py {a.command}: error: {error}", file=sys.stderr)
+        return 2

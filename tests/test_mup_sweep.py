@@ -1,0 +1,85 @@
+"""Run orchestration of `predict_loss.py sweep` on real tiny pretrain_flm.py runs: results by
+width, finished runs skipped on a rerun, an interrupted run redone, flags checked before launch."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import tiny_data
+from flm_ext.mup import cli
+from flm_ext.mup.sweep import MARKER, read_metrics
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_data.build(str(tmp_path_factory.mktemp("mup_data")))
+
+
+def _flags(data: dict) -> list[str]:
+    return ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", data["tokenizer"],
+            "--data-path", "0.5", data["en"], "0.5", data["zh"], "--split", "90,10,0", "--num-layers", "1",
+            "--seq-length", "32", "--micro-batch-size", "4", "--global-batch-size", "4", "--train-iters", "4",
+            "--eval-interval", "2", "--eval-iters", "1", "--log-interval", "1", "--lr-warmup-iters", "1"]
+
+
+def _sweep(out, data, widths=("16", "32")) -> list[str]:
+    return ["sweep", "--out", str(out), "--jobs", "2", "--widths", *widths, "--lr", "3e-3", "--init-std", "0.02",
+            "--output-mult", "1", "--mup-base-width", "16", "--head-dim", "8", *_flags(data)]
+
+
+def test_sweep_records_losses_and_resumes_without_redoing_finished_runs(data, tmp_path, capsys):
+    out = tmp_path / "mup"
+    assert cli.main(_sweep(out, data)) == 0
+    first = capsys.readouterr().out
+    assert "0 already finished (skipped), 2 to run" in first
+    sweep = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert sweep["steps"] == [2, 4] and sweep["metric"] == "valid"
+    points = {p["width"]: p for p in sweep["points"]}
+    for width in (16, 32):
+        p = points[width]
+        metrics = read_metrics(str(out / "sweep" / "runs" / f"w{width}" / "metrics.jsonl"))
+        assert p["status"] == "ok"
+        assert p["losses"] == {"2": metrics[2]["valid/loss"], "4": metrics[4]["valid/loss"]}
+        spec = json.loads((out / "sweep" / "runs" / f"w{width}" / "spec.json").read_text())
+        assert spec["args"][spec["args"].index("--num-attention-heads") + 1] == str(width // 8)
+    assert points[32]["total"] > points[16]["total"] > points[16]["non_embedding"] > 0
+
+    markers = {w: (out / "sweep" / "runs" / f"w{w}" / MARKER) for w in (16, 32)}
+    stamps = {w: m.stat().st_mtime_ns for w, m in markers.items()}
+    assert cli.main(_sweep(out, data)) == 0  # nothing to do: both runs finished
+    assert "2 already finished (skipped), 0 to run" in capsys.readouterr().out
+    assert {w: m.stat().st_mtime_ns for w, m in markers.items()} == stamps
+
+    # An interrupted run (no marker, a partial metrics file) is redone; the finished one is not.
+    markers[32].unlink()
+    metrics32 = out / "sweep" / "runs" / "w32" / "metrics.jsonl"
+    metrics32.write_text(metrics32.read_text().splitlines()[0] + "\n{\"iteration\": 3, \"train/lo")
+    assert cli.main(_sweep(out, data)) == 0
+    text = capsys.readouterr().out
+    assert "1 already finished (skipped), 1 to run" in text and "w32: ok" in text
+    assert markers[16].stat().st_mtime_ns == stamps[16]
+    assert sorted(read_metrics(str(metrics32))) == [1, 2, 3, 4]
+    again = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert again["points"][1]["losses"] == sweep["points"][1]["losses"]  # same seed, same data: same run
+
+    # A folder holding different flags is refused, not mixed in.
+    changed = _sweep(out, data)
+    changed[changed.index("3e-3")] = "1e-3"
+    assert cli.main(changed) == 2
+    assert "holds a run with different flags" in capsys.readouterr().err
+
+
+def test_bad_flags_fail_before_any_run_naming_the_flag(data, tmp_path, capsys):
+    flags = _sweep(tmp_path / "a", data)
+    missing = flags.copy()
+    missing[missing.index(data["en"])] = data["en"] + "_nope"
+    assert cli.main(missing) == 2
+    assert "--data-path " + data["en"] + "_nope" in capsys.readouterr().err
+    assert cli.main(_sweep(tmp_path / "b", data, widths=("20",))) == 2
+    assert "width 20 is not a multiple of --head-dim 8" in capsys.readouterr().err
+    assert cli.main([*_sweep(tmp_path / "c", data), "--hidden-size", "64"]) == 2
+    assert "--hidden-size is set per run" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert os.path.exists(data["tokenizer"])
