@@ -33,11 +33,15 @@ def main(argv=None) -> int:
     from flm_ext.training.checkpointing import CheckpointError
     from flm_ext.training.trainer import TrainingError, pretrain
 
+    from flm_ext.runtime import destroy_distributed
+
     try:
         pretrain(config)
     except (ConfigError, TrainingError, CheckpointError) as error:
         print(f"pretrain_flm.py: {error}", file=sys.stderr)
         return 1
+    finally:
+        destroy_distributed()  # leaving gloo's threads to interpreter exit can abort the process
     return 0
 
 

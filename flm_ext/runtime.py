@@ -165,13 +165,18 @@ def initialize_distributed(parallel: ParallelConfig, seed: int = 1234, *, rank: 
         world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
-        if init_method is None:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29500")
-            init_method = "env://"
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method=init_method,
-                                rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        if init_method is None and world_size == 1 and "MASTER_PORT" not in os.environ:
+            # A lone process (not under torchrun) needs no TCP rendezvous, and no port that may be taken.
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        else:
+            if init_method is None:
+                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", "29500")
+                init_method = "env://"
+            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                    timeout=timeout)
     world = dist.get_world_size()
     if world % parallel.model_parallel_size:
         from flm_ext.config import ConfigError

@@ -52,11 +52,26 @@ def losses(metrics: Path, key: str = "train/loss") -> dict[int, float]:
     return {row["iteration"]: row[key] for row in rows if key in row}
 
 
+LAYOUTS = {
+    "tp1": (1, {}),
+    "tp2": (2, dict(tensor_model_parallel_size=2)),
+    "tp2_sp": (2, dict(tensor_model_parallel_size=2, sequence_parallel=True)),
+    "pp2": (2, dict(pipeline_model_parallel_size=2)),
+    "dp2_distopt": (2, dict(use_distributed_optimizer=True)),
+}
+
+
 @pytest.fixture(scope="module")
-def tp1(data, runs):
-    """The reference: TP=1, 20 steps, checkpoints at 10 and 20."""
-    ckpt = runs / "tp1" / "ckpt"
-    return train(1, data, runs / "tp1", save=str(ckpt), save_interval=10, keep_last=0), ckpt
+def layout_runs(data, runs):
+    """20 steps at each layout from the same seed and data, checkpoints at 10 and 20."""
+    return {name: train(nproc, data, runs / name, save=str(runs / name / "ckpt"), save_interval=10, keep_last=0,
+                        **flags)
+            for name, (nproc, flags) in LAYOUTS.items()}
+
+
+@pytest.fixture(scope="module")
+def tp1(layout_runs):
+    return layout_runs["tp1"]
 
 
 def test_tiny_flm_learns_from_the_bilingual_corpus(data, runs):
@@ -72,16 +87,9 @@ def test_tiny_flm_learns_from_the_bilingual_corpus(data, runs):
         assert field in log
 
 
-@pytest.mark.parametrize("layout, nproc, flags", [
-    ("tp2", 2, dict(tensor_model_parallel_size=2)),
-    ("tp2_sp", 2, dict(tensor_model_parallel_size=2, sequence_parallel=True)),
-    ("pp2", 2, dict(pipeline_model_parallel_size=2)),
-    ("dp2_distopt", 2, dict(use_distributed_optimizer=True)),
-])
-def test_parallel_layouts_give_the_tp1_loss_curve(data, runs, tp1, layout, nproc, flags):
-    reference, _ = tp1
-    ckpt = runs / layout / "ckpt"
-    got = train(nproc, data, runs / layout, save=str(ckpt), save_interval=10, keep_last=0, **flags)
+@pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "tp1"])
+def test_parallel_layouts_give_the_tp1_loss_curve(layout_runs, layout):
+    reference, got = layout_runs["tp1"], layout_runs[layout]
     assert sorted(got) == sorted(reference) == list(range(1, 21))
     for step, loss in got.items():
         assert abs(loss - reference[step]) <= 1e-4 * abs(reference[step]), f"{layout} step {step}"
@@ -89,7 +97,7 @@ def test_parallel_layouts_give_the_tp1_loss_curve(data, runs, tp1, layout, nproc
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run_bitwise(data, runs, tp1):
-    reference, _ = tp1
+    reference = tp1
     out = runs / "killed"
     out.mkdir()
     ckpt = out / "ckpt"
@@ -114,9 +122,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run_bitwise(data, runs, tp1)
     ("tp1", 2, dict(tensor_model_parallel_size=2)),
     ("pp2", 2, dict(tensor_model_parallel_size=2)),
 ])
-def test_resharding_on_resume_gives_the_same_next_loss(data, runs, tp1, saved_at, resume_nproc, resume_flags):
+def test_resharding_on_resume_gives_the_same_next_loss(data, runs, layout_runs, saved_at, resume_nproc,
+                                                       resume_flags):
     source = runs / saved_at
-    expected = losses(source / "metrics.jsonl")[11]
+    expected = layout_runs[saved_at][11]
     out = runs / f"reshard_{saved_at}_to_{resume_nproc}"
     got = train(resume_nproc, data, out, load=str(source / "ckpt" / "iter_0000010"), train_iters=11,
                 **resume_flags)

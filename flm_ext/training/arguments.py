@@ -58,7 +58,8 @@ class CheckpointArgs:
     save_interval: int | None = None
     keep_last: int | None = 3
     no_load_optim: bool = False
-    finetune: bool = False  # load weights only and start counting from 0 (e.g. after growth)
+    finetune: bool = False  # Megatron's: load weights only; iteration, data and schedule restart at 0
+    start_new_stage: bool = False  # FLM stages: weights + Adam moments; iteration, data and schedule restart
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,12 @@ class TrainConfig:
             raise ConfigError(f"--save-interval={ck.save_interval} must be >= 1")
         if ck.save_interval and not ck.save:
             raise ConfigError("--save-interval needs --save")
+        if (ck.finetune or ck.start_new_stage) and not ck.load:
+            raise ConfigError("--finetune / --start-new-stage need --load")
+        if ck.finetune and ck.start_new_stage:
+            raise ConfigError("give --finetune (weights only) or --start-new-stage (weights and optimizer), not both")
+        if self.growth_ramp_steps is not None and self.growth_ramp_steps < 0:
+            raise ConfigError(f"--growth-ramp-steps={self.growth_ramp_steps} must be >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (0: all)")
     g.add_argument("--no-load-optim", action="store_true")
     g.add_argument("--finetune", action="store_true", help="load weights only; iteration and data restart at 0")
+    g.add_argument("--start-new-stage", action="store_true",
+                   help="load weights and optimizer moments (e.g. a grown checkpoint), but restart the iteration, "
+                        "data position and LR schedule at 0: the next FLM stage")
 
     g = p.add_argument_group("logging")
     g.add_argument("--log-interval", type=int, default=10)
@@ -281,7 +291,7 @@ def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
                       vocab_from_tokenizer=args.vocab_size is None, num_workers=args.num_workers),
         checkpoint=CheckpointArgs(save=args.save, load=args.load, save_interval=args.save_interval,
                                   keep_last=args.keep_last or None, no_load_optim=args.no_load_optim,
-                                  finetune=args.finetune),
+                                  finetune=args.finetune, start_new_stage=args.start_new_stage),
         logging=LoggingArgs(log_interval=args.log_interval, eval_interval=args.eval_interval,
                             eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
                             peak_tflops=args.peak_tflops, exit_interval=args.exit_interval,

@@ -22,7 +22,6 @@ import random
 import re
 import shutil
 from dataclasses import asdict
-from typing import Any
 
 import numpy as np
 import torch
@@ -183,7 +182,8 @@ def load_common(path: str) -> dict:
     return dist_checkpointing.load_common_state_dict(folder)
 
 
-def load_checkpoint(path: str, chunks, optimizer, scheduler, *, load_optimizer: bool = True) -> dict:
+def load_checkpoint(path: str, chunks, optimizer, scheduler, *, load_optimizer: bool = True,
+                    load_scheduler: bool = True) -> dict:
     """Load weights (and optimizer, scheduler, RNG when present and applicable) into a built model.
 
     Returns the checkpoint's common state (iteration, data position, flm dict, ...). RNG states
@@ -198,7 +198,8 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, load_optimizer: 
         load_optimizer = False
     saved_layout = common.get("parallel_layout")
     same_layout = saved_layout == _layout()
-    state = _sharded_state(chunks, optimizer if load_optimizer else None, scheduler if load_optimizer else None,
+    load_scheduler = load_scheduler and load_optimizer and "opt_param_scheduler" in common
+    state = _sharded_state(chunks, optimizer if load_optimizer else None, scheduler if load_scheduler else None,
                            is_loading=True, with_rng=same_layout)
     strategy = get_default_load_sharded_strategy(folder)
     loaded = dist_checkpointing.load(state, folder, sharded_strategy=strategy)
@@ -211,7 +212,7 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, load_optimizer: 
     if load_optimizer and optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
         untie_adam_steps(optimizer)
-    if load_optimizer and scheduler is not None:
+    if load_scheduler and scheduler is not None:
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if same_layout and "rng_state" in loaded:
         rng = loaded["rng_state"]
@@ -250,7 +251,10 @@ def _layout() -> list[int]:
             parallel_state.get_pipeline_model_parallel_world_size()]
 
 
-def common_extra(model_config, consumed_train_samples: int, **more: Any) -> dict:
-    """The plain-data part of a checkpoint (saved once, by rank 0)."""
-    return {"consumed_train_samples": consumed_train_samples, "parallel_layout": _layout(),
-            "flm": {"model_config": asdict(model_config), **more}}
+def common_extra(model_config, consumed_train_samples: int, growth: dict | None = None) -> dict:
+    """The plain-data part of a checkpoint (saved once, by rank 0): data position, layout, the
+    model config and, while MSG masks are still ramping, the growth record."""
+    flm = {"model_config": asdict(model_config)}
+    if growth is not None:
+        flm["growth"] = growth
+    return {"consumed_train_samples": consumed_train_samples, "parallel_layout": _layout(), "flm": flm}

@@ -21,6 +21,7 @@ from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from flm_ext.config import describe
+from flm_ext.growth import apply_growth_schedule
 from flm_ext.model.flm_model import build_model_chunks
 from flm_ext.runtime import initialize_distributed
 from flm_ext.training import checkpointing
@@ -58,6 +59,36 @@ def _recompute_overrides(cfg: TrainConfig) -> dict:
         return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
     return {"recompute_granularity": "full", "recompute_method": cfg.recompute_method,
             "recompute_num_layers": cfg.recompute_num_layers}
+
+
+def check_checkpoint_shape(path: str, model) -> None:
+    """Refuse, naming the field, to load a checkpoint of another shape (e.g. forgot the grown flags)."""
+    saved = checkpointing.load_common(path).get("flm", {}).get("model_config")
+    if not saved:
+        return
+    fields = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size", "kv_channels")
+    wrong = [f"{f}: checkpoint {saved.get(f)} vs flags {getattr(model, f)}" for f in fields
+             if f in saved and saved[f] != getattr(model, f)]
+    if wrong:
+        raise checkpointing.CheckpointError(f"--load {path} holds a model of another shape ({'; '.join(wrong)}); "
+                                            f"pass the matching --model-preset / shape flags")
+
+
+def growth_from_checkpoint(common: dict, cfg: TrainConfig, restart: bool):
+    """The MSG mask ramp a grown checkpoint carries, or None. `--growth-ramp-steps` overrides its
+    length; a restarted stage counts the ramp from its own iteration 0."""
+    from flm_ext.growth import GrowthState
+
+    record = common.get("flm", {}).get("growth")
+    if not record:
+        return None
+    state = GrowthState.from_dict(record)
+    if cfg.growth_ramp_steps is not None:
+        state = state.replace(ramp_steps=cfg.growth_ramp_steps)
+    if restart:
+        state = state.replace(start_iteration=0)
+    log(f"growth: masks ramp from 0 to 1 over {state.ramp_steps} steps from iteration {state.start_iteration}")
+    return state
 
 
 class SkipTracker:
@@ -124,15 +155,20 @@ def pretrain(cfg: TrainConfig) -> dict:
     optimizer = build_optimizer(model, cfg.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg)
 
-    iteration, consumed = 0, 0
+    iteration, consumed, growth = 0, 0, None
     ck = cfg.checkpoint
     if ck.load and checkpointing.has_checkpoint(ck.load):
+        check_checkpoint_shape(ck.load, cfg.model)
+        restart = ck.finetune or ck.start_new_stage
         common = checkpointing.load_checkpoint(ck.load, model, optimizer, scheduler,
-                                               load_optimizer=not (ck.no_load_optim or ck.finetune))
-        if not ck.finetune:
+                                               load_optimizer=not (ck.no_load_optim or ck.finetune),
+                                               load_scheduler=not restart)
+        if not restart:
             iteration, consumed = common["iteration"], common["consumed_train_samples"]
         log(f"loaded {ck.load} (iteration {common['iteration']}); continuing at iteration {iteration}, "
             f"{consumed:,} samples consumed")
+        growth = growth_from_checkpoint(common, cfg, restart)
+        scheduler.step(increment=0)  # the loaded param groups carry the saved LR: recompute it for now
     elif ck.load and os.path.abspath(ck.load) == os.path.abspath(ck.save or ""):
         log(f"--load {ck.load} holds no checkpoint yet: starting from scratch")
     elif ck.load:  # an explicit checkpoint of another run (e.g. a grown one) must exist
@@ -168,7 +204,8 @@ def pretrain(cfg: TrainConfig) -> dict:
     start_iteration, interval_start, interval_steps = iteration, time.time(), 0
     run_start = time.time()
     last_loss, last_valid = math.nan, None
-    extra = lambda: checkpointing.common_extra(cfg.model, consumed)  # noqa: E731
+    extra = lambda: checkpointing.common_extra(  # noqa: E731
+        cfg.model, consumed, growth=growth.to_dict() if growth is not None else None)
 
     def save(reason: str):
         if ck.save:
@@ -177,6 +214,11 @@ def pretrain(cfg: TrainConfig) -> dict:
             log(f"saved checkpoint {path} ({reason})")
 
     while iteration < s.train_iters:
+        if growth is not None:
+            lam = apply_growth_schedule(model, growth, iteration)
+            if lam is None:
+                log(f"step {iteration + 1}: growth masks ramped to 1 and dropped; full-speed model from here")
+                growth = None
         result = train_step(model, optimizer, train_iter, num_microbatches=num_micro,
                             seq_length=cfg.model.seq_length, micro_batch_size=s.micro_batch_size)
         iteration += 1

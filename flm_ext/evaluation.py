@@ -1,0 +1,135 @@
+"""Evaluate a checkpoint: held-out perplexity per language and FreeLM-style zero-shot accuracy.
+
+Perplexity: each held-out jsonl file's documents (each followed by the end-of-document token, as
+in training) are concatenated and cut into windows of the model's sequence length; the loss is
+the mean next-token NLL over every predicted token.
+
+Zero-shot accuracy (FreeLM's teacher signal read as a classifier): for each held-out
+`{"text", "proposition", "label"}` line the prompt is `text + "\\n" + proposition`, tokenized
+exactly as preprocessing does, and the model's log-probabilities of the two label token
+sequences (the true and the false emoji) after it are compared; the higher one is the answer.
+Accuracy is reported per task family (the proposition's wording with book or sentiment names
+stripped, e.g. sentiment reviews vs. verse-book questions), since chance is 50% for each.
+
+Runs on one process (CPU or one GPU), whatever TP/PP the checkpoint was saved at.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from flm_ext.config import FLMConfig, ParallelConfig, describe
+from flm_ext.data import special_tokens
+
+
+def load_model(path: str):
+    """(model, FLMConfig, common state) from a checkpoint, at TP=PP=1, growth masks applied."""
+    from flm_ext.growth import GrowthState, attach_growth
+    from flm_ext.model.flm_model import build_model_chunks
+    from flm_ext.runtime import device, initialize_distributed
+    from flm_ext.training import checkpointing
+
+    common = checkpointing.load_common(path)
+    fields = common["flm"]["model_config"]
+    config = FLMConfig(**{k: v for k, v in fields.items() if k in FLMConfig.__dataclass_fields__})
+    initialize_distributed(ParallelConfig(), seed=0)
+    chunks = build_model_chunks(config, ParallelConfig())
+    common = checkpointing.load_checkpoint(path, chunks, None, None, load_optimizer=False)
+    growth = common["flm"].get("growth")
+    if growth:
+        state = GrowthState.from_dict(growth)
+        lam = state.lambda_at(common["iteration"])
+        if lam < 1.0:
+            attach_growth(chunks, state, lam)
+    model = chunks[0].to(device()).eval()
+    return model, config, common
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    return model(ids, positions, None).float()
+
+
+@torch.no_grad()
+def language_loss(model, config: FLMConfig, tokenizer, path: str, max_tokens: int = 200_000,
+                  batch_size: int = 8) -> dict:
+    """Mean next-token loss and perplexity over a held-out jsonl file's `text` documents."""
+    stream: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            stream += tokenizer.tokenize(json.loads(line)["text"]) + [tokenizer.eod]
+            if len(stream) >= max_tokens:
+                break
+    window = config.seq_length + 1
+    count = len(stream) // window
+    if count == 0:
+        raise ValueError(f"{path}: only {len(stream)} tokens, fewer than one window of {window}")
+    data = torch.tensor(stream[: count * window]).view(count, window)
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for start in range(0, count, batch_size):
+        batch = data[start:start + batch_size].to(device)
+        logits = _logits(model, batch[:, :-1])
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+        total += nll.item()
+        tokens += batch[:, 1:].numel()
+    loss = total / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+
+
+def task_family(proposition: str) -> str:
+    """Group propositions by wording, ignoring the varying part (book names, polarity words)."""
+    if "评论" in proposition:
+        return "reviews"
+    return re.sub(r"(book of|from) .*", r"\1 ...", proposition)
+
+
+@torch.no_grad()
+def label_log_probs(model, config: FLMConfig, prompt: list[int], candidates: list[list[int]]) -> list[float]:
+    """log P(candidate | prompt) for each candidate token sequence."""
+    device = next(model.parameters()).device
+    scores = []
+    for cand in candidates:
+        ids = (prompt + cand)[-config.seq_length:]
+        tensor = torch.tensor([ids], device=device)
+        logp = F.log_softmax(_logits(model, tensor)[0], dim=-1)
+        start = len(ids) - len(cand)
+        scores.append(sum(logp[start - 1 + i, tok].item() for i, tok in enumerate(cand)))
+    return scores
+
+
+def zero_shot_accuracy(model, config: FLMConfig, tokenizer, path: str, max_samples: int = 400) -> dict:
+    """Accuracy of choosing the right label emoji, per task family and overall."""
+    right: dict[str, int] = defaultdict(int)
+    seen: dict[str, int] = defaultdict(int)
+    candidates = [tokenizer.label_ids(True), tokenizer.label_ids(False)]
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if n >= max_samples:
+                break
+            sample = json.loads(line)
+            prompt = tokenizer.tokenize(sample["text"] + special_tokens.PROPOSITION_SEPARATOR + sample["proposition"])
+            true_score, false_score = label_log_probs(model, config, prompt, candidates)
+            family = task_family(sample["proposition"])
+            seen[family] += 1
+            right[family] += int((true_score > false_score) == bool(sample["label"]))
+    out = {family: {"accuracy": right[family] / seen[family], "samples": seen[family]} for family in sorted(seen)}
+    total = sum(seen.values())
+    out["all"] = {"accuracy": sum(right.values()) / max(total, 1), "samples": total}
+    return out
+
+
+def evaluate(path: str, tokenizer, language_files: dict[str, str], teacher_file: str | None,
+             max_teacher_samples: int = 400) -> dict:
+    model, config, common = load_model(path)
+    result = {"checkpoint": path, "iteration": common["iteration"], "model": describe(config),
+              "languages": {lang: language_loss(model, config, tokenizer, file)
+                            for lang, file in language_files.items()}}
+    if teacher_file:
+        result["zero_shot"] = zero_shot_accuracy(model, config, tokenizer, teacher_file, max_teacher_samples)
+    return result
