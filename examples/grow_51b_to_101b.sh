@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# FLM-101B growth 2 (depth): FLM-51B (40 x 10240, 80 heads) -> FLM-101B (80 x 10240): the 40 new
+# layers copy the old ones (stacking) and are gated to the identity until the ramp opens them.
+# Reads the last stage-2 checkpoint (any TP/PP) and writes the grown one that
+# examples/flm101b_stage3.sh starts from (its GROWN). Streams tensor by tensor (one layer of one
+# tensor at a time, at most 1.6 GiB in fp32), on one CPU node.
+#   OLD=checkpoints/flm-51b NEW=checkpoints/flm-101b-grown bash examples/grow_51b_to_101b.sh
+# Extra flags are passed on (e.g. --depth-placement interleave, --growth-ramp-steps 2000).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OLD=${OLD:-checkpoints/flm-51b}
+NEW=${NEW:-checkpoints/flm-101b-grown}
+exec python "$REPO/tools/grow_checkpoint.py" --load "$OLD" --save "$NEW" \
+  --num-layers 80 --depth-init stack \
+  --growth-ramp-steps "${RAMP_STEPS:-1000}" "$@"

@@ -1,0 +1,220 @@
+"""tools/grow_checkpoint.py end to end: checkpoints written by pretrain_flm.py are grown offline
+(width at TP=2 -> loaded at PP=2 and TP=1; depth -> TP=1), the grown model computes the old
+function (logits and the next training loss on the same batch), training goes on through the mask
+ramp, and bad requests are refused with nothing written."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distributed import free_port
+from test_trainer import data, train  # noqa: F401  (data: the tiny bilingual set, a module fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+TOOL = str(REPO / "tools" / "grow_checkpoint.py")
+TRAIN_ITERS = 12  # every run uses the same total, so the data order and LR schedule are shared
+GROWN_AT = 4
+WIDE = dict(hidden_size=128, num_attention_heads=8, ffn_hidden_size=512)
+
+
+def _train(nproc: int, data: dict, out: Path, **flags) -> dict[int, float]:
+    """pretrain_flm.py as the trainer tests run it, with the shared total of iterations."""
+    return train(nproc, data, out, train_iters=TRAIN_ITERS, **flags)
+
+
+def _grow_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True,
+                          env=dict(ENV, MASTER_PORT=str(free_port())), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("grow_runs")
+
+
+@pytest.fixture(scope="module")
+def old(data, runs):
+    """The pre-growth model: 2 x 64, 4 heads, FFN 256, trained 4 steps at TP=2 and saved."""
+    losses = _train(2, data, runs / "old", tensor_model_parallel_size=2, save=str(runs / "old" / "ckpt"),
+                    exit_interval=GROWN_AT)
+    assert sorted(losses) == list(range(1, GROWN_AT + 1))
+    return runs / "old" / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def next_loss(data, runs, old):
+    """The old model's loss on batch 5 (the batch the grown run sees first), loaded at TP=1."""
+    losses = _train(1, data, runs / "old_next", load=str(old), exit_interval=1)
+    assert list(losses) == [GROWN_AT + 1]
+    return losses[GROWN_AT + 1]
+
+
+@pytest.fixture(scope="module")
+def wide(runs, old):
+    """Width growth through the CLI, with --verify."""
+    out = runs / "wide"
+    proc = _grow_cli("--load", str(old), "--save", str(out), "--hidden-size", "128", "--num-attention-heads", "8",
+                     "--ffn-hidden-size", "512", "--growth-ramp-steps", "3", "--verify", "--progress-interval", "0")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out, proc.stdout
+
+
+def test_width_growth_preserves_the_logits_and_reports_progress(wide):
+    out, stdout = wide
+    diff = float(re.search(r"^max abs logit diff: (\S+)$", stdout, re.M).group(1))
+    assert diff <= 1e-5
+    assert re.search(r"grow: chunk \d+/\d+ .* MiB/s .* ETA", stdout)
+    assert (out / "latest_checkpointed_iteration.txt").read_text() == str(GROWN_AT)
+    assert not os.path.exists(str(out) + ".partial")
+    common = torch.load(out / f"iter_{GROWN_AT:07d}" / "common.pt", weights_only=False)
+    assert common["iteration"] == GROWN_AT and common["parallel_layout"] is None
+    assert common["flm"]["model_config"]["hidden_size"] == 128
+    assert common["flm"]["growth"]["old_hidden_size"] == 64 and common["flm"]["growth"]["ramp_steps"] == 3
+    assert common["flm"]["growth"]["start_iteration"] == GROWN_AT
+
+
+def test_training_continues_after_width_growth_at_pp2_and_round_trips(data, runs, wide, next_loss):
+    """Saved at TP=2, grown, trained at PP=2: the first loss is the old model's on the same batch;
+    the loss falls through the ramp; after it the masks are gone and a TP=1 resume matches."""
+    grown, _ = wide
+    ckpt = runs / "wide_train" / "ckpt"
+    losses = _train(2, data, runs / "wide_train", pipeline_model_parallel_size=2, load=str(grown), save=str(ckpt),
+                    save_interval=8, keep_last=0, **WIDE)
+    assert sorted(losses) == list(range(GROWN_AT + 1, TRAIN_ITERS + 1))
+    first = losses[GROWN_AT + 1]
+    assert abs(first - next_loss) <= 1e-5, (first, next_loss)
+    assert losses[TRAIN_ITERS] < first - 0.05, losses
+    log = (runs / "wide_train" / "stdout.log").read_text()
+    assert "growth masks ramped to 1 and dropped" in log
+    after_ramp = torch.load(ckpt / "iter_0000008" / "common.pt", weights_only=False)
+    assert "growth" not in after_ramp["flm"]
+
+    resumed = _train(1, data, runs / "wide_resume", load=str(ckpt / "iter_0000008"), **WIDE)
+    assert sorted(resumed) == list(range(9, TRAIN_ITERS + 1))
+    for step, loss in resumed.items():
+        assert abs(loss - losses[step]) <= 1e-5, (step, loss, losses[step])
+
+
+def test_depth_growth_preserves_logits_and_the_next_loss(data, runs, old, next_loss, megatron_single_process):
+    from flm_ext.growth.checkpoint import grow_checkpoint, verify_growth
+
+    deep = runs / "deep"
+    lines = []
+    grow_checkpoint(str(old), str(deep), dict(num_layers=4), depth_init="stack", ramp_steps=2, log=lines.append)
+    assert verify_growth(str(old), str(deep)) <= 1e-5
+    losses = _train(1, data, runs / "deep_train", load=str(deep), num_layers=4, exit_interval=1)
+    assert abs(losses[GROWN_AT + 1] - next_loss) <= 1e-5, (losses, next_loss)
+
+    # The check can fail: without the gates of the new layers (a wrong growth record) the logits move.
+    bad = runs / "deep_no_gates"
+    shutil.copytree(deep, bad)
+    common_pt = bad / f"iter_{GROWN_AT:07d}" / "common.pt"
+    common = torch.load(common_pt, weights_only=False)
+    common["flm"]["growth"]["new_layers"] = []
+    torch.save(common, common_pt)
+    assert verify_growth(str(old), str(bad)) > 1e-3
+
+
+@pytest.mark.parametrize("sizes, error, message", [
+    (dict(hidden_size=32, num_attention_heads=2), "GrowthError", "cannot shrink hidden_size: 64 -> 32"),
+    (dict(num_layers=1), "GrowthError", "cannot shrink num_layers: 2 -> 1"),
+    (dict(hidden_size=100, num_attention_heads=8), "ConfigError", "hidden_size=100 is not divisible by"),
+    (dict(hidden_size=128, num_attention_heads=4), "GrowthError", "keeps the head size fixed: head_dim 16 -> 32"),
+])
+def test_impossible_shapes_are_refused(runs, old, sizes, error, message):
+    from flm_ext.growth.checkpoint import grow_checkpoint
+
+    out = runs / f"refused_{'_'.join(map(str, sizes.values()))}"
+    with pytest.raises(Exception) as info:
+        grow_checkpoint(str(old), str(out), sizes, log=lambda _: None)
+    assert type(info.value).__name__ == error and message in str(info.value)
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def test_cli_refusal_names_the_problem_and_exits_2(runs, old):
+    out = runs / "cli_refused"
+    proc = _grow_cli("--load", str(old), "--save", str(out), "--hidden-size", "32", "--num-attention-heads", "2")
+    assert proc.returncode == 2
+    assert "grow_checkpoint: error: growth cannot shrink hidden_size: 64 -> 32" in proc.stderr
+    assert not out.exists()
+
+
+def test_bad_input_and_existing_output_are_refused(runs, old, wide):
+    from flm_ext.growth.checkpoint import GrowCheckpointError, grow_checkpoint
+
+    grow = lambda load, save: grow_checkpoint(str(load), str(save), WIDE, log=lambda _: None)  # noqa: E731
+    with pytest.raises(GrowCheckpointError, match="no such file"):
+        grow(runs / "missing", runs / "x1")
+    (runs / "empty").mkdir()
+    with pytest.raises(GrowCheckpointError, match=r"empty: not a complete checkpoint .*no latest_checkpointed"):
+        grow(runs / "empty", runs / "x2")
+    broken = runs / "broken"
+    shutil.copytree(old, broken)
+    os.remove(broken / f"iter_{GROWN_AT:07d}" / ".metadata")
+    with pytest.raises(GrowCheckpointError, match=r"not a complete checkpoint .* has no \.metadata"):
+        grow(broken, runs / "x3")
+    existing = runs / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(GrowCheckpointError, match="existing already exists"):
+        grow(old, existing)
+    assert os.listdir(existing) == ["keep.txt"]
+    # A checkpoint still inside its mask ramp cannot be grown again (its masks would be lost).
+    with pytest.raises(GrowCheckpointError, match="still inside the previous growth's mask ramp"):
+        grow_checkpoint(str(wide[0]), str(runs / "x4"), dict(num_layers=4), log=lambda _: None)
+    for name in ("x1", "x2", "x3", "x4"):
+        assert not (runs / name).exists() and not (runs / (name + ".partial")).exists()
+
+
+def test_an_error_during_growth_leaves_nothing(runs, old, monkeypatch):
+    """E.g. a full disk half-way (a Ctrl-C there is wrapped the same way by torch's checkpoint writer)."""
+    import flm_ext.growth.checkpoint as gc
+
+    calls = {"n": 0}
+    real = gc.grow_layer
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gc, "grow_layer", failing)
+    out = runs / "interrupted"
+    with pytest.raises(Exception, match="No space left on device"):
+        gc.grow_checkpoint(str(old), str(out), WIDE, log=lambda _: None)
+    assert calls["n"] == 10
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def test_a_killed_growth_leaves_no_checkpoint_and_the_rerun_succeeds(tmp_path):
+    from flm_ext.config import get_preset
+    from flm_ext.growth.checkpoint import write_synthetic_checkpoint
+
+    src, out = tmp_path / "src", tmp_path / "grown"
+    cfg = get_preset("tiny-stage1", num_layers=4, hidden_size=256, num_attention_heads=4, ffn_hidden_size=1024)
+    write_synthetic_checkpoint(str(src), cfg, iteration=7)
+    args = [sys.executable, TOOL, "--load", str(src), "--save", str(out), "--num-layers", "8",
+            "--progress-interval", "0", "--bucket-mb", "4"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    for line in proc.stdout:
+        if line.startswith("grow: chunk 20/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and Path(str(out) + ".partial").is_dir()
+    rerun = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "left by an interrupted run" in rerun.stdout
+    assert not Path(str(out) + ".partial").exists()
+    assert (out / "latest_checkpointed_iteration.txt").read_text() == "7"

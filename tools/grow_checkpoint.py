@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Grow a training checkpoint with MSG (function-preserving), e.g. FLM's 16B -> 51B -> 101B:
+
+  python tools/grow_checkpoint.py --load checkpoints/flm-16b --save checkpoints/flm-51b-grown \\
+      --hidden-size 10240 --num-attention-heads 80 --ffn-hidden-size 40960 --growth-ramp-steps 1000
+  python tools/grow_checkpoint.py --load checkpoints/flm-51b --save checkpoints/flm-101b-grown \\
+      --num-layers 80 --depth-init stack
+
+Reads a torch_dist checkpoint saved at any TP/PP and writes one the trainer loads at any TP/PP,
+tensor by tensor (memory: a few of the largest tensors, not the model). Sizes not given are kept.
+--verify builds both models on this machine (TP=1, fp32), runs a probe batch and prints
+`max abs logit diff: <value>`, exiting 1 above --tolerance. See flm_ext/growth/checkpoint.py.
+"""
+import argparse
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext.config import ConfigError  # noqa: E402
+from flm_ext.growth.checkpoint import (GrowCheckpointError, grow_checkpoint, init_single_process,  # noqa: E402
+                                       verify_growth)
+from flm_ext.growth.operators import DEPTH_INITS, DEPTH_PLACEMENTS, GrowthError  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="checkpoint root (with latest_checkpointed_iteration.txt) or iter_N")
+    p.add_argument("--save", required=True, help="new checkpoint root; must not exist")
+    p.add_argument("--num-layers", type=int, default=None)
+    p.add_argument("--hidden-size", type=int, default=None)
+    p.add_argument("--num-attention-heads", type=int, default=None)
+    p.add_argument("--ffn-hidden-size", type=int, default=None)
+    p.add_argument("--depth-init", choices=DEPTH_INITS, default="stack",
+                   help="new layers copy old ones (stack) or start fresh (random)")
+    p.add_argument("--depth-placement", choices=DEPTH_PLACEMENTS, default="top",
+                   help="new layers after the old stack (top) or each after the layer it copies (interleave)")
+    p.add_argument("--growth-ramp-steps", type=int, default=1000,
+                   help="steps over which the trainer ramps the masks from 0 to 1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new weights' init")
+    p.add_argument("--bucket-mb", type=int, default=256, help="bytes per output file (bounds memory with the "
+                                                               "largest tensor chunk)")
+    p.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
+    p.add_argument("--verify", action="store_true", help="compare old and grown logits on a probe batch")
+    p.add_argument("--tolerance", type=float, default=1e-5)
+    return p.parse_args(argv)
+
+
+def _interrupt(signum, frame):
+    raise SystemExit(f"grow: stopped by signal {signum}; nothing was written at the --save path")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    sizes = dict(num_layers=args.num_layers, hidden_size=args.hidden_size,
+                 num_attention_heads=args.num_attention_heads, ffn_hidden_size=args.ffn_hidden_size)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    try:
+        grow_checkpoint(args.load, args.save, sizes, depth_init=args.depth_init, depth_placement=args.depth_placement,
+                        seed=args.seed, ramp_steps=args.growth_ramp_steps, bucket_bytes=args.bucket_mb * 2 ** 20,
+                        log=log, progress_interval=args.progress_interval)
+    except (GrowCheckpointError, GrowthError, ConfigError) as e:
+        print(f"grow_checkpoint: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if args.verify:
+        init_single_process()
+        diff = verify_growth(args.load, args.save)
+        print(f"max abs logit diff: {diff:.3e}", flush=True)
+        if not diff <= args.tolerance:
+            print(f"grow_checkpoint: error: the grown model's logits differ by {diff:.3e} > --tolerance "
+                  f"{args.tolerance:g}", file=sys.stderr, flush=True)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
