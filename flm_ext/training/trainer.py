@@ -243,7 +243,8 @@ def pretrain(cfg: TrainConfig) -> dict:
                                        "train/tokens_per_s": tokens_per_step / step_time, "train/tflops": tflops,
                                        "train/skipped_steps": skips.total, "train/consumed_samples": consumed,
                                        "train/tokens": consumed * cfg.model.seq_length,
-                                       "train/flops": consumed * cfg.model.seq_length * flops_per_token(cfg.model)})
+                                       "train/flops": consumed * cfg.model.seq_length * flops_per_token(cfg.model),
+                                       "time/elapsed_s": time.time() - run_start})
             interval_start, interval_steps = time.time(), 0
         if cfg.logging.eval_interval and (iteration % cfg.logging.eval_interval == 0 or iteration == s.train_iters):
             eval_iter = iterators(valid_ds, 0, wrap=True)
@@ -251,7 +252,8 @@ def pretrain(cfg: TrainConfig) -> dict:
                                    seq_length=cfg.model.seq_length, micro_batch_size=s.micro_batch_size)
             log(f"step {iteration:>7d} | validation loss {last_valid:.4f} | ppl {math.exp(min(last_valid, 50)):.2f}")
             writer.scalars(iteration, {"valid/loss": last_valid, "train/tokens": consumed * cfg.model.seq_length,
-                                       "train/flops": consumed * cfg.model.seq_length * flops_per_token(cfg.model)})
+                                       "train/flops": consumed * cfg.model.seq_length * flops_per_token(cfg.model),
+                                       "time/elapsed_s": time.time() - run_start})
         if ck.save_interval and iteration % ck.save_interval == 0:
             save(f"every {ck.save_interval} steps")
         if stop.any_rank():

@@ -1,0 +1,117 @@
+"""Growth versus scratch: compute and wall time to reach the same validation loss.
+
+    python benchmarks/growth_vs_scratch.py --out runs/growth_vs_scratch [--scale 1.0]
+
+Trains the stage-3 shape (8 x 128, 8 heads) from scratch for as many steps as the grown schedule
+takes in all (stage 1 + stage 2 + stage 3 of the miniature recipe), on the same data, batch and
+validation batches, then reports for each: the training FLOPs and wall time at which its
+validation loss first reaches the scratch run's final validation loss (the grown schedule's
+FLOPs are cumulative over its stages; growth itself is not counted as training compute, and its
+wall time is added). Writes `result.json`, `growth_vs_scratch.png` and a markdown table for
+docs/BENCHMARKS.md. Reports what it measures, whichever way it goes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex) .*not installed")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext.recipe import Runner, Stage, _metrics, default_recipe, run_recipe, train_stage  # noqa: E402
+
+
+def curve(stage_results: list[dict], growth: list[dict] = ()) -> list[tuple[float, float, float]]:
+    """(cumulative FLOPs, cumulative wall seconds, validation loss) at every evaluation; growth's
+    wall time counts, its (tiny) compute does not."""
+    points, flops0, wall0 = [], 0.0, 0.0
+    for i, stage in enumerate(stage_results):
+        if i > 0:
+            wall0 += growth[i - 1]["wall_s"]
+        per_step = stage["flops"] / stage["steps"]
+        for row in _metrics(stage["metrics"]):
+            if "valid/loss" in row:
+                points.append((flops0 + row["iteration"] * per_step, wall0 + row["time/elapsed_s"], row["valid/loss"]))
+        flops0 += stage["flops"]
+        wall0 += stage["wall_s"]
+    return points
+
+
+def first_reaching(points, target: float):
+    return next(((f, w) for f, w, loss in points if loss <= target), (None, None))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/growth_vs_scratch")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--eval-interval", type=int, default=25)
+    args = parser.parse_args(argv)
+
+    grown_cfg = dataclasses.replace(default_recipe(os.path.join(args.out, "grown"), args.scale),
+                                    control_run=False, eval_interval=args.eval_interval)
+    summary = run_recipe(grown_cfg)
+    total_steps = sum(s.steps for s in grown_cfg.stages)
+    last = grown_cfg.stages[-1]
+    scratch_cfg = dataclasses.replace(grown_cfg, out=os.path.join(args.out, "scratch"))
+    os.makedirs(scratch_cfg.out, exist_ok=True)
+    run = Runner(scratch_cfg.out)
+    data = dict(summary["data"], tok=["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+                                      summary["data"]["tokenizer"]])
+    scratch_stage = Stage("scratch", last.preset, total_steps, grown_cfg.stages[0].lr, last.min_lr,
+                          grown_cfg.stages[0].warmup)
+    scratch = train_stage(scratch_cfg, run, data, scratch_stage, load=None, label="scratch")
+
+    grown_points = curve(summary["stages"], summary["growth"])
+    scratch_points = curve([scratch])
+    target = scratch["final_valid_loss"]
+    g_flops, g_wall = first_reaching(grown_points, target)
+    s_flops, s_wall = first_reaching(scratch_points, target)
+    result = {"target_valid_loss": target, "scratch": {"flops": s_flops, "wall_s": s_wall, "steps": total_steps},
+              "grown": {"flops": g_flops, "wall_s": g_wall, "final_valid_loss": grown_points[-1][2],
+                        "total_flops": summary["total_flops"]},
+              "compute_ratio": (s_flops / g_flops) if g_flops else None,
+              "wall_ratio": (s_wall / g_wall) if g_wall else None,
+              "machine": f"{os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d")}
+    with open(os.path.join(args.out, "result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot([p[0] for p in scratch_points], [p[2] for p in scratch_points], "o-", label="stage-3 shape from scratch")
+    ax.plot([p[0] for p in grown_points], [p[2] for p in grown_points], "o-", label="grown: stage 1 -> 2 -> 3")
+    ax.axhline(target, color="gray", linestyle="--", label=f"scratch final validation loss {target:.3f}")
+    ax.set_xlabel("cumulative training FLOPs")
+    ax.set_ylabel("validation loss")
+    ratio = f"{result['compute_ratio']:.2f}x less compute" if result["compute_ratio"] else "target not reached"
+    ax.set_title(f"Growth vs scratch (tiny FLM, CPU): grown schedule {ratio}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "growth_vs_scratch.png"), dpi=120)
+
+    def fmt(x, unit=""):
+        return "not reached" if x is None else f"{x:.3g}{unit}"
+
+    table = ("| schedule | FLOPs to reach {t:.3f} | wall time to reach it |\n|---|---|---|\n"
+             "| stage-3 shape from scratch ({n} steps) | {sf} | {sw} |\n"
+             "| grown (stage 1 -> width -> stage 2 -> depth -> stage 3) | {gf} | {gw} |\n"
+             "| ratio (scratch / grown) | {cr} | {wr} |\n").format(
+        t=target, n=total_steps, sf=fmt(s_flops), sw=fmt(s_wall, " s"), gf=fmt(g_flops), gw=fmt(g_wall, " s"),
+        cr=fmt(result["compute_ratio"], "x"), wr=fmt(result["wall_ratio"], "x"))
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

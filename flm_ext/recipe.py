@@ -1,0 +1,284 @@
+"""The whole FLM recipe in miniature: corpus -> BPE -> preprocessing -> stage 1 -> width growth ->
+stage 2 -> depth growth -> stage 3 -> evaluation, with a summary, a loss plot and TensorBoard logs.
+
+Every step runs the project's own user-facing command (tools/*.py, pretrain_flm.py) as a
+subprocess, exactly as a user would, so the demo exercises what the big runs use. The shapes
+mirror FLM-101B's path at CPU scale: stage 1 is 4 x 64 (4 heads), width growth doubles hidden,
+FFN and heads (4 x 128, 8 heads; head size fixed), depth growth doubles the layers (8 x 128).
+A control run trains stage 1 without teacher-signal data, so the zero-shot accuracy the teacher
+signal buys is reported side by side.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from flm_ext.config import FLMConfig, get_preset, num_parameters
+from flm_ext.training.metrics import flops_per_token, format_duration
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    preset: str
+    steps: int
+    lr: float
+    min_lr: float
+    warmup: int
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    out: str
+    stages: tuple[Stage, ...]
+    vocab_size: int = 4096
+    seq_length: int = 128
+    micro_batch_size: int = 8
+    global_batch_size: int = 16
+    teacher_fraction: float = 0.25
+    growth_ramp_steps: int = 20
+    eval_interval: int = 50
+    eval_iters: int = 4
+    max_teacher_samples: int = 400
+    control_run: bool = True
+    seed: int = 1234
+
+
+def default_recipe(out: str, scale: float = 1.0) -> RecipeConfig:
+    """The demo's schedule; `scale` < 1 shortens every stage (the test suite uses a small scale)."""
+    def steps(n):
+        return max(4, int(round(n * scale)))
+    stages = (
+        Stage("stage1", "tiny-stage1", steps(400), 3e-3, 3e-4, steps(20)),
+        Stage("stage2", "tiny-stage2", steps(250), 2e-3, 2e-4, steps(10)),
+        Stage("stage3", "tiny-stage3", steps(200), 1.5e-3, 1.5e-4, steps(10)),
+    )
+    return RecipeConfig(out=out, stages=stages, growth_ramp_steps=steps(20), eval_interval=steps(50),
+                        max_teacher_samples=400 if scale >= 1 else 60)
+
+
+class Runner:
+    """Runs commands with visible progress: their output is streamed, prefixed, and timed."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.start = time.time()
+        self.log = open(os.path.join(out, "demo.log"), "a")
+
+    def say(self, message: str) -> None:
+        line = f"[demo {format_duration(time.time() - self.start)}] {message}"
+        print(line, flush=True)
+        self.log.write(line + "\n")
+        self.log.flush()
+
+    def run(self, label: str, args: list[str], echo=lambda line: True) -> str:
+        self.say(f"{label}: {' '.join(os.path.relpath(a, REPO) if a.startswith(REPO) else a for a in args)}")
+        env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=REPO)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            self.log.write(line)
+            if echo(line):
+                print(f"  {label} | {line.rstrip()}", flush=True)
+        if proc.wait():
+            tail = "".join(lines[-30:])
+            raise RuntimeError(f"{label} failed (exit code {proc.returncode}):\n{tail}")
+        return "".join(lines)
+
+
+def _tool(name: str) -> str:
+    return os.path.join(REPO, "tools", name)
+
+
+def _metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _model(stage: Stage, vocab: int, seq: int) -> FLMConfig:
+    return get_preset(stage.preset).replace(vocab_size=vocab, seq_length=seq)
+
+
+def prepare_data(cfg: RecipeConfig, run: Runner) -> dict:
+    data = os.path.join(cfg.out, "data")
+    corpus = os.path.join(data, "corpus")
+    run.run("corpus", [_tool("build_demo_corpus.py"), "--out", corpus])
+    tokenizer = os.path.join(data, f"bpe{cfg.vocab_size}.json")
+    run.run("tokenizer", [_tool("train_tokenizer.py"), "--input", os.path.join(corpus, "en_train.jsonl"),
+                          os.path.join(corpus, "zh_train.jsonl"), "--vocab-size", str(cfg.vocab_size),
+                          "--output", tokenizer])
+    tok = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer]
+    for name in ("en", "zh", "teacher"):
+        extra = ["--teacher-signal"] if name == "teacher" else []
+        run.run(f"preprocess {name}", [_tool("preprocess_data.py"), "--input",
+                                       os.path.join(corpus, f"{name}_train.jsonl"), "--output-prefix",
+                                       os.path.join(data, name), "--append-eod", "--workers", "2", *tok, *extra],
+                echo=lambda line: line.startswith(("done", "wrote")))
+    return {"tokenizer": tokenizer, "tok": tok, "corpus": corpus, "en": os.path.join(data, "en_text_document"),
+            "zh": os.path.join(data, "zh_text_document"), "teacher": os.path.join(data, "teacher"),
+            "cache": os.path.join(data, "cache")}
+
+
+def train_stage(cfg: RecipeConfig, run: Runner, data: dict, stage: Stage, *, load: str | None, label: str,
+                teacher: bool = True) -> dict:
+    model = _model(stage, 0, cfg.seq_length)
+    out = os.path.join(cfg.out, label)
+    metrics = os.path.join(out, "metrics.jsonl")
+    if os.path.exists(metrics):
+        os.remove(metrics)
+    args = [os.path.join(REPO, "pretrain_flm.py"), "--model-preset", stage.preset, "--seq-length", str(cfg.seq_length),
+            *data["tok"], "--data-path", "0.535", data["en"], "0.465", data["zh"], "--split", "98,2,0",
+            "--data-cache-path", data["cache"], "--micro-batch-size", str(cfg.micro_batch_size),
+            "--global-batch-size", str(cfg.global_batch_size), "--train-iters", str(stage.steps),
+            "--lr", str(stage.lr), "--min-lr", str(stage.min_lr), "--lr-warmup-iters", str(stage.warmup),
+            "--log-interval", "10", "--eval-interval", str(cfg.eval_interval), "--eval-iters", str(cfg.eval_iters),
+            "--save", os.path.join(out, "ckpt"), "--tensorboard-dir", os.path.join(cfg.out, "tensorboard", label),
+            "--metrics-jsonl", metrics, "--seed", str(cfg.seed)]
+    if teacher:
+        args += ["--teacher-data-path", data["teacher"], "--teacher-fraction", str(cfg.teacher_fraction)]
+    if load:
+        args += ["--load", load, "--start-new-stage", "--growth-ramp-steps", str(cfg.growth_ramp_steps)]
+    started = time.time()
+    run.run(label, args, echo=lambda line: line.startswith(("step", "loaded", "growth", "saved", "FLM")))
+    rows = _metrics(metrics)
+    train = [r for r in rows if "train/loss" in r]
+    valid = [r for r in rows if "valid/loss" in r]
+    tokens = stage.steps * cfg.global_batch_size * cfg.seq_length
+    from flm_ext.training.checkpointing import load_common
+
+    trained = FLMConfig(**load_common(os.path.join(out, "ckpt"))["flm"]["model_config"])  # vocab as padded
+    return {"name": label, "parameters": num_parameters(trained), "flops": tokens * flops_per_token(trained), "shape": {"num_layers": model.num_layers, "hidden_size": model.hidden_size,
+                                     "num_attention_heads": model.num_attention_heads,
+                                     "ffn_hidden_size": model.ffn_hidden_size},
+            "teacher_data": teacher, "steps": stage.steps, "tokens": tokens, "wall_s": time.time() - started,
+            "final_train_loss": train[-1]["train/loss"], "final_valid_loss": valid[-1]["valid/loss"],
+            "checkpoint": os.path.join(out, "ckpt"), "metrics": metrics}
+
+
+def grow(cfg: RecipeConfig, run: Runner, old: str, new: str, target: FLMConfig, label: str) -> dict:
+    if os.path.exists(new):
+        import shutil
+
+        shutil.rmtree(new)
+    started = time.time()
+    output = run.run(label, [_tool("grow_checkpoint.py"), "--load", old, "--save", new,
+                             "--hidden-size", str(target.hidden_size), "--ffn-hidden-size", str(target.ffn_hidden_size),
+                             "--num-attention-heads", str(target.num_attention_heads),
+                             "--num-layers", str(target.num_layers), "--depth-init", "stack",
+                             "--growth-ramp-steps", str(cfg.growth_ramp_steps), "--verify"])
+    wall = time.time() - started
+    match = re.search(r"max abs logit diff: ([0-9.eE+-]+|nan|inf)", output)
+    if not match:
+        raise RuntimeError(f"{label}: grow_checkpoint.py printed no 'max abs logit diff' line")
+    return {"name": label, "to": dataclasses.asdict(target), "max_abs_logit_diff": float(match.group(1)),
+            "wall_s": wall}
+
+
+def evaluate(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str, label: str) -> dict:
+    corpus = data["corpus"]
+    path = os.path.join(cfg.out, f"eval_{label}.json")
+    run.run(f"evaluate {label}", [_tool("evaluate.py"), "--load", checkpoint, *data["tok"], "--valid-data",
+                                  f"en={corpus}/en_valid.jsonl", f"zh={corpus}/zh_valid.jsonl",
+                                  "--teacher-data", f"{corpus}/teacher_valid.jsonl", "--max-teacher-samples",
+                                  str(cfg.max_teacher_samples), "--output", path], echo=lambda line: False)
+    with open(path) as f:
+        return json.load(f)
+
+
+def plot(summary: dict, path: str) -> None:
+    """Training and validation loss over cumulative FLOPs, growth points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    offset = 0.0
+    colors = ["tab:blue", "tab:orange", "tab:green"]
+    for i, stage in enumerate(summary["stages"]):
+        rows = _metrics(stage["metrics"])
+        per_step = stage["flops"] / stage["steps"]
+        train = [(offset + r["iteration"] * per_step, r["train/loss"]) for r in rows if "train/loss" in r]
+        valid = [(offset + r["iteration"] * per_step, r["valid/loss"]) for r in rows if "valid/loss" in r]
+        ax.plot(*zip(*train), color=colors[i % 3], alpha=0.6, label=f"{stage['name']} train")
+        ax.plot(*zip(*valid), "o-", color=colors[i % 3], label=f"{stage['name']} validation")
+        offset += stage["flops"]
+        if i < len(summary["stages"]) - 1:
+            growth = summary["growth"][i]
+            ax.axvline(offset, color="gray", linestyle="--")
+            ax.text(offset, ax.get_ylim()[1], f" {growth['name']}\n diff {growth['max_abs_logit_diff']:.1e}",
+                    va="top", fontsize=8)
+    ax.set_xlabel("cumulative training FLOPs")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("FLM recipe in miniature: 3 stages joined by width and depth growth")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_recipe(cfg: RecipeConfig) -> dict:
+    os.makedirs(cfg.out, exist_ok=True)
+    run = Runner(cfg.out)
+    run.say(f"FLM recipe in miniature -> {cfg.out}")
+    data = prepare_data(cfg, run)
+    models = [_model(s, 0, cfg.seq_length) for s in cfg.stages]
+    stages, growth = [], []
+    load = None
+    for i, stage in enumerate(cfg.stages):
+        if i > 0:
+            target = models[i]
+            grown = os.path.join(cfg.out, f"{stage.name}_grown")
+            kind = "width" if target.hidden_size != models[i - 1].hidden_size else "depth"
+            growth.append(grow(cfg, run, stages[-1]["checkpoint"], grown, target, f"grow {kind}"))
+            load = grown
+        result = train_stage(cfg, run, data, stage, load=load, label=stage.name)
+        stages.append(result)
+    control = None
+    if cfg.control_run:
+        control = train_stage(cfg, run, data, cfg.stages[0], load=None, label="stage1_no_teacher", teacher=False)
+    evaluation = {"final": evaluate(cfg, run, data, stages[-1]["checkpoint"], "final"),
+                  "stage1": evaluate(cfg, run, data, stages[0]["checkpoint"], "stage1")}
+    if control:
+        evaluation["stage1_no_teacher"] = evaluate(cfg, run, data, control["checkpoint"], "stage1_no_teacher")
+    if control:
+        control["parameters"], control["flops"] = stages[0]["parameters"], stages[0]["flops"]
+    summary = {"stages": stages, "growth": growth, "control_no_teacher": control, "evaluation": evaluation,
+               "data": {k: v for k, v in data.items() if k != "tok"},
+               "total_flops": sum(s["flops"] for s in stages), "wall_s": time.time() - run.start}
+    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, ensure_ascii=False)
+    plot(summary, os.path.join(cfg.out, "loss.png"))
+    run.say(report(summary))
+    return summary
+
+
+def report(summary: dict) -> str:
+    lines = ["", "stage                 shape            params    steps  valid loss"]
+    for s in summary["stages"]:
+        shape = f"{s['shape']['num_layers']} x {s['shape']['hidden_size']}, {s['shape']['num_attention_heads']}h"
+        lines.append(f"{s['name']:<20} {shape:<16} {s['parameters'] / 1e6:6.2f}M  {s['steps']:6d}  "
+                     f"{s['final_valid_loss']:.4f}")
+    for g in summary["growth"]:
+        lines.append(f"{g['name']}: max abs logit diff {g['max_abs_logit_diff']:.2e}")
+    ev = summary["evaluation"]
+    for key in ("final", "stage1", "stage1_no_teacher"):
+        if key in ev:
+            z = ev[key].get("zero_shot", {})
+            reviews = z.get("reviews", {}).get("accuracy")
+            lines.append(f"zero-shot accuracy ({key}): reviews {reviews if reviews is None else f'{reviews:.1%}'}, "
+                         f"all {z.get('all', {}).get('accuracy', float('nan')):.1%}; perplexity en "
+                         f"{ev[key]['languages']['en']['perplexity']:.1f}, zh "
+                         f"{ev[key]['languages']['zh']['perplexity']:.1f}")
+    lines.append(f"wrote summary.json, loss.png, tensorboard/ in {format_duration(summary['wall_s'])}")
+    return "\n".join(lines)
