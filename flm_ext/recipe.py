@@ -105,8 +105,9 @@ def _metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def _model(stage: Stage, vocab: int, seq: int) -> FLMConfig:
-    return get_preset(stage.preset).replace(vocab_size=vocab, seq_length=seq)
+def _shape(stage: Stage, seq: int) -> FLMConfig:
+    """The stage's architecture (its vocabulary is the tokenizer's, padded, set by the trainer)."""
+    return get_preset(stage.preset).replace(seq_length=seq)
 
 
 def prepare_data(cfg: RecipeConfig, run: Runner) -> dict:
@@ -131,7 +132,7 @@ def prepare_data(cfg: RecipeConfig, run: Runner) -> dict:
 
 def train_stage(cfg: RecipeConfig, run: Runner, data: dict, stage: Stage, *, load: str | None, label: str,
                 teacher: bool = True) -> dict:
-    model = _model(stage, 0, cfg.seq_length)
+    model = _shape(stage, cfg.seq_length)
     out = os.path.join(cfg.out, label)
     metrics = os.path.join(out, "metrics.jsonl")
     if os.path.exists(metrics):
@@ -232,7 +233,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     run = Runner(cfg.out)
     run.say(f"FLM recipe in miniature -> {cfg.out}")
     data = prepare_data(cfg, run)
-    models = [_model(s, 0, cfg.seq_length) for s in cfg.stages]
+    models = [_shape(s, cfg.seq_length) for s in cfg.stages]
     stages, growth = [], []
     load = None
     for i, stage in enumerate(cfg.stages):
