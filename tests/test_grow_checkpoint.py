@@ -218,3 +218,25 @@ def test_a_killed_growth_leaves_no_checkpoint_and_the_rerun_succeeds(tmp_path):
     assert "left by an interrupted run" in rerun.stdout
     assert not Path(str(out) + ".partial").exists()
     assert (out / "latest_checkpointed_iteration.txt").read_text() == "7"
+
+
+def test_bf16_weights_and_their_fp32_main_copies_grow_alike(tmp_path):
+    """Grown separately (weight chunk, then main-copy chunk), new entries must agree: bf16 = bf16(fp32)."""
+    from flm_ext.config import get_preset
+    from flm_ext.growth import GrowthPlan, is_layer_key
+    from flm_ext.growth.checkpoint import CheckpointReader, grow_checkpoint, write_synthetic_checkpoint
+
+    cfg = get_preset("tiny-stage1", num_layers=2, vocab_size=512)
+    plan = GrowthPlan(cfg, cfg.replace(num_layers=3, **WIDE))
+    write_synthetic_checkpoint(str(tmp_path / "src"), cfg, dtype=torch.bfloat16, iteration=3)
+    grow_checkpoint(str(tmp_path / "src"), str(tmp_path / "grown"), dict(WIDE, num_layers=3), depth_init="random",
+                    log=lambda _: None)
+    reader = CheckpointReader(str(tmp_path / "grown" / "iter_0000003"))
+    model_keys = [k for k in reader.tensors if not k.startswith("optimizer.")]
+    assert len(model_keys) == 15
+    for key in model_keys:
+        weight, main = reader.read(key), reader.read("optimizer.state.fp32_param." + key)
+        assert weight.dtype == torch.bfloat16 and main.dtype == torch.float32
+        new_shape = plan.shapes(key)[1]
+        assert tuple(weight.shape) == ((3,) + new_shape if is_layer_key(key) else new_shape), key
+        assert torch.equal(weight, main.to(torch.bfloat16)), key

@@ -492,30 +492,31 @@ def init_single_process(seed: int = 1234) -> None:
 def write_synthetic_checkpoint(root: str, cfg: FLMConfig, *, iteration: int = 100, optimizer: bool = True,
                                dtype: torch.dtype = torch.float32, seed: int = 0,
                                bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
-    """A checkpoint of `cfg` with random weights (and Adam moments) in the trainer's layout, written
-    tensor by tensor, so benchmarks and tests can make big inputs in little memory. It lacks the
-    trainer's per-layer `_extra_state` objects and optimizer hyper-parameters: input for this
-    tool, not for `pretrain_flm.py`."""
+    """A checkpoint of `cfg` with random weights in the trainer's layout, written tensor by tensor, so
+    benchmarks and tests can make big inputs in little memory: weights in `dtype`, fp32 Adam moments
+    and, for a low-precision `dtype`, the fp32 main weights (`fp32_param`, equal to the weights up to
+    rounding, as in bf16 training). It lacks the trainer's per-layer `_extra_state` objects and
+    optimizer hyper-parameters: input for this tool, not for `pretrain_flm.py`."""
     plan = GrowthPlan(cfg, cfg)
     keys = [k for k in _TENSOR_KEYS if k != "output_layer.weight" or not cfg.share_embeddings_and_output_weights]
+    states = (("exp_avg", "exp_avg_sq") + (("fp32_param",) if dtype != torch.float32 else ())) if optimizer else ()
     chunks = []
     for model_key in keys:
-        names = [model_key] + ([f"optimizer.state.{n}.{model_key}" for n in ("exp_avg", "exp_avg_sq")] if optimizer
-                               else [])
         _, shape = plan.shapes(model_key)
-        for key in names:
+        for key, kind in [(model_key, dtype)] + [(f"optimizer.state.{n}.{model_key}", torch.float32) for n in states]:
             role = _split_key(key)[1]
             if is_layer_key(model_key):
                 size = (cfg.num_layers,) + shape
-                chunks += [_Chunk(key, model_key, role, j, (j,) + (0,) * len(shape), (1,) + shape, size, dtype)
+                chunks += [_Chunk(key, model_key, role, j, (j,) + (0,) * len(shape), (1,) + shape, size, kind)
                            for j in range(cfg.num_layers)]
             else:
-                chunks.append(_Chunk(key, model_key, role, None, (0,) * len(shape), shape, shape, dtype))
+                chunks.append(_Chunk(key, model_key, role, None, (0,) * len(shape), shape, shape, kind))
 
     def produce(c: _Chunk):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"{c.key}/{c.layer}".encode()))
+        name = c.model_key if c.role == "param" else c.key  # a weight and its fp32 main copy share values
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"{name}/{c.layer}".encode()))
         out = torch.randn(c.sizes, generator=g, dtype=torch.float32).mul_(0.02)
-        return (out.abs_() if c.role == "exp_avg_sq" else out).to(dtype)
+        return (out.abs_() if c.role == "exp_avg_sq" else out).to(c.dtype)
 
     folder = os.path.join(root, f"iter_{iteration:07d}")
     os.makedirs(folder)
