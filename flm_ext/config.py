@@ -205,7 +205,7 @@ def _normal_init(std: float):
 
 def to_transformer_config(model: FLMConfig, parallel: ParallelConfig | None = None, *,
                           params_dtype: torch.dtype = torch.float32, use_cpu_initialization: bool | None = None,
-                          **extra):
+                          gpu_fusions: bool | None = None, **extra):
     """Translate to megatron-core's TransformerConfig (the one place that knows its field names).
 
     `extra` passes further TransformerConfig fields (recompute, fusions on GPU, ...).
@@ -260,7 +260,14 @@ def to_transformer_config(model: FLMConfig, parallel: ParallelConfig | None = No
         persist_layer_norm=False,
         calculate_per_token_loss=True,  # losses are sums over tokens; see training/engine.py
     )
+    if on_gpu if gpu_fusions is None else gpu_fusions:
+        from flm_ext.model.fused import gpu_fusion_overrides
+
+        kwargs.update(gpu_fusion_overrides(params_dtype))
     kwargs.update(extra)
+    if kwargs["bias_activation_fusion"]:
+        # megatron picks its fused bias-GeLU, which is the tanh approximation, by `is F.gelu`.
+        kwargs["activation_func"] = torch.nn.functional.gelu
     return TransformerConfig(**kwargs)
 
 

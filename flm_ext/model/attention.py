@@ -18,6 +18,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
+from flm_ext.model import fused
 from flm_ext.model.xpos import XPosEmbedding
 
 
@@ -28,7 +29,7 @@ class FLMCoreAttention(MegatronModule):
                  attention_type: str, attention_dropout: Optional[float] = None,
                  softmax_scale: Optional[float] = None, cp_comm_type: Optional[str] = None,
                  pg_collection=None, *, position_embedding: str = "xpos", rotary_base: float = 10000.0,
-                 xpos_scale_base: float = 512.0, xpos_center: float = 0.0):
+                 xpos_scale_base: float = 512.0, xpos_center: float = 0.0, xpos_impl: Optional[str] = None):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError("FLMCoreAttention does not support context parallelism")
@@ -43,6 +44,8 @@ class FLMCoreAttention(MegatronModule):
         self.positions = XPosEmbedding(head_dim, base=rotary_base,
                                        scale_base=xpos_scale_base if position_embedding == "xpos" else None,
                                        center=xpos_center)
+        # None: FLM_XPOS_IMPL or the device's default (the fused kernel on CUDA, the reference on CPU).
+        self.xpos_impl = xpos_impl
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: Optional[torch.Tensor], attn_mask_type: Optional[AttnMaskType] = None,
@@ -51,9 +54,10 @@ class FLMCoreAttention(MegatronModule):
         if packed_seq_params is not None or attention_bias is not None:
             raise NotImplementedError("FLMCoreAttention supports neither packed sequences nor attention bias")
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
-        query, key = self.positions(query, key)
-        # [s, b, h, d] -> [b, h, s, d] as SDPA expects.
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        # xPos on q and k; both come back as [b, h, s, d], as SDPA expects (see model/fused.py).
+        impl = fused.resolve_xpos_impl(self.xpos_impl, query.device)
+        q, k = fused.apply_xpos_qk(query, key, self.positions, impl=impl)
+        v = value.permute(1, 2, 0, 3)
         causal = mask_type == AttnMaskType.causal
         mask = None
         if not causal and attention_mask is not None:
@@ -62,13 +66,14 @@ class FLMCoreAttention(MegatronModule):
         gqa = self.num_groups_per_partition != self.num_heads_per_partition
         if dropout_p > 0.0:
             # Heads differ per TP rank: draw dropout from the TP-specific stream (as megatron does).
-            with tensor_parallel.get_cuda_rng_tracker().fork():
+            with tensor_parallel.get_cuda_rng_tracker().fork(), fused.sdpa_backends(q.device):
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                          is_causal=causal, scale=self.softmax_scale,
                                                          enable_gqa=gqa)
         else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                     scale=self.softmax_scale, enable_gqa=gqa)
+            with fused.sdpa_backends(q.device):
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                         scale=self.softmax_scale, enable_gqa=gqa)
         # [b, h, s, d] -> [s, b, h * d]
         b, h, s, d = context.shape
         return context.permute(2, 0, 1, 3).reshape(s, b, h * d)
