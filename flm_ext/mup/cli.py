@@ -525,3 +525,7 @@ def main(argv=None) -> int:
     except (UsageError, SweepError) as error:
         print(f"predict_loss.py {a.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"predict_loss.py {a.command}: interrupted; run the same command again to resume "
+              f"(finished runs are kept)", file=sys.stderr)
+        return 130
