@@ -33,9 +33,10 @@ def test_csv_matches_the_spec_table():
     widths = [int(x) for x in table["width"].split("|")]
     params = [float(x) * 1e6 for x in table["params (M)"].split("|")]
     losses = [float(x) for x in table["loss"].split("|")]
-    assert [(f"w{w}", p, l) for w, p, l in zip(widths, params, losses)] == pytest.approx(_csv_rows()) or \
-        [(n, round(s), l) for n, s, l in _csv_rows()] == [(f"w{w}", round(p), l) for w, p, l in
-                                                           zip(widths, params, losses)]
+    rows = _csv_rows()
+    assert [name for name, _, _ in rows] == [f"w{w}" for w in widths]
+    assert [size for _, size, _ in rows] == pytest.approx(params, rel=1e-9)
+    assert [loss for _, _, loss in rows] == losses
 
 
 def test_fit_on_published_muscaling_numbers_predicts_the_three_largest_within_half_a_percent(tmp_path, capsys):
