@@ -80,7 +80,7 @@ def test_mup_learning_rate_groups():
 
     cfg = CFG.replace(use_mup=True, mup_base_width=16)  # m = 3
     [override] = mup_optimizer_overrides(cfg, lr=3e-3, min_lr=3e-4).values()
-    assert override == {"max_lr": pytest.approx(1e-3), "min_lr": pytest.approx(1e-4)}
+    assert override == {"max_lr": pytest.approx(1e-3), "min_lr": pytest.approx(1e-4), "lr_mult": pytest.approx(1 / 3)}
     assert mup_optimizer_overrides(CFG, lr=1.0, min_lr=0.0) == {}
     w = torch.nn.Parameter(torch.zeros(4, 4))
     assert is_hidden_matrix(w, "decoder.layers.0.mlp.linear_fc1.weight")

@@ -52,6 +52,8 @@ def losses(metrics: Path, key: str = "train/loss") -> dict[int, float]:
     return {row["iteration"]: row[key] for row in rows if key in row}
 
 
+# µP on (m = hidden 64 / base 32 = 2) so its LR groups go through every save, load and resume below.
+MUP = dict(use_mup=True, mup_base_width=32)
 LAYOUTS = {
     "tp1": (1, {}),
     "tp2": (2, dict(tensor_model_parallel_size=2)),
@@ -65,7 +67,7 @@ LAYOUTS = {
 def layout_runs(data, runs):
     """20 steps at each layout from the same seed and data, checkpoints at 10 and 20."""
     return {name: train(nproc, data, runs / name, save=str(runs / name / "ckpt"), save_interval=10, keep_last=0,
-                        **flags)
+                        **MUP, **flags)
             for name, (nproc, flags) in LAYOUTS.items()}
 
 
@@ -102,7 +104,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run_bitwise(data, runs, tp1)
     out.mkdir()
     ckpt = out / "ckpt"
     args = tiny_data.train_args(data, save=str(ckpt), load=str(ckpt), save_interval=4,
-                                metrics_jsonl=str(out / "first.jsonl"))
+                                metrics_jsonl=str(out / "first.jsonl"), **MUP)
     proc = subprocess.Popen(_command(1, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     for line in proc.stdout:
         if line.startswith("step      10/"):
@@ -111,7 +113,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run_bitwise(data, runs, tp1)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "8"
-    resumed = train(1, data, out, save=str(ckpt), load=str(ckpt), save_interval=4)
+    resumed = train(1, data, out, save=str(ckpt), load=str(ckpt), save_interval=4, **MUP)
     assert sorted(resumed) == list(range(9, 21))
     for step, loss in resumed.items():
         assert loss == reference[step], f"step {step}: resumed {loss!r} != uninterrupted {reference[step]!r}"
@@ -121,6 +123,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run_bitwise(data, runs, tp1)
     ("tp2", 1, {}),
     ("tp1", 2, dict(tensor_model_parallel_size=2)),
     ("pp2", 2, dict(tensor_model_parallel_size=2)),
+    ("dp2_distopt", 2, dict(use_distributed_optimizer=True)),
 ])
 def test_resharding_on_resume_gives_the_same_next_loss(data, runs, layout_runs, saved_at, resume_nproc,
                                                        resume_flags):
@@ -128,9 +131,45 @@ def test_resharding_on_resume_gives_the_same_next_loss(data, runs, layout_runs, 
     expected = layout_runs[saved_at][11]
     out = runs / f"reshard_{saved_at}_to_{resume_nproc}"
     got = train(resume_nproc, data, out, load=str(source / "ckpt" / "iter_0000010"), train_iters=11,
-                **resume_flags)
+                **MUP, **resume_flags)
     assert list(got) == [11]
     assert abs(got[11] - expected) <= 1e-5 * abs(expected), (got[11], expected)
+
+
+def test_a_new_stage_takes_its_learning_rate_from_the_flags(data, runs, layout_runs):
+    """--start-new-stage keeps the Adam moments but not the old run's LR range or schedule position."""
+    out = runs / "new_stage"
+    got = train(1, data, out, load=str(runs / "tp1" / "ckpt"), start_new_stage=True, train_iters=2, lr=1e-3,
+                min_lr=1e-3, lr_warmup_iters=0, lr_decay_style="constant", **MUP)
+    assert sorted(got) == [1, 2]
+    lrs = losses(out / "metrics.jsonl", "train/lr")
+    assert lrs == {1: pytest.approx(1e-3), 2: pytest.approx(1e-3)}
+    assert "continuing at iteration 0" in (out / "stdout.log").read_text()
+
+
+def test_mup_hidden_matrices_train_at_lr_over_m(megatron_single_process):
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from flm_ext.config import FLMConfig
+    from flm_ext.model.flm_model import build_model_chunks
+    from flm_ext.training.engine import OptimConfig, build_optimizer, wrap_ddp
+
+    cfg = FLMConfig(num_layers=1, hidden_size=64, num_attention_heads=4, seq_length=16, vocab_size=128,
+                    use_mup=True, mup_base_width=16)  # m = 4
+    model = wrap_ddp(build_model_chunks(cfg))
+    optimizer = build_optimizer(model, cfg, OptimConfig(lr=8e-3, min_lr=8e-3))
+    OptimizerParamScheduler(optimizer, init_lr=0.0, max_lr=8e-3, min_lr=8e-3, lr_warmup_steps=0, lr_decay_steps=10,
+                            lr_decay_style="constant", start_wd=0.1, end_wd=0.1, wd_incr_steps=10,
+                            wd_incr_style="constant")
+    fc1 = model[0].module.decoder.layers[0].mlp.linear_fc1.weight
+    embedding = model[0].module.embedding.word_embeddings.weight
+    lr_of = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            lr_of[id(p)] = group["lr"]
+    main = {id(getattr(p, "main_param", p)) for p in (fc1,)}
+    assert lr_of.get(id(fc1), lr_of.get(next(iter(main)))) == pytest.approx(8e-3 / 4)
+    assert lr_of[id(embedding)] == pytest.approx(8e-3)
 
 
 def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):

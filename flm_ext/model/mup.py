@@ -25,4 +25,7 @@ def mup_optimizer_overrides(model: FLMConfig, lr: float, min_lr: float) -> dict:
 
     m = model.mup_width_mult
     key = ParamKey(with_name_predicate=ParamWithNamePredicate(name="mup_hidden_matrix", fn=is_hidden_matrix))
-    return {key: {"max_lr": lr / m, "min_lr": min_lr / m}}
+    # megatron-core 0.16's scheduler reads max_lr/min_lr and ignores lr_mult; lr_mult is set only
+    # because megatron matches saved and current param groups by (wd_mult, lr_mult, ...) when it
+    # loads an optimizer: without it the µP group is indistinguishable from the default one.
+    return {key: {"max_lr": lr / m, "min_lr": min_lr / m, "lr_mult": 1.0 / m}}

@@ -199,6 +199,10 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, load_optimizer: 
     saved_layout = common.get("parallel_layout")
     same_layout = saved_layout == _layout()
     load_scheduler = load_scheduler and load_optimizer and "opt_param_scheduler" in common
+    if load_optimizer and optimizer is not None:
+        patch_distributed_optimizer_step_load()
+        materialize_adam_state(optimizer)
+        configured = [_group_hyperparameters(g) for g in optimizer.param_groups]
     state = _sharded_state(chunks, optimizer if load_optimizer else None, scheduler if load_scheduler else None,
                            is_loading=True, with_rng=same_layout)
     strategy = get_default_load_sharded_strategy(folder)
@@ -212,6 +216,9 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, load_optimizer: 
     if load_optimizer and optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
         untie_adam_steps(optimizer)
+        # The flags, not the checkpoint, set each group's LR range and decay (a new stage's --lr).
+        for group, values in zip(optimizer.param_groups, configured):
+            group.update(values)
     if load_scheduler and scheduler is not None:
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if same_layout and "rng_state" in loaded:
@@ -219,6 +226,69 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, load_optimizer: 
         _set_rng_state(rng[0] if isinstance(rng, list) else rng)
     common["iteration"] = iteration
     return common
+
+
+_GROUP_HYPERPARAMETERS = ("max_lr", "min_lr", "wd_mult", "lr_mult")
+
+
+def _group_hyperparameters(group: dict) -> dict:
+    return {k: group[k] for k in _GROUP_HYPERPARAMETERS if k in group}
+
+
+def materialize_adam_state(optimizer) -> None:
+    """Create Adam's state (zero moments, step 0) where torch's Adam has none yet.
+
+    torch's Adam (megatron's fallback without apex/TE, always on CPU) creates its state lazily
+    at the first step, but megatron's distributed optimizer builds its loading state dict from the
+    current state and asserts one shared `step`: resuming before any step would fail. The values
+    are overwritten by the load.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_opt = getattr(opt, "optimizer", None)
+        if not isinstance(torch_opt, torch.optim.Optimizer):
+            continue
+        for group in torch_opt.param_groups:
+            for param in group["params"]:
+                state = torch_opt.state[param]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
+def patch_distributed_optimizer_step_load() -> bool:
+    """Let megatron-core 0.16's distributed optimizer load `fully_reshardable` state into torch's Adam.
+
+    Without apex/TE (always on CPU, and on GPU images without them) megatron first gives every
+    parameter's Adam state the checkpoint's shared `step`, then copies the saved tensors into
+    each state by the state's keys; the saved tensors have no `step`, so loading fails with
+    KeyError: 'step'. The patch hides `step` during that copy and puts it back. Applied once, only
+    when megatron uses torch's Adam; returns whether it is in place.
+    """
+    from megatron.core.optimizer import distrib_optimizer as dopt
+
+    if getattr(dopt, "HAVE_APEX_OR_TE", True):
+        return False
+    cls = dopt.DistributedOptimizer
+    if getattr(cls._set_main_param_and_optimizer_states, "_flm_patched", False):
+        return True
+    original = cls._set_main_param_and_optimizer_states
+
+    def set_states_without_step(self, model_param, tensors):
+        if "step" in tensors or self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return original(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None)
+        try:
+            return original(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    set_states_without_step._flm_patched = True
+    cls._set_main_param_and_optimizer_states = set_states_without_step
+    return True
 
 
 def untie_adam_steps(optimizer) -> int:
