@@ -24,7 +24,7 @@ TOKENIZER_ARGS=(--tokenizer-type CL100kTokenizer)
 # Resume this stage when it has checkpoints; a grown stage otherwise starts from the grown weights.
 CKPT_ARGS=(--save "$CKPT" --tensorboard-dir "$CKPT/tensorboard")
 if [[ -n "${GROWN:-}" && ! -f "$CKPT/latest_checkpointed_iteration.txt" ]]; then
-  CKPT_ARGS+=(--load "$GROWN" --finetune)
+  CKPT_ARGS+=(--load "$GROWN" --start-new-stage)
 else
   CKPT_ARGS+=(--load "$CKPT")
 fi
