@@ -51,11 +51,23 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/growth_vs_scratch")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--eval-interval", type=int, default=25)
+    parser.add_argument("--grown-from", default=None,
+                        help="reuse a finished recipe run (e.g. runs/demo from `make demo`, same --scale) "
+                             "as the grown schedule instead of training it again")
     args = parser.parse_args(argv)
 
     grown_cfg = dataclasses.replace(default_recipe(os.path.join(args.out, "grown"), args.scale),
                                     control_run=False, eval_interval=args.eval_interval)
-    summary = run_recipe(grown_cfg)
+    if args.grown_from:
+        with open(os.path.join(args.grown_from, "summary.json")) as f:
+            summary = json.load(f)
+        grown_cfg = dataclasses.replace(default_recipe(args.grown_from, args.scale), control_run=False)
+        if [s["steps"] for s in summary["stages"]] != [s.steps for s in grown_cfg.stages]:
+            parser.error(f"--grown-from {args.grown_from}: its stages do not match --scale {args.scale}")
+        # Evaluate the scratch run as often as the reused run was evaluated (same batches either way).
+        grown_cfg = dataclasses.replace(grown_cfg, eval_interval=default_recipe("", args.scale).eval_interval)
+    else:
+        summary = run_recipe(grown_cfg)
     total_steps = sum(s.steps for s in grown_cfg.stages)
     last = grown_cfg.stages[-1]
     scratch_cfg = dataclasses.replace(grown_cfg, out=os.path.join(args.out, "scratch"))

@@ -54,12 +54,12 @@ class RecipeConfig:
 
 def default_recipe(out: str, scale: float = 1.0) -> RecipeConfig:
     """The demo's schedule; `scale` < 1 shortens every stage (the test suite uses a small scale)."""
-    def steps(n):
-        return max(4, int(round(n * scale)))
+    def steps(n, least=4):
+        return max(least, int(round(n * scale)))
     stages = (
-        Stage("stage1", "tiny-stage1", steps(400), 3e-3, 3e-4, steps(20)),
-        Stage("stage2", "tiny-stage2", steps(250), 2e-3, 2e-4, steps(10)),
-        Stage("stage3", "tiny-stage3", steps(200), 1.5e-3, 1.5e-4, steps(10)),
+        Stage("stage1", "tiny-stage1", steps(400), 3e-3, 3e-4, steps(20, 1)),
+        Stage("stage2", "tiny-stage2", steps(250), 2e-3, 2e-4, steps(10, 1)),
+        Stage("stage3", "tiny-stage3", steps(200), 1.5e-3, 1.5e-4, steps(10, 1)),
     )
     return RecipeConfig(out=out, stages=stages, growth_ramp_steps=steps(20), eval_interval=steps(50),
                         max_teacher_samples=400 if scale >= 1 else 60)

@@ -48,6 +48,7 @@ def _grown(name, mup, seed=1):
     old_kw, new_kw, plan_kw = GROWTHS[name]
     extra = MUP if mup else {}
     old, new = BASE.replace(**old_kw, **extra), BASE.replace(**new_kw, **extra)
+    torch.manual_seed(seed)  # the same weights whatever ran before in this process
     [model] = build_model_chunks(old)
     state = global_state_dict([model])
     plan = GrowthPlan(old, new, seed=seed, **plan_kw)
@@ -66,7 +67,7 @@ def test_grown_model_at_lambda_zero_keeps_the_logits(megatron_single_process, na
     model, grown, plan, _ = _grown(name, mup)
     ids = _ids(plan.old)
     before = _logits(model, ids)
-    assert before.abs().max() > 0.5
+    assert before.abs().max() > 0.1  # non-trivial logits (µP scales them by output_mult / m)
     hooks = _hook_count(grown)
     attach_growth([grown], GrowthState.from_plan(plan, ramp_steps=4))
     assert (_logits(grown, ids) - before).abs().max().item() <= 1e-5

@@ -110,8 +110,9 @@ class TrainConfig:
                               f"--pipeline-model-parallel-size={p.pipeline_model_parallel_size}")
         if s.lr_decay_style not in ("cosine", "linear", "constant"):
             raise ConfigError(f"--lr-decay-style={s.lr_decay_style!r} must be cosine, linear or constant")
-        if s.lr_warmup_samples > (s.lr_decay_samples or s.train_samples):
-            raise ConfigError(f"--lr-warmup-samples={s.lr_warmup_samples} exceeds the decay length")
+        if s.lr_warmup_samples >= (s.lr_decay_samples or s.train_samples):
+            raise ConfigError(f"--lr-warmup-samples={s.lr_warmup_samples} must be shorter than the decay "
+                              f"({s.lr_decay_samples or s.train_samples} samples)")
         if not 0.0 <= self.optim.min_lr <= self.optim.lr:
             raise ConfigError(f"--min-lr={self.optim.min_lr} must be in [0, --lr={self.optim.lr}]")
         if self.recompute_granularity not in (None, "selective", "full"):
