@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     parser.add_argument("--grown-from", default=None,
                         help="reuse a finished recipe run (e.g. runs/demo from `make demo`, same --scale) "
                              "as the grown schedule instead of training it again")
+    parser.add_argument("--reuse-scratch", action="store_true",
+                        help="reuse a finished scratch run in --out (only redo the report)")
     args = parser.parse_args(argv)
 
     grown_cfg = dataclasses.replace(default_recipe(os.path.join(args.out, "grown"), args.scale),
@@ -77,14 +79,28 @@ def main(argv=None) -> int:
                                       summary["data"]["tokenizer"]])
     scratch_stage = Stage("scratch", last.preset, total_steps, grown_cfg.stages[0].lr, last.min_lr,
                           grown_cfg.stages[0].warmup)
-    scratch = train_stage(scratch_cfg, run, data, scratch_stage, load=None, label="scratch")
+    finished = os.path.join(scratch_cfg.out, "scratch.json")
+    if args.reuse_scratch and os.path.exists(finished):
+        with open(finished) as f:
+            scratch = json.load(f)
+    else:
+        scratch = train_stage(scratch_cfg, run, data, scratch_stage, load=None, label="scratch")
+        with open(finished, "w") as f:
+            json.dump(scratch, f, indent=2)
 
     grown_points = curve(summary["stages"], summary["growth"])
     scratch_points = curve([scratch])
     target = scratch["final_valid_loss"]
     g_flops, g_wall = first_reaching(grown_points, target)
     s_flops, s_wall = first_reaching(scratch_points, target)
-    result = {"target_valid_loss": target, "scratch": {"flops": s_flops, "wall_s": s_wall, "steps": total_steps},
+    # And the other way round: the scratch run's validation loss once it has spent the grown schedule's compute.
+    at_grown_compute = next((loss for f, _, loss in scratch_points if f >= summary["total_flops"]), None)
+    # If the grown schedule stops short of the scratch target: compute for scratch to reach the grown final loss.
+    grown_final = grown_points[-1][2]
+    s_to_grown, s_wall_to_grown = first_reaching(scratch_points, grown_final)
+    result = {"target_valid_loss": target, "scratch_valid_loss_at_grown_total_flops": at_grown_compute,
+              "scratch_to_grown_final": {"flops": s_to_grown, "wall_s": s_wall_to_grown,
+                                         "compute_ratio": (s_to_grown / summary["total_flops"]) if s_to_grown else None}, "scratch": {"flops": s_flops, "wall_s": s_wall, "steps": total_steps},
               "grown": {"flops": g_flops, "wall_s": g_wall, "final_valid_loss": grown_points[-1][2],
                         "total_flops": summary["total_flops"]},
               "compute_ratio": (s_flops / g_flops) if g_flops else None,
@@ -116,7 +132,13 @@ def main(argv=None) -> int:
     table = ("| schedule | FLOPs to reach {t:.3f} | wall time to reach it |\n|---|---|---|\n"
              "| stage-3 shape from scratch ({n} steps) | {sf} | {sw} |\n"
              "| grown (stage 1 -> width -> stage 2 -> depth -> stage 3) | {gf} | {gw} |\n"
-             "| ratio (scratch / grown) | {cr} | {wr} |\n").format(
+             "| ratio (scratch / grown) | {cr} | {wr} |\n\n"
+             "Grown schedule: {gt:.3g} FLOPs in all, final validation loss {gl:.3f}; the scratch run's validation "
+             "loss once it had spent as much compute: {sl}. Scratch reaches the grown final loss {gl:.3f} after "
+             "{sg} FLOPs ({sgr} the grown schedule's compute).\n").format(
+        gt=summary["total_flops"], gl=grown_final, sg=fmt(s_to_grown),
+        sgr=fmt(result["scratch_to_grown_final"]["compute_ratio"], "x"),
+        sl="n/a" if at_grown_compute is None else f"{at_grown_compute:.3f}",
         t=target, n=total_steps, sf=fmt(s_flops), sw=fmt(s_wall, " s"), gf=fmt(g_flops), gw=fmt(g_wall, " s"),
         cr=fmt(result["compute_ratio"], "x"), wr=fmt(result["wall_ratio"], "x"))
     with open(os.path.join(args.out, "table.md"), "w") as f:

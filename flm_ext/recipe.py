@@ -229,6 +229,7 @@ def plot(summary: dict, path: str) -> None:
 
 
 def run_recipe(cfg: RecipeConfig) -> dict:
+    cfg = dataclasses.replace(cfg, out=os.path.abspath(cfg.out))  # summary.json paths work from anywhere
     os.makedirs(cfg.out, exist_ok=True)
     run = Runner(cfg.out)
     run.say(f"FLM recipe in miniature -> {cfg.out}")

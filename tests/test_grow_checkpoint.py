@@ -205,10 +205,11 @@ def test_a_killed_growth_leaves_no_checkpoint_and_the_rerun_succeeds(tmp_path):
     write_synthetic_checkpoint(str(src), cfg, iteration=7)
     args = [sys.executable, TOOL, "--load", str(src), "--save", str(out), "--num-layers", "8",
             "--progress-interval", "0", "--bucket-mb", "4"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
     for line in proc.stdout:
         if line.startswith("grow: chunk 20/"):
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # with megatron's checkpoint-writer Manager child
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL

@@ -105,10 +105,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run_bitwise(data, runs, tp1)
     ckpt = out / "ckpt"
     args = tiny_data.train_args(data, save=str(ckpt), load=str(ckpt), save_interval=4,
                                 metrics_jsonl=str(out / "first.jsonl"), **MUP)
-    proc = subprocess.Popen(_command(1, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc = subprocess.Popen(_command(1, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
     for line in proc.stdout:
         if line.startswith("step      10/"):
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # with megatron's checkpoint-writer Manager child
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -176,12 +177,13 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     root = tmp_path / "ckpt"
     env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("kill_during_save.py")), str(root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     seen = []
     for line in proc.stdout:
         seen.append(line)
         if line.startswith("hanging in save 2"):
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # with megatron's checkpoint-writer Manager child
             break
     proc.wait(timeout=60)
     assert any(s.startswith("saved 1") for s in seen), "".join(seen)[-3000:]
