@@ -7,7 +7,9 @@ exception fails the test with that worker's traceback.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import traceback
 
 import torch.multiprocessing as mp
@@ -56,3 +58,21 @@ def spawn(fn, world_size: int, out_dir, *args, timeout: float = 600.0) -> None:
     if failures or any(p.exitcode != 0 for p in procs):
         detail = "\n".join(f"--- rank {rank} ---\n{tb}" for rank, tb in failures)
         raise AssertionError(f"distributed workers failed (exit codes {[p.exitcode for p in procs]}):\n{detail}")
+
+
+def run_then_sigkill(cmd: list[str], env: dict, when) -> tuple[int, list[str]]:
+    """Start `cmd`, read its output until a line satisfies `when`, then SIGKILL its whole session.
+
+    The session, not just the process: megatron's checkpoint writer keeps a multiprocessing
+    Manager child that would otherwise outlive the kill. Returns (exit code, lines read).
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if when(line):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    return proc.returncode, lines

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed import free_port
+from distributed import free_port, run_then_sigkill
 from test_trainer import data, train  # noqa: F401  (data: the tiny bilingual set, a module fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,14 +205,8 @@ def test_a_killed_growth_leaves_no_checkpoint_and_the_rerun_succeeds(tmp_path):
     write_synthetic_checkpoint(str(src), cfg, iteration=7)
     args = [sys.executable, TOOL, "--load", str(src), "--save", str(out), "--num-layers", "8",
             "--progress-interval", "0", "--bucket-mb", "4"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-                            start_new_session=True)
-    for line in proc.stdout:
-        if line.startswith("grow: chunk 20/"):
-            os.killpg(proc.pid, signal.SIGKILL)  # with megatron's checkpoint-writer Manager child
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    returncode, _ = run_then_sigkill(args, ENV, lambda line: line.startswith("grow: chunk 20/"))
+    assert returncode == -signal.SIGKILL
     assert not out.exists() and Path(str(out) + ".partial").is_dir()
     rerun = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tiny_data
-from distributed import free_port
+from distributed import free_port, run_then_sigkill
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
@@ -105,14 +105,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run_bitwise(data, runs, tp1)
     ckpt = out / "ckpt"
     args = tiny_data.train_args(data, save=str(ckpt), load=str(ckpt), save_interval=4,
                                 metrics_jsonl=str(out / "first.jsonl"), **MUP)
-    proc = subprocess.Popen(_command(1, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-                            start_new_session=True)
-    for line in proc.stdout:
-        if line.startswith("step      10/"):
-            os.killpg(proc.pid, signal.SIGKILL)  # with megatron's checkpoint-writer Manager child
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    returncode, _ = run_then_sigkill(_command(1, args), ENV, lambda line: line.startswith("step      10/"))
+    assert returncode == -signal.SIGKILL
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "8"
     resumed = train(1, data, out, save=str(ckpt), load=str(ckpt), save_interval=4, **MUP)
     assert sorted(resumed) == list(range(9, 21))
@@ -176,16 +170,8 @@ def test_mup_hidden_matrices_train_at_lr_over_m(megatron_single_process):
 def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     root = tmp_path / "ckpt"
     env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("kill_during_save.py")), str(root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("hanging in save 2"):
-            os.killpg(proc.pid, signal.SIGKILL)  # with megatron's checkpoint-writer Manager child
-            break
-    proc.wait(timeout=60)
+    _, seen = run_then_sigkill([sys.executable, str(Path(__file__).with_name("kill_during_save.py")), str(root)],
+                               env, lambda line: line.startswith("hanging in save 2"))
     assert any(s.startswith("saved 1") for s in seen), "".join(seen)[-3000:]
     assert (root / "iter_0000002.partial").is_dir() and not (root / "iter_0000002").exists()
     # In a fresh process: the latest checkpoint is iteration 1 and it loads, with iteration 1's weights.

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 import zlib
 from torch.futures import Future
@@ -45,10 +44,9 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from flm_ext.config import FLMConfig
 from flm_ext.growth.masks import GrowthState
-from flm_ext.growth.operators import (_TENSORS, GrowthError, GrowthPlan, grow_layer, grow_width, is_growable,
-                                      is_layer_key)
+from flm_ext.growth.operators import _TENSORS, GrowthPlan, grow_layer, grow_width, is_growable, is_layer_key
+from flm_ext.training.checkpointing import LATEST, iteration_dir  # the trainer's checkpoint layout
 
-LATEST = "latest_checkpointed_iteration.txt"  # the trainer's marker (flm_ext.training.checkpointing)
 _OPTIMIZER_PREFIX = re.compile(r"^optimizer\.state\.(exp_avg_sq|exp_avg|fp32_param|param)\.(.+)$")
 _OBJECT_KEY = re.compile(r"^(.+)/shard_([0-9.]+)_([0-9.]+)$")
 _ROLE = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "fp32_param": "param", "param": "param"}
@@ -423,7 +421,7 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
     if os.path.lexists(partial):
         log(f"grow: removing {partial} left by an interrupted run")
         shutil.rmtree(partial)
-    out_dir = os.path.join(partial, f"iter_{iteration:07d}")
+    out_dir = iteration_dir(partial, iteration)
     os.makedirs(out_dir)
     try:
         progress = Progress(len(chunks), total, log, progress_interval)
@@ -438,7 +436,7 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
         shutil.rmtree(partial, ignore_errors=True)
         raise
     log(f"grow: wrote {save} ({total / 2 ** 30:.2f} GiB in {time.time() - progress.start:.1f}s)")
-    return os.path.join(save, f"iter_{iteration:07d}")
+    return iteration_dir(save, iteration)
 
 
 def verify_growth(old_path: str, new_path: str, *, batch: int = 2, seq_length: int | None = None, seed: int = 0
@@ -518,7 +516,7 @@ def write_synthetic_checkpoint(root: str, cfg: FLMConfig, *, iteration: int = 10
         out = torch.randn(c.sizes, generator=g, dtype=torch.float32).mul_(0.02)
         return (out.abs_() if c.role == "exp_avg_sq" else out).to(c.dtype)
 
-    folder = os.path.join(root, f"iter_{iteration:07d}")
+    folder = iteration_dir(root, iteration)
     os.makedirs(folder)
     write_chunks(folder, chunks, produce, bucket_bytes=bucket_bytes)
     common = {"iteration": iteration, "consumed_train_samples": 0, "parallel_layout": [1, 1],
