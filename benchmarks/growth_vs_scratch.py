@@ -1,14 +1,20 @@
 """Growth versus scratch: compute and wall time to reach the same validation loss.
 
-    python benchmarks/growth_vs_scratch.py --out runs/growth_vs_scratch [--scale 1.0]
+    python benchmarks/growth_vs_scratch.py --out runs/growth_vs_scratch [--grown-from runs/demo]
 
-Trains the stage-3 shape (8 x 128, 8 heads) from scratch for as many steps as the grown schedule
-takes in all (stage 1 + stage 2 + stage 3 of the miniature recipe), on the same data, batch and
-validation batches, then reports for each: the training FLOPs and wall time at which its
-validation loss first reaches the scratch run's final validation loss (the grown schedule's
-FLOPs are cumulative over its stages; growth itself is not counted as training compute, and its
-wall time is added). Writes `result.json`, `growth_vs_scratch.png` and a markdown table for
-docs/BENCHMARKS.md. Reports what it measures, whichever way it goes.
+Two runs with the same training compute, on the same data, batch and validation batches:
+- scratch: the stage-3 shape (8 x 128, 8 heads) from random init, for as many steps as the
+  miniature recipe takes in all (stage 1 + stage 2 + stage 3);
+- grown: the recipe's stage 1 -> width growth -> stage 2 -> depth growth (reused from a finished
+  `make demo` run with --grown-from, or trained here), then stage 3 from the depth-grown
+  checkpoint for as many steps as leave its total compute equal to the scratch run's (the demo's
+  own stage 3 is much shorter: a grown schedule that stops early cannot reach a loss it has not
+  paid for, and the question is which path gets there with less compute).
+For each it reports the training FLOPs and wall time at which its validation loss first reaches
+the scratch run's final validation loss (the grown schedule's FLOPs are cumulative over its stages;
+growth itself is not counted as training compute, its wall time is). Writes `result.json`,
+`growth_vs_scratch.png` and a markdown table for docs/BENCHMARKS.md. Reports what it measures,
+whichever way it goes.
 """
 from __future__ import annotations
 
@@ -55,7 +61,7 @@ def main(argv=None) -> int:
                         help="reuse a finished recipe run (e.g. runs/demo from `make demo`, same --scale) "
                              "as the grown schedule instead of training it again")
     parser.add_argument("--reuse-scratch", action="store_true",
-                        help="reuse a finished scratch run in --out (only redo the report)")
+                        help="reuse the finished scratch and long stage-3 runs in --out (only redo the report)")
     args = parser.parse_args(argv)
 
     grown_cfg = dataclasses.replace(default_recipe(os.path.join(args.out, "grown"), args.scale),
@@ -88,21 +94,44 @@ def main(argv=None) -> int:
         with open(finished, "w") as f:
             json.dump(scratch, f, indent=2)
 
-    grown_points = curve(summary["stages"], summary["growth"])
+    # The grown schedule's stage 3, continued from the depth-grown checkpoint to the scratch run's compute.
+    early = summary["stages"][:-1]
+    per_step = summary["stages"][-1]["flops"] / summary["stages"][-1]["steps"]  # = scratch's per step
+    long_steps = round(total_steps - sum(s["flops"] for s in early) / per_step)
+    long_stage = Stage("stage3_long", last.preset, long_steps, last.lr, last.min_lr, last.warmup)
+    long_cfg = dataclasses.replace(grown_cfg, out=os.path.join(args.out, "grown_long"))
+    os.makedirs(long_cfg.out, exist_ok=True)
+    finished_long = os.path.join(long_cfg.out, "stage3_long.json")
+    if args.reuse_scratch and os.path.exists(finished_long):
+        with open(finished_long) as f:
+            stage3_long = json.load(f)
+    else:
+        stage3_long = train_stage(long_cfg, Runner(long_cfg.out), data, long_stage,
+                                  load=summary["growth"][-1]["checkpoint"], label="stage3_long")
+        with open(finished_long, "w") as f:
+            json.dump(stage3_long, f, indent=2)
+    grown_stages = [*early, stage3_long]
+    grown_total = sum(s["flops"] for s in grown_stages)
+
+    grown_points = curve(grown_stages, summary["growth"])
     scratch_points = curve([scratch])
     target = scratch["final_valid_loss"]
     g_flops, g_wall = first_reaching(grown_points, target)
     s_flops, s_wall = first_reaching(scratch_points, target)
     # And the other way round: the scratch run's validation loss once it has spent the grown schedule's compute.
-    at_grown_compute = next((loss for f, _, loss in scratch_points if f >= summary["total_flops"]), None)
-    # If the grown schedule stops short of the scratch target: compute for scratch to reach the grown final loss.
-    grown_final = grown_points[-1][2]
-    s_to_grown, s_wall_to_grown = first_reaching(scratch_points, grown_final)
-    result = {"target_valid_loss": target, "scratch_valid_loss_at_grown_total_flops": at_grown_compute,
-              "scratch_to_grown_final": {"flops": s_to_grown, "wall_s": s_wall_to_grown,
-                                         "compute_ratio": (s_to_grown / summary["total_flops"]) if s_to_grown else None}, "scratch": {"flops": s_flops, "wall_s": s_wall, "steps": total_steps},
+    demo_flops = summary["total_flops"]
+    at_demo_compute = next((loss for f, _, loss in scratch_points if f >= demo_flops), None)
+    # The demo's own (short) schedule against scratch: compute for scratch to reach the demo's final loss.
+    demo_final = summary["stages"][-1]["final_valid_loss"]
+    s_to_demo, s_wall_to_demo = first_reaching(scratch_points, demo_final)
+    result = {"target_valid_loss": target,
+              "scratch": {"flops": s_flops, "wall_s": s_wall, "steps": total_steps, "total_flops": scratch["flops"]},
               "grown": {"flops": g_flops, "wall_s": g_wall, "final_valid_loss": grown_points[-1][2],
-                        "total_flops": summary["total_flops"]},
+                        "total_flops": grown_total, "stage_steps": [s["steps"] for s in grown_stages]},
+              "demo_schedule": {"total_flops": demo_flops, "final_valid_loss": demo_final,
+                                "scratch_valid_loss_at_same_flops": at_demo_compute,
+                                "scratch_flops_to_reach_it": s_to_demo, "scratch_wall_s_to_reach_it": s_wall_to_demo,
+                                "compute_ratio": (s_to_demo / demo_flops) if s_to_demo else None},
               "compute_ratio": (s_flops / g_flops) if g_flops else None,
               "wall_ratio": (s_wall / g_wall) if g_wall else None,
               "machine": f"{os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d")}
@@ -116,7 +145,10 @@ def main(argv=None) -> int:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.plot([p[0] for p in scratch_points], [p[2] for p in scratch_points], "o-", label="stage-3 shape from scratch")
-    ax.plot([p[0] for p in grown_points], [p[2] for p in grown_points], "o-", label="grown: stage 1 -> 2 -> 3")
+    ax.plot([p[0] for p in grown_points], [p[2] for p in grown_points], "o-",
+            label=f"grown: stage 1 -> 2 -> 3 ({' + '.join(str(s['steps']) for s in grown_stages)} steps)")
+    for x in (sum(s["flops"] for s in early[:i + 1]) for i in range(len(early))):
+        ax.axvline(x, color="tab:orange", linestyle=":", alpha=0.6)
     ax.axhline(target, color="gray", linestyle="--", label=f"scratch final validation loss {target:.3f}")
     ax.set_xlabel("cumulative training FLOPs")
     ax.set_ylabel("validation loss")
@@ -129,18 +161,20 @@ def main(argv=None) -> int:
     def fmt(x, unit=""):
         return "not reached" if x is None else f"{x:.3g}{unit}"
 
-    table = ("| schedule | FLOPs to reach {t:.3f} | wall time to reach it |\n|---|---|---|\n"
+    steps = " + ".join(str(s["steps"]) for s in grown_stages)
+    table = ("| schedule (same total compute) | FLOPs to reach {t:.3f} | wall time to reach it |\n|---|---|---|\n"
              "| stage-3 shape from scratch ({n} steps) | {sf} | {sw} |\n"
-             "| grown (stage 1 -> width -> stage 2 -> depth -> stage 3) | {gf} | {gw} |\n"
+             "| grown (stage 1 -> width -> stage 2 -> depth -> stage 3; {steps} steps) | {gf} | {gw} |\n"
              "| ratio (scratch / grown) | {cr} | {wr} |\n\n"
-             "Grown schedule: {gt:.3g} FLOPs in all, final validation loss {gl:.3f}; the scratch run's validation "
-             "loss once it had spent as much compute: {sl}. Scratch reaches the grown final loss {gl:.3f} after "
-             "{sg} FLOPs ({sgr} the grown schedule's compute).\n").format(
-        gt=summary["total_flops"], gl=grown_final, sg=fmt(s_to_grown),
-        sgr=fmt(result["scratch_to_grown_final"]["compute_ratio"], "x"),
-        sl="n/a" if at_grown_compute is None else f"{at_grown_compute:.3f}",
-        t=target, n=total_steps, sf=fmt(s_flops), sw=fmt(s_wall, " s"), gf=fmt(g_flops), gw=fmt(g_wall, " s"),
-        cr=fmt(result["compute_ratio"], "x"), wr=fmt(result["wall_ratio"], "x"))
+             "Final validation loss: scratch {t:.3f}, grown {gl:.3f} ({sf_total} vs {gt} FLOPs in all). The demo's own "
+             "schedule (stage 3 of {d3} steps, {dt} FLOPs) ends at {dl:.3f}; scratch reaches that after {sd} FLOPs "
+             "({sdr} the demo schedule's compute) and stands at {sl} once it has spent as much as the demo.\n").format(
+        t=target, n=total_steps, steps=steps, sf=fmt(s_flops), sw=fmt(s_wall, " s"), gf=fmt(g_flops),
+        gw=fmt(g_wall, " s"), cr=fmt(result["compute_ratio"], "x"), wr=fmt(result["wall_ratio"], "x"),
+        gl=grown_points[-1][2], sf_total=fmt(scratch["flops"]), gt=fmt(grown_total),
+        d3=summary["stages"][-1]["steps"], dt=fmt(demo_flops), dl=demo_final, sd=fmt(s_to_demo),
+        sdr=fmt(result["demo_schedule"]["compute_ratio"], "x"),
+        sl="n/a" if at_demo_compute is None else f"{at_demo_compute:.3f}")
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table)
     print(table)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# µP hyper-parameter transfer and loss prediction on a CPU (2 cores: about 20-40 minutes).
+# µP hyper-parameter transfer and loss prediction on a CPU (2 cores: about 40-60 minutes).
 #
 #   bash examples/mup_predict_cpu.sh [OUT]          (default OUT=runs/mup_cpu; rerun to resume)
 #
 # 1. grid search of LR x init std x output multiplier at the proxy width 32 -> OUT/search/table.md
 # 2. direct LR search at 4x the proxy width (128), to test the transfer -> OUT/direct128/table.md
-# 3. width sweep 32, 48, 64, 96 with the proxy's hyper-parameters  -> OUT/sweep/sweep.json
-# 4. fit L(N) = a N^b + c on the 4 widths, predict width 384 (4x the largest) -> OUT/fit/fit.png
-# 5. train width 384 for real and compare                      -> OUT/fit/check.json, check.png
+# 3. width sweep 16, 32, 64, 128 (doubling: an 8x span, as µScaling's 128..1024) with the proxy's
+#    hyper-parameters                                            -> OUT/sweep/sweep.json
+# 4. fit L(N) = a N^b + c on the 4 widths, predict width 512 (4x the largest) -> OUT/fit/fit.png
+# 5. train width 512 for real and compare                      -> OUT/fit/check.json, check.png
 # 6. coordinate check (µP vs standard parametrisation)    -> OUT/coord_check/coord_check.png
 # Every run is resumable: finished runs are skipped when the script is run again.
 set -euo pipefail
@@ -45,9 +46,9 @@ read -r STD MULT < <(python -c "import json; b = json.load(open('$OUT/search/bes
 python tools/predict_loss.py search --out "$OUT" --name direct128 --jobs "$JOBS" --proxy-width 128 \
   --mup-base-width 32 --lrs "${LRS[@]}" --init-stds "$STD" --output-mults "$MULT" "${COMMON[@]}"
 
-python tools/predict_loss.py sweep --out "$OUT" --jobs "$JOBS" --widths 32 48 64 96 \
+python tools/predict_loss.py sweep --out "$OUT" --jobs "$JOBS" --widths 16 32 64 128 \
   --from-search "$OUT/search/best.json" "${COMMON[@]}"
-python tools/predict_loss.py fit --sweep "$OUT/sweep/sweep.json" --target-width 384
+python tools/predict_loss.py fit --sweep "$OUT/sweep/sweep.json" --target-width 512
 python tools/predict_loss.py check --prediction "$OUT/fit/fit.json"
 
 python tools/predict_loss.py coord-check --out "$OUT/coord_check"
@@ -61,6 +62,6 @@ steps = abs(lrs.index(proxy["lr"]) - lrs.index(direct["lr"]))
 check = json.load(open(f"{out}/fit/check.json"))
 print(f"LR transfer: proxy (width 32) best {proxy['lr']:g}, direct search at width 128 best {direct['lr']:g}: "
       f"{steps} grid step(s) apart")
-print(f"loss prediction for width 384: predicted {check['predicted']:.4f}, actual {check['actual']:.4f}, "
+print(f"loss prediction for width 512: predicted {check['predicted']:.4f}, actual {check['actual']:.4f}, "
       f"error {100 * check['relative_error']:+.2f}%")
 PY

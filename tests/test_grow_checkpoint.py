@@ -71,7 +71,7 @@ def wide(runs, old):
 def test_width_growth_preserves_the_logits_and_reports_progress(wide):
     out, stdout = wide
     diff = float(re.search(r"^max abs logit diff: (\S+)$", stdout, re.M).group(1))
-    assert diff <= 1e-5
+    assert diff <= 1e-10  # float64: exact up to rounding
     assert re.search(r"grow: chunk \d+/\d+ .* MiB/s .* ETA", stdout)
     assert (out / "latest_checkpointed_iteration.txt").read_text() == str(GROWN_AT)
     assert not os.path.exists(str(out) + ".partial")
@@ -110,7 +110,7 @@ def test_depth_growth_preserves_logits_and_the_next_loss(data, runs, old, next_l
     deep = runs / "deep"
     lines = []
     grow_checkpoint(str(old), str(deep), dict(num_layers=4), depth_init="stack", ramp_steps=2, log=lines.append)
-    assert verify_growth(str(old), str(deep)) <= 1e-5
+    assert verify_growth(str(old), str(deep)) <= 1e-10
     losses = _train(1, data, runs / "deep_train", load=str(deep), num_layers=4, exit_interval=1)
     assert abs(losses[GROWN_AT + 1] - next_loss) <= 1e-5, (losses, next_loss)
 

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--merge-file", default=None)
     p.add_argument("--valid-data", nargs="*", default=[], metavar="LANG=FILE.jsonl")
     p.add_argument("--teacher-data", default=None, help="held-out {text, proposition, label} jsonl")
-    p.add_argument("--max-teacher-samples", type=int, default=400)
+    p.add_argument("--max-teacher-samples", type=int, default=1000)
     p.add_argument("--output", default=None, help="write the results as JSON here too")
     args = p.parse_args(argv)
 

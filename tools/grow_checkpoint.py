@@ -8,7 +8,7 @@
 
 Reads a torch_dist checkpoint saved at any TP/PP and writes one the trainer loads at any TP/PP,
 tensor by tensor (memory: a few of the largest tensors, not the model). Sizes not given are kept.
---verify builds both models on this machine (TP=1, fp32), runs a probe batch and prints
+--verify builds both models on this machine (TP=1, float64), runs a probe batch and prints
 `max abs logit diff: <value>`, exiting 1 above --tolerance. See flm_ext/growth/checkpoint.py.
 """
 import argparse

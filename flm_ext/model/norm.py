@@ -51,11 +51,13 @@ class FLMLayerNorm(torch.nn.Module):
 
 def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       eps: float) -> torch.Tensor:
-    """MSG's mask-weighted LayerNorm over the last dim, output multiplied by the mask (fp32 statistics)."""
-    xf, c = x.float(), mask.float()
+    """MSG's mask-weighted LayerNorm over the last dim, output multiplied by the mask (statistics in
+    fp32, or in fp64 for fp64 input: never below the input's precision)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xf, c = x.to(dtype), mask.to(dtype)
     total = c.sum()
     mu = (xf * c).sum(-1, keepdim=True) / total
     centred = xf - mu
     var = (centred * centred * c).sum(-1, keepdim=True) / total
-    out = centred * torch.rsqrt(var + eps) * weight.float() + bias.float()
+    out = centred * torch.rsqrt(var + eps) * weight.to(dtype) + bias.to(dtype)
     return (out * c).to(x.dtype)
