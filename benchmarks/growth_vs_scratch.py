@@ -167,13 +167,15 @@ def main(argv=None) -> int:
              "| grown (stage 1 -> width -> stage 2 -> depth -> stage 3; {steps} steps) | {gf} | {gw} |\n"
              "| ratio (scratch / grown) | {cr} | {wr} |\n\n"
              "Final validation loss: scratch {t:.3f}, grown {gl:.3f} ({sf_total} vs {gt} FLOPs in all). The demo's own "
-             "schedule (stage 3 of {d3} steps, {dt} FLOPs) ends at {dl:.3f}; scratch reaches that after {sd} FLOPs "
-             "({sdr} the demo schedule's compute) and stands at {sl} once it has spent as much as the demo.\n").format(
+             "schedule (stage 3 of {d3} steps, {dt} FLOPs) ends at {dl:.3f}; {sd} Once scratch has spent as much "
+             "compute as the demo schedule, its validation loss is {sl}.\n").format(
         t=target, n=total_steps, steps=steps, sf=fmt(s_flops), sw=fmt(s_wall, " s"), gf=fmt(g_flops),
         gw=fmt(g_wall, " s"), cr=fmt(result["compute_ratio"], "x"), wr=fmt(result["wall_ratio"], "x"),
         gl=grown_points[-1][2], sf_total=fmt(scratch["flops"]), gt=fmt(grown_total),
-        d3=summary["stages"][-1]["steps"], dt=fmt(demo_flops), dl=demo_final, sd=fmt(s_to_demo),
-        sdr=fmt(result["demo_schedule"]["compute_ratio"], "x"),
+        d3=summary["stages"][-1]["steps"], dt=fmt(demo_flops), dl=demo_final,
+        sd=(f"scratch never gets that low (it ends at {target:.3f})." if s_to_demo is None else
+            f"scratch reaches that after {s_to_demo:.3g} FLOPs ({s_to_demo / demo_flops:.2f}x the demo schedule's "
+            "compute)."),
         sl="n/a" if at_demo_compute is None else f"{at_demo_compute:.3f}")
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# µP hyper-parameter transfer and loss prediction on a CPU (2 cores: about 40-60 minutes).
+# µP hyper-parameter transfer and loss prediction on a CPU (2 cores: 20-40 minutes, depending on load).
 #
 #   bash examples/mup_predict_cpu.sh [OUT]          (default OUT=runs/mup_cpu; rerun to resume)
 #
