@@ -43,8 +43,8 @@ class RecipeConfig:
     seq_length: int = 128
     micro_batch_size: int = 8
     global_batch_size: int = 16
-    # Half of every batch is teacher samples: measured on stage 1, 0.25 left held-out review accuracy
-    # at chance after 400 steps; 0.5 lifts it after 800 (docs/BENCHMARKS.md, "teacher signal").
+    # Half of every batch is teacher samples: at this scale the model needs many label tokens before
+    # it learns more than the label prior (benchmarks/teacher_signal_probe.py, docs/BENCHMARKS.md).
     teacher_fraction: float = 0.5
     growth_ramp_steps: int = 20
     eval_interval: int = 50

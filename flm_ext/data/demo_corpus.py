@@ -12,10 +12,10 @@ directly, the packages are never imported):
 
 Why this teacher task, for a 0.5-2M-parameter model trained for minutes (measured, see
 docs/BENCHMARKS.md): a proposition whose polarity is drawn at random (the label is then the
-claim XOR the sentiment), or a KJV "this verse is from the book of X" claim, stayed at chance
-after 400-800 steps; one fixed proposition over the reviews of at most ``REVIEW_MAX_CHARS``
-characters (7,752 of 17,410: the sentiment words sit near the label, and a 128-token sample packs
-about three of them) is learnt within the demo's budget. The loss still falls on the label emoji
+claim XOR the sentiment), or a KJV "this verse is from the book of X" claim, stayed at chance;
+one fixed proposition over the reviews of at most ``REVIEW_MAX_CHARS`` characters (7,752 of
+17,410: the sentiment words sit near the label, and a 128-token sample packs about three of
+them) is learnt within the demo's budget (benchmarks/teacher_signal_probe.py). The loss still falls on the label emoji
 only, as in FLM.
 
 Every document lands in ``<name>_train.jsonl`` or ``<name>_valid.jsonl`` (the held-out split
