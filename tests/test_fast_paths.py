@@ -246,7 +246,14 @@ def test_fused_adam_gives_the_same_update(megatron_single_process):
     moved = max((runs["foreach"][n] - state[n]).abs().max().item() for n in state)
     assert moved > 1e-3
     for n in state:
-        assert (runs["fused"][n] - runs["foreach"][n]).abs().max().item() <= 1e-5, n  # lr 1e-2: 1e-3 of a step
+        diff = (runs["fused"][n] - runs["foreach"][n]).abs()
+        if n.endswith("linear_qkv.bias"):
+            # The key bias has a zero gradient in exact arithmetic (softmax ignores a shift shared by
+            # all of a query's scores), so Adam normalises pure rounding noise there: leave it out.
+            # megatron's QKV layout per head (one query group per head here): [q (d), k (d), v (d)].
+            per_head = diff.reshape(cfg.num_attention_heads, 3, -1)
+            diff = per_head[:, [0, 2], :]
+        assert diff.max().item() <= 1e-6, n  # lr 1e-2: 1e-4 of a step
 
 
 def test_fused_cross_entropy_is_bf16_rounded_reference(megatron_single_process):
