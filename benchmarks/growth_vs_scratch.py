@@ -112,6 +112,7 @@ def main(argv=None) -> int:
             json.dump(stage3_long, f, indent=2)
     grown_stages = [*early, stage3_long]
     grown_total = sum(s["flops"] for s in grown_stages)
+    grown_steps = " + ".join(str(s["steps"]) for s in grown_stages)
 
     grown_points = curve(grown_stages, summary["growth"])
     scratch_points = curve([scratch])
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.plot([p[0] for p in scratch_points], [p[2] for p in scratch_points], "o-", label="stage-3 shape from scratch")
     ax.plot([p[0] for p in grown_points], [p[2] for p in grown_points], "o-",
-            label=f"grown: stage 1 -> 2 -> 3 ({' + '.join(str(s['steps']) for s in grown_stages)} steps)")
+            label=f"grown: stage 1 -> 2 -> 3 ({grown_steps} steps)")
     for x in (sum(s["flops"] for s in early[:i + 1]) for i in range(len(early))):
         ax.axvline(x, color="tab:orange", linestyle=":", alpha=0.6)
     ax.axhline(target, color="gray", linestyle="--", label=f"scratch final validation loss {target:.3f}")
@@ -161,7 +162,6 @@ def main(argv=None) -> int:
     def fmt(x, unit=""):
         return "not reached" if x is None else f"{x:.3g}{unit}"
 
-    steps = " + ".join(str(s["steps"]) for s in grown_stages)
     table = ("| schedule (same total compute) | FLOPs to reach {t:.3f} | wall time to reach it |\n|---|---|---|\n"
              "| stage-3 shape from scratch ({n} steps) | {sf} | {sw} |\n"
              "| grown (stage 1 -> width -> stage 2 -> depth -> stage 3; {steps} steps) | {gf} | {gw} |\n"
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
              "Final validation loss: scratch {t:.3f}, grown {gl:.3f} ({sf_total} vs {gt} FLOPs in all). The demo's own "
              "schedule (stage 3 of {d3} steps, {dt} FLOPs) ends at {dl:.3f}; {sd} Once scratch has spent as much "
              "compute as the demo schedule, its validation loss is {sl}.\n").format(
-        t=target, n=total_steps, steps=steps, sf=fmt(s_flops), sw=fmt(s_wall, " s"), gf=fmt(g_flops),
+        t=target, n=total_steps, steps=grown_steps, sf=fmt(s_flops), sw=fmt(s_wall, " s"), gf=fmt(g_flops),
         gw=fmt(g_wall, " s"), cr=fmt(result["compute_ratio"], "x"), wr=fmt(result["wall_ratio"], "x"),
         gl=grown_points[-1][2], sf_total=fmt(scratch["flops"]), gt=fmt(grown_total),
         d3=summary["stages"][-1]["steps"], dt=fmt(demo_flops), dl=demo_final,

