@@ -1,7 +1,9 @@
 """Throughput accounting and log sinks (console lines + TensorBoard scalars).
 
 FLOPs per step = tokens x (6 N + 12 L h s): the 6N of a dense forward + backward plus the
-attention score and context products (FLM_SPEC / issue 8's convention), N = parameter count.
+attention score and context products (Megatron's model-FLOPs convention, no recomputation counted),
+N = parameter count. The schedule planner (flm_ext/planning.py) uses the same function; see
+docs/FLM.md section 2 for why this convention reproduces the paper's days.
 MFU = achieved FLOP/s per device / the device's peak (dense bf16), which `--peak-tflops`
 overrides; on a CPU no peak is assumed and MFU is not reported.
 """
@@ -19,8 +21,21 @@ from flm_ext.config import FLMConfig, num_parameters
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
 
 
-def flops_per_token(model: FLMConfig) -> float:
-    return 6.0 * num_parameters(model) + 12.0 * model.num_layers * model.hidden_size * model.seq_length
+def flops_per_token(model: FLMConfig, *, attention: bool = True, recompute: bool = False) -> float:
+    """Training FLOPs per token: 6 N (+ 12 L a s for the attention products, a = heads x head size).
+
+    `attention=False` gives the bare 6N rule. `recompute=True` counts full activation
+    recomputation, one more forward of the layers (2 N_layers + 4 L a s): the hardware FLOPs a
+    recomputing run executes, against the model FLOPs it is credited with by default.
+    """
+    layers, seq = model.num_layers, model.seq_length
+    attn = model.attention_width
+    flops = 6.0 * num_parameters(model) + (12.0 * layers * attn * seq if attention else 0.0)
+    if recompute:
+        embedding = model.vocab_size * model.hidden_size * (1 if model.share_embeddings_and_output_weights else 2)
+        layer_params = num_parameters(model) - embedding - 2 * model.hidden_size
+        flops += 2.0 * layer_params + (4.0 * layers * attn * seq if attention else 0.0)
+    return flops
 
 
 def default_peak_tflops() -> float | None:

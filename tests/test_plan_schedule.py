@@ -1,0 +1,108 @@
+"""Schedule planner (flm_ext/planning.py, tools/plan_schedule.py) against hand-computed FLOPs and the
+paper's published schedule figures (docs/FLM.md section 2)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from flm_ext import planning
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("plan_schedule", REPO / "tools" / "plan_schedule.py")
+plan_schedule = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plan_schedule)
+
+# Published (docs/FLM.md section 2).
+PAPER_DAYS = (9.63, 5.37, 6.54)
+PAPER_TOTAL_DAYS, PAPER_SCRATCH_DAYS, PAPER_ZFLOPS, PAPER_SAVING = 21.54, 76.74, 52.76, 0.72
+
+
+def _params_by_hand(layers, h, vocab=100_352):
+    """GPT-3 block with biases, FFN 4h, two LayerNorms per layer, a final LayerNorm, tied embedding."""
+    per_layer = (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h) + 4 * h
+    return layers * per_layer + 2 * h + vocab * h
+
+
+def test_one_stage_by_hand():
+    """FLM-101B stage: 6 N T (+ 12 L h s T) and days = FLOPs / (165 TFLOP/s x 192 GPUs)."""
+    n = _params_by_hand(80, 10240)
+    tokens = 26.54e9
+    six_n = planning.plan(planning.PAPER_STAGES, attention=False)["stages"][2]
+    assert six_n["parameters"] == n
+    assert six_n["flops"] == pytest.approx(6 * n * tokens, rel=1e-12)
+    assert six_n["days"] == pytest.approx(6 * n * tokens / (165e12 * 192) / 86400, rel=1e-12)
+    assert six_n["gpus"] == 4 * 4 * 12 == 192
+    megatron = planning.plan(planning.PAPER_STAGES)["stages"][2]
+    assert megatron["flops"] == pytest.approx((6 * n + 12 * 80 * 10240 * 2048) * tokens, rel=1e-12)
+    # Full recomputation adds one forward of the layers: 2 x (layer parameters) + 4 L h s per token.
+    layer_params = n - 100_352 * 10240 - 2 * 10240
+    recompute = planning.plan(planning.PAPER_STAGES, recompute=True)["stages"][2]
+    assert recompute["flops"] == pytest.approx(megatron["flops"] + (2 * layer_params + 4 * 80 * 10240 * 2048) * tokens,
+                                               rel=1e-12)
+
+
+def test_reproduces_the_papers_schedule():
+    result = planning.plan()
+    days = [r["days"] for r in result["stages"]]
+    for planned, reported in zip(days, PAPER_DAYS):
+        assert abs(planned / reported - 1) < 0.15, (planned, reported)
+    assert abs(sum(days) / PAPER_TOTAL_DAYS - 1) < 0.15
+    assert result["total"]["days"] == pytest.approx(sum(days))
+    assert abs(result["total"]["flops"] / 1e21 / PAPER_ZFLOPS - 1) < 0.05
+    assert abs(result["scratch"]["days"] / PAPER_SCRATCH_DAYS - 1) < 0.15
+    assert abs(result["saving"]["days"] - PAPER_SAVING) < 0.03
+    # From scratch = the 101B on all 311.55B tokens at stage 3's rate.
+    assert result["scratch"]["tokens"] == pytest.approx(245.37e9 + 39.64e9 + 26.54e9)
+    assert result["scratch"]["days"] == pytest.approx(days[2] * result["scratch"]["tokens"] / 26.54e9, rel=1e-12)
+    # Cost: GPU-hours x price; the default price puts the paper's 21.54 days x 192 GPUs at about $100K.
+    assert result["total"]["cost_usd"] == pytest.approx(result["total"]["gpu_days"] * 24 * 1.0)
+    assert 21.54 * 192 * 24 * planning.DEFAULT_PRICE_PER_GPU_HOUR == pytest.approx(100_000, rel=0.05)
+    # Counting full recomputation would make the compute alone longer than the paper's wall time.
+    assert planning.plan(recompute=True)["total"]["days"] > PAPER_TOTAL_DAYS
+
+
+def test_cli_table_and_json(capsys):
+    assert plan_schedule.main([]) == 0
+    out = capsys.readouterr().out
+    for text in ("FLM-16B", "9.63", "76.74", "zettaFLOPs", "not published", "6N + 12 L a s"):
+        assert text in out, text
+    argv = ["--stage", "tiny-stage1:1M:1/1/2:0.5:a", "--stage", "8x128x8:3e6:2/1/1:0.25", "--price-per-gpu-hour", "3",
+            "--json"]
+    assert plan_schedule.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in result["stages"]] == ["a", "8x128x8"]
+    assert "paper" not in result
+    second = result["stages"][1]
+    n = _params_by_hand(8, 128, vocab=100_352)
+    assert second["parameters"] == n and second["tokens"] == 3e6
+    flops = (6 * n + 12 * 8 * 128 * 2048) * 3e6
+    assert second["flops"] == pytest.approx(flops, rel=1e-12)
+    assert second["cost_usd"] == pytest.approx(flops / 0.25e12 / 3600 * 3, rel=1e-12)
+    assert result["scratch"]["tokens"] == pytest.approx(4e6)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stage", "flm-16b:245B:2/1/96"], "expected MODEL:TOKENS:TP/PP/DP:TFLOPS"),
+    (["--stage", "flm-17b:245B:2/1/96:162"], "neither a preset"),
+    (["--stage", "flm-16b:lots:2/1/96:162"], "tokens 'lots' is not a number"),
+    (["--stage", "flm-16b:245B:2/1/96:-5"], "must be a finite number > 0"),
+    (["--stage", "flm-16b:245B:3/1/96:162"], "num_attention_heads=44 is not divisible by tensor_model_parallel_size=3"),
+    (["--stage", "flm-16b:245B:2/x/96:162"], "must be TP/PP/DP"),
+    (["--price-per-gpu-hour", "nan"], "--price-per-gpu-hour"),
+])
+def test_bad_input_one_line_exit_2(argv, message, capsys):
+    assert plan_schedule.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("plan_schedule.py: error: ")
+
+
+def test_bad_flag_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plan_schedule.main(["--price-per-gpu-hour", "cheap"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--price-per-gpu-hour" in err and err.count("\n") == 1

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Price a growth schedule: FLOPs, GPU-days, days and cost per stage and in total, against training
+the final model from scratch on the same tokens. Defaults: FLM-101B's three stages (docs/FLM.md
+section 2). Logic in flm_ext/planning.py.
+
+    python tools/plan_schedule.py                      # the paper's schedule, paper figures beside it
+    python tools/plan_schedule.py --stage flm-16b:245.37e9:2/1/96:162 --stage flm-101b:60B:4/4/12:165
+    python tools/plan_schedule.py --price-per-gpu-hour 2.5 --json
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext.planning import DEFAULT_PRICE_PER_GPU_HOUR, PAPER_STAGES, PlanError, format_plan, parse_stage, plan  # noqa: E402
+
+PROG = "plan_schedule.py"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="""stage format: MODEL:TOKENS:TP/PP/DP:TFLOPS[:NAME]
+  MODEL    a preset (flm-16b, flm-51b, flm-101b, tiny-...) or LAYERSxHIDDENxHEADS, e.g. 40x5632x44
+           (FFN 4 x hidden, sequence 2048, vocabulary 100,352)
+  TOKENS   tokens trained in the stage: 245.37e9, 245.37B, 500M, 1.2T
+  TP/PP/DP the layout; GPUs = TP x PP x DP (the paper: 192 = 2/1/96, 4/2/24, 4/4/12)
+  TFLOPS   achieved TFLOP/s per GPU, counted with the same FLOPs formula (the trainer's log line)
+  NAME     optional label
+Repeat --stage for each stage, in training order; the last stage's model, layout and TFLOP/s
+are used for the from-scratch comparison. Wall time counts compute only.""")
+    p.add_argument("--stage", action="append", metavar="SPEC",
+                   help="a stage (repeatable; replaces the paper's three stages)")
+    p.add_argument("--price-per-gpu-hour", type=float, default=DEFAULT_PRICE_PER_GPU_HOUR, metavar="USD",
+                   help=f"price of one GPU-hour (default {DEFAULT_PRICE_PER_GPU_HOUR:g}: the paper's about $100K "
+                        f"over 21.54 days x 192 GPUs)")
+    p.add_argument("--flops", choices=("megatron", "6n"), default="megatron",
+                   help="FLOPs per token: 'megatron' = 6N + 12 L h s (default; the trainer's), '6n' = 6N")
+    p.add_argument("--recompute", action="store_true",
+                   help="count full activation recomputation (one more forward) in the FLOPs")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        stages = [parse_stage(s) for s in args.stage] if args.stage else PAPER_STAGES
+        result = plan(stages, price_per_gpu_hour=args.price_per_gpu_hour, attention=args.flops == "megatron",
+                      recompute=args.recompute)
+    except PlanError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
