@@ -60,7 +60,7 @@ def test_accuracy_and_baselines_follow_the_rule(tok, tmp_path):
 
 
 def test_prompt_is_text_separator_proposition(tok, tmp_path, monkeypatch):
-    import flm_ext.evaluation as evaluation
+    import flm_ext.evaluation.core as evaluation
 
     prompts = []
     monkeypatch.setattr(evaluation, "label_log_probs", lambda m, c, prompt, cands: prompts.append(prompt) or [0.0, 1.0])
