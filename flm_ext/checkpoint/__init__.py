@@ -1,0 +1,23 @@
+"""The checkpoint format: the one owner of the on-disk layout, read by training, growth,
+evaluation and export.
+
+- `layout`: run roots, `iter_N` folders, the latest marker; never a silent "no checkpoint".
+- `integrity`: the manifest (sizes + xxh3 checksums) and loading that never runs code.
+- `reader`: `open_checkpoint(path)` -> a verified `Checkpoint` with its FLMConfig, common state and
+  a reader of global tensor slices at any saved TP/PP.
+- `writer`: tensor-by-tensor torch_dist output for offline tools.
+"""
+from flm_ext.checkpoint.integrity import MANIFEST, load_common, load_metadata, manifest_for_tree, verify_files
+from flm_ext.checkpoint.layout import (LATEST, CheckpointError, complete_iterations, holds_checkpoint,
+                                       iteration_dir, iteration_of, iterations_present, read_latest, resolve,
+                                       write_latest)
+from flm_ext.checkpoint.reader import (Checkpoint, CheckpointReader, config_from_common, open_checkpoint,
+                                       verify_checkpoint)
+from flm_ext.checkpoint.writer import (DEFAULT_BUCKET_BYTES, Chunk, finish_iteration_folder, tensor_chunks,
+                                       write_chunks)
+
+__all__ = ["LATEST", "MANIFEST", "CheckpointError", "Checkpoint", "CheckpointReader", "Chunk",
+           "DEFAULT_BUCKET_BYTES", "complete_iterations", "config_from_common", "finish_iteration_folder",
+           "holds_checkpoint", "iteration_dir", "iteration_of", "iterations_present", "load_common",
+           "load_metadata", "manifest_for_tree", "open_checkpoint", "read_latest", "resolve", "tensor_chunks",
+           "verify_checkpoint", "verify_files", "write_chunks", "write_latest"]

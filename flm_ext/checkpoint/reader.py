@@ -1,0 +1,166 @@
+"""Reading a checkpoint without a model or a process group: verified, safe, any saved TP/PP.
+
+`open_checkpoint(path)` resolves a run root or an `iter_N` folder, verifies it (manifest checksums,
+metadata and common state read without running code) and returns a `Checkpoint`: its iteration,
+common state, the `FLMConfig` it stores, its growth record, and a `CheckpointReader` that reads any
+global slice of any tensor. torch.distributed.checkpoint's own resharding
+(`create_read_items_for_chunk_list`) maps a requested slice onto the stored chunks, whatever TP/PP
+wrote them, so growth, evaluation and export read one layer or one tensor at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, MetadataIndex,
+                                                   TensorStorageMetadata)
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+from flm_ext.checkpoint import integrity
+from flm_ext.checkpoint.layout import CheckpointError, resolve
+from flm_ext.config import ConfigError, FLMConfig, validate
+
+
+class _SliceLoader(LoadPlanner):
+    """Copies the read chunks into one destination tensor (or collects a byte object)."""
+
+    def __init__(self, dest: torch.Tensor | None):
+        self.dest, self.data = dest, None
+
+    def resolve_tensor(self, read_item):
+        # dest_offsets are relative to the requested slice
+        return self.dest[tuple(slice(o, o + n) for o, n in zip(read_item.dest_offsets, read_item.lengths))]
+
+    def commit_tensor(self, read_item, tensor):
+        pass
+
+    def load_bytes(self, read_item, value):
+        self.data = value.read()
+
+    # The rest of the LoadPlanner interface; only read_data's callbacks above are used.
+    def set_up_planner(self, *args, **kwargs):
+        pass
+
+    def create_local_plan(self):
+        raise NotImplementedError
+
+    def create_global_plan(self, plans):
+        return plans
+
+    def finish_plan(self, plan):
+        return plan
+
+
+class CheckpointReader:
+    """Global slices of the tensors (and the byte objects) of one torch_dist folder."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.metadata = integrity.load_metadata(folder)  # never plain pickle
+        self.reader = FileSystemReader(folder)
+        self.reader.set_up_storage_reader(self.metadata, is_coordinator=True)
+        entries = self.metadata.state_dict_metadata.items()
+        self.tensors = {k: v for k, v in entries if isinstance(v, TensorStorageMetadata)}
+        self.objects = [k for k, v in entries if isinstance(v, BytesStorageMetadata)]
+
+    def _read(self, plan: LoadPlan, loader: _SliceLoader, what: str) -> None:
+        try:
+            self.reader.read_data(plan, loader).wait()
+        except Exception as e:  # noqa: BLE001 - a truncated or deleted shard surfaces in many types
+            raise CheckpointError(f"{self.folder}: reading {what} failed ({type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}) "
+                                  f"(checkpoint damaged)") from None
+
+    def read(self, key: str, offsets: tuple[int, ...] | None = None, sizes: tuple[int, ...] | None = None
+             ) -> torch.Tensor:
+        md = self.tensors[key]
+        offsets = tuple(offsets) if offsets is not None else (0,) * len(md.size)
+        sizes = tuple(sizes) if sizes is not None else tuple(md.size)
+        out = torch.empty(sizes, dtype=md.properties.dtype)
+        items = create_read_items_for_chunk_list(key, md, [ChunkStorageMetadata(torch.Size(offsets),
+                                                                                 torch.Size(sizes))])
+        self._read(LoadPlan(items), _SliceLoader(out), key)
+        return out
+
+    def read_layer(self, key: str, layer: int) -> torch.Tensor:
+        """Layer `layer` of a stacked [L, ...] tensor, without the layer axis."""
+        size = tuple(self.tensors[key].size)
+        return self.read(key, (layer,) + (0,) * (len(size) - 1), (1,) + size[1:])[0]
+
+    def read_bytes(self, key: str) -> bytes:
+        item = ReadItem(type=LoadItemType.BYTE_IO, dest_index=MetadataIndex(key), dest_offsets=torch.Size(()),
+                        storage_index=MetadataIndex(key), storage_offsets=torch.Size(()), lengths=torch.Size(()))
+        loader = _SliceLoader(None)
+        self._read(LoadPlan([item]), loader, key)
+        return loader.data
+
+
+def check_objects(reader: CheckpointReader, part: int = 0, parts: int = 1) -> None:
+    """Every byte object (RNG state, extra state) in this share must be plain data."""
+    for key in reader.objects[part::parts]:
+        integrity.check_byte_object(reader.folder, key, reader.read_bytes(key))
+
+
+def verify_checkpoint(folder: str, *, part: int = 0, parts: int = 1) -> int:
+    """Verify `folder` before torch or megatron unpickle anything in it; returns bytes checksummed.
+
+    With `parts` > 1 each caller (rank) checks its share of the files and byte objects, so the
+    ranks of a job verify in parallel. Raises CheckpointError naming the file.
+    """
+    names = integrity.manifest_names(folder)
+    checked = integrity.verify_files(folder, names[part::parts]) if names is not None else 0
+    integrity.load_common(folder)
+    check_objects(CheckpointReader(folder), part, parts)
+    return checked
+
+
+def config_from_common(common: dict, where: str) -> FLMConfig:
+    """The FLMConfig a checkpoint stores (fields this version does not know are refused by name)."""
+    try:
+        fields = dict(common["flm"]["model_config"])
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{where}: no flm.model_config in the checkpoint (not written by this project's "
+                              f"trainer or tools)") from None
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(FLMConfig)})
+    if unknown:
+        raise CheckpointError(f"{where}: model config has fields this version does not know: {unknown}")
+    try:
+        config = FLMConfig(**fields)
+        validate(config)
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{where}: unusable model config ({e})") from None
+    return config
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """One verified iteration folder, read lazily through `reader`."""
+
+    folder: str
+    iteration: int
+    common: dict
+    config: FLMConfig
+    reader: CheckpointReader
+
+    @property
+    def growth_record(self) -> dict | None:
+        """The MSG growth record (masks still ramping), or None."""
+        return self.common.get("flm", {}).get("growth") or None
+
+
+def open_checkpoint(path: str, iteration: int | None = None, *, verify: bool = True) -> Checkpoint:
+    """A verified checkpoint at `path` (run root: its latest or `iteration`; or an iter_N folder)."""
+    folder, it = resolve(path, iteration)
+    if verify:
+        if integrity.manifest_names(folder) is None:
+            print(f"warning: {folder} has no {integrity.MANIFEST} (written by an older version): "
+                  f"its files cannot be checksum-verified", file=sys.stderr, flush=True)
+        integrity.verify_files(folder)  # first: nothing is unpickled from a damaged file
+    reader = CheckpointReader(folder)  # .metadata through the restricted unpickler
+    common = integrity.load_common(folder)  # weights_only
+    if verify:
+        check_objects(reader)
+    return Checkpoint(folder, it, common, config_from_common(common, folder), reader)

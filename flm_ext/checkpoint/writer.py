@@ -1,0 +1,167 @@
+"""Writing torch_dist checkpoint folders tensor by tensor, without a model or a process group.
+
+megatron's `dist_checkpointing.save` takes the whole state dict at once, i.e. the model in memory
+(1.2 TB with Adam state at 101B). Offline tools (growth, import from transformers, synthetic test
+inputs) instead describe the output as `Chunk`s (shapes only) and write it with
+torch.distributed.checkpoint, the storage layer megatron's torch_dist backend uses: a `SavePlanner`
+whose `resolve_data` makes each chunk on demand. Every layer of a stacked `decoder.layers.*`
+tensor is its own chunk, as in the trainer's checkpoints. Files are written in buckets because
+torch's writer keeps every tensor of a file alive until the file is closed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+import torch
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint import save as dcp_save
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
+                                                   MetadataIndex, TensorProperties, TensorStorageMetadata)
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, TensorWriteData, WriteItem, WriteItemType
+from torch.futures import Future
+
+from flm_ext.checkpoint.integrity import manifest_for_tree
+
+DEFAULT_BUCKET_BYTES = 256 * 2 ** 20
+TORCH_DIST_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
+                       "common_backend_version": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One chunk of the output: a whole tensor, one layer of a stacked one, or a byte object."""
+
+    key: str                    # checkpoint key (model key, or optimizer.state.<name>.<model key>)
+    model_key: str | None       # the FLM tensor it is (None for byte objects)
+    role: str | None            # param | exp_avg | exp_avg_sq (for growth)
+    layer: int | None           # layer of a stacked tensor / per-layer object
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    global_size: tuple[int, ...]
+    dtype: torch.dtype | None   # None for byte objects
+    source_object: str | None = None  # byte objects: the input key whose bytes are copied
+
+    @property
+    def nbytes(self) -> int:
+        if self.dtype is None:
+            return 0
+        n = 1
+        for s in self.sizes:
+            n *= s
+        return n * torch.tensor([], dtype=self.dtype).element_size()
+
+
+def tensor_chunks(key: str, model_key: str, role: str, shape: tuple[int, ...], dtype: torch.dtype,
+                  num_layers: int | None) -> list[Chunk]:
+    """The chunks of one tensor: one per layer when it is stacked over `num_layers`."""
+    if num_layers is None:
+        return [Chunk(key, model_key, role, None, (0,) * len(shape), shape, shape, dtype)]
+    size = (num_layers,) + tuple(shape)
+    return [Chunk(key, model_key, role, j, (j,) + (0,) * len(shape), (1,) + tuple(shape), size, dtype)
+            for j in range(num_layers)]
+
+
+def _metadata(chunks: list[Chunk]) -> Metadata:
+    entries: dict = {}
+    for c in chunks:
+        if c.dtype is None:
+            entries[c.key] = BytesStorageMetadata()
+            continue
+        md = entries.setdefault(c.key, TensorStorageMetadata(TensorProperties(dtype=c.dtype),
+                                                             torch.Size(c.global_size), []))
+        md.chunks.append(ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)))
+    return Metadata(state_dict_metadata=entries)
+
+
+def _write_item(c: Chunk) -> WriteItem:
+    if c.dtype is None:
+        return WriteItem(index=MetadataIndex(c.key), type=WriteItemType.BYTE_IO)
+    return WriteItem(index=MetadataIndex(c.key, torch.Size(c.offsets)), type=WriteItemType.SHARD,
+                     tensor_data=TensorWriteData(chunk=ChunkStorageMetadata(torch.Size(c.offsets),
+                                                                            torch.Size(c.sizes)),
+                                                 properties=TensorProperties(dtype=c.dtype),
+                                                 size=torch.Size(c.global_size)))
+
+
+class _LazySavePlanner(SavePlanner):
+    """Plans the output from `Chunk`s (shapes only); `produce(chunk)` makes each chunk when asked."""
+
+    def __init__(self, chunks: list[Chunk], produce: Callable[[Chunk], object],
+                 on_chunk: Callable[[Chunk], None] | None):
+        self.chunks, self.produce, self.on_chunk = chunks, produce, on_chunk
+        self.by_index = {_write_item(c).index: c for c in chunks}
+
+    def set_up_planner(self, state_dict, storage_meta=None, is_coordinator=False):
+        pass
+
+    def create_local_plan(self) -> SavePlan:
+        return SavePlan([_write_item(c) for c in self.chunks])
+
+    def create_global_plan(self, all_plans):
+        return all_plans, _metadata(self.chunks)
+
+    def finish_plan(self, new_plan):
+        return new_plan
+
+    def resolve_data(self, write_item):
+        chunk = self.by_index[write_item.index]
+        data = self.produce(chunk)
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
+        return data
+
+
+class _BucketedWriter(FileSystemWriter):
+    """One file per bucket of at most `bucket_bytes` (or one chunk), written one bucket at a time."""
+
+    def __init__(self, path: str, bucket_bytes: int, sizes: dict):
+        super().__init__(path, single_file_per_rank=True, thread_count=1, sync_files=True)
+        self.bucket_bytes, self.sizes = bucket_bytes, sizes
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
+        buckets, current, used = [], [], 0
+        for item in plan.items:
+            size = self.sizes.get(item.index, 0)
+            if current and used + size > self.bucket_bytes:
+                buckets.append(current)
+                current, used = [], 0
+            current.append(item)
+            used += size
+        if current:
+            buckets.append(current)
+        results = []
+        prefix = plan.storage_data.prefix
+        for b, items in enumerate(buckets):
+            sub = dataclasses.replace(plan, items=items,
+                                      storage_data=dataclasses.replace(plan.storage_data, prefix=f"{prefix}{b}_"))
+            results.extend(super().write_data(sub, planner).wait())
+        done: Future = Future()
+        done.set_result(results)
+        return done
+
+
+def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], object], *,
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, on_chunk: Callable[[Chunk], None] | None = None) -> None:
+    """Write the tensors / byte objects of a torch_dist folder, producing each chunk on demand."""
+    sizes = {_write_item(c).index: c.nbytes for c in chunks}
+    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes)
+    try:
+        dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk), no_dist=True)
+    except CheckpointException as e:
+        # torch wraps every failure (even Ctrl-C / SystemExit from SIGTERM): re-raise the real one.
+        original = next(iter(e.failures.values()), None)
+        if isinstance(original, tuple) and original and isinstance(original[0], BaseException):
+            raise original[0] from None
+        raise
+
+
+def finish_iteration_folder(folder: str, common: dict) -> None:
+    """Write megatron's `common.pt` and `metadata.json` next to the shards, then the manifest."""
+    torch.save(common, os.path.join(folder, "common.pt"))
+    with open(os.path.join(folder, "metadata.json"), "w") as f:
+        json.dump(TORCH_DIST_METADATA, f)
+    manifest_for_tree(folder)
