@@ -3,7 +3,7 @@
     python benchmarks/gpu_step.py --json out.json            # on one H100/H200 (benchmarks/gpu_step.sh)
     python benchmarks/gpu_step.py --tiny --json out.json     # CPU smoke run (tests/test_gpu_step.py)
 
-Default shape (issue 8, FLM-like 1.41B): 24 layers x 2048, 16 heads, FFN 8192, vocab 100,352,
+Default shape (FLM-like 1.41B): 24 layers x 2048, 16 heads, FFN 8192, vocab 100,352,
 seq 2048, micro-batch 4, bf16 weights with fp32 main weights. Every variant times whole training
 steps: forward, backward and the optimizer step. Variants:
 

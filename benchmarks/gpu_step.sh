@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# GPU step benchmark (issue 8) on one H100/H200 of the device tool, in one call.
+# GPU step benchmark on one H100/H200 of a GPU machine, in one call.
 #
 # Here, once (a CPU machine with PyPI): fetch the cp312 megatron-core wheel the GPU image lacks
 #   bash benchmarks/gpu_step.sh --fetch-wheels
-# Then the device call (carry .whl; results come back from $OUT):
-#   run(command="bash benchmarks/gpu_step.sh", carry=[".whl"], timeout_s=540)
+# Then on the GPU machine (with .whl/ copied alongside; results in $OUT, default runs/gpu_step):
+#   bash benchmarks/gpu_step.sh
 # Extra arguments go to benchmarks/gpu_step.py (e.g. --variants flm-xpos,peer --steps 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."

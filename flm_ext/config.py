@@ -176,7 +176,7 @@ def _flm(num_layers: int, hidden: int, heads: int, **kw) -> FLMConfig:
     return FLMConfig(num_layers=num_layers, hidden_size=hidden, num_attention_heads=heads, **kw)
 
 
-# The paper's stages (FLM_SPEC.md section 2); heads keep head_dim 128 so growth keeps head size.
+# The paper's stages (docs/FLM.md section 2); heads keep head_dim 128 so growth keeps head size.
 # Tiny presets mirror the growth path at CPU scale (head_dim 16): width growth 1 -> 2, depth growth 2 -> 3.
 _FLM_MUP = dict(use_mup=True, mup_base_width=256, mup_input_mult=1.0, mup_output_mult=2.0)
 PRESETS: dict[str, FLMConfig] = {

@@ -1,4 +1,4 @@
-"""An independent, straightforward float64 FLM forward pass written from FLM_SPEC.md.
+"""An independent, straightforward float64 FLM forward pass written from docs/FLM.md (section 1).
 
 It shares no code with flm_ext: xPos here is complex-number rotation with an explicit per-pair
 decay, attention is an explicit masked softmax, and the weights come from the global state dict

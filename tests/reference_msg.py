@@ -1,4 +1,4 @@
-"""An independent float64 forward pass of a grown FLM model with MSG masks, from FLM_SPEC.md section 3.
+"""An independent float64 forward pass of a grown FLM model with MSG masks, from docs/FLM.md section 3.
 
 Shares no code with flm_ext (xPos scores come from reference_flm, itself independent): masks are
 explicit vectors, the mask-weighted LayerNorm is written out, a new layer is an explicit blend.

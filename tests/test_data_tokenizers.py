@@ -22,7 +22,7 @@ def gpt2():
 
 
 def test_label_ids_are_the_papers_emoji_tokens(cl100k, gpt2):
-    # Independent reference: FLM_SPEC section 4 lists these ids.
+    # Independent reference: docs/FLM.md section 4 lists these ids.
     assert cl100k.label_ids(True) == [76460, 230] and cl100k.label_ids(False) == [76460, 94]
     assert gpt2.label_ids(True) == [47249, 230] and gpt2.label_ids(False) == [47249, 94]
     assert special_tokens.label_text(True) == "😈" and special_tokens.label_text(False) == "😡"

@@ -73,7 +73,7 @@ def test_triton_xpos_matches_reference(triton_interpreter, case, dtype, tol):
 
 
 def test_triton_xpos_equals_the_formula(triton_interpreter):
-    """Independent of xpos.py's tables: q.k after the kernel equals FLM_SPEC's xPos scores."""
+    """Independent of xpos.py's tables: q.k after the kernel equals docs/FLM.md's xPos scores (section 1.1)."""
     s, d = 64, 32
     gen = torch.Generator().manual_seed(7)
     q, k = torch.randn(2, s, d, generator=gen, dtype=torch.float64)

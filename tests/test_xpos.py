@@ -1,4 +1,4 @@
-"""xPos in the model's attention path against the formula in FLM_SPEC.md (float64 reference)."""
+"""xPos in the model's attention path against the formula in docs/FLM.md section 1.1 (float64 reference)."""
 import math
 
 import pytest

@@ -1,7 +1,7 @@
 """MSG runtime masks in the FLM model, and the growth record a grown checkpoint carries.
 
 After `operators.py` has grown the weights, the grown model computes the old function only while
-its new coordinates are masked (FLM_SPEC.md section 3). With lambda the mask value of every new
+its new coordinates are masked (docs/FLM.md section 3). With lambda the mask value of every new
 coordinate (old ones have 1):
 
 - hidden dims: the embedding output and each sub-layer output (attention and MLP, bias included,

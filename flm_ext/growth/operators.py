@@ -1,6 +1,6 @@
 """MSG growth operators: pure functions on whole (global) tensors, no process group needed.
 
-Masked Structural Growth (FLM_SPEC.md section 3) enlarges a model by copying every old tensor into
+Masked Structural Growth (docs/FLM.md section 3) enlarges a model by copying every old tensor into
 the leading block of a larger one and filling the rest with a fresh init; the function is
 preserved by runtime masks (see `masks.py`), not by the init. This module is the tensor half:
 

@@ -3,7 +3,7 @@
 Inside the model (see config.to_transformer_config and model/flm_model.py): hidden matrices are
 initialised with std sigma/sqrt(m), embeddings with sigma, attention scores use 1/head_dim and
 the logits are multiplied by output_mult/m. Here: Adam's learning rate for hidden matrices is
-eta/m; embeddings (incl. the tied output), biases and LayerNorm keep eta (FLM_SPEC.md section 5).
+eta/m; embeddings (incl. the tied output), biases and LayerNorm keep eta (docs/FLM.md section 5).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""xPos: rotary position embedding with a per-frequency exponential decay (FLM_SPEC.md section 1).
+"""xPos: rotary position embedding with a per-frequency exponential decay (docs/FLM.md section 1.1).
 
 For head dim d and frequency pair i (theta_i = base^(-2i/d)), the query at position n is rotated by
 n * theta_i and multiplied by zeta_i^((n - c) / scale_base); the key at m is rotated by m * theta_i

@@ -1,4 +1,4 @@
-"""µP hyper-parameter transfer and loss prediction (µScaling), FLM_SPEC.md section 5.
+"""µP hyper-parameter transfer and loss prediction (µScaling), docs/FLM.md section 5.
 
 - `coord_check`: the coordinate check that µP is implemented right (activation sizes after a few
   Adam steps stay flat as width grows under µP and drift without it).
