@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from flm_ext.mup import cli, scaling_fit
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2_CSV = REPO / "examples" / "muscaling_gpt2.csv"
-SPEC = Path(os.environ.get("FLM_SPEC", "/work/shared/FLM_SPEC.md"))
+RECIPE = REPO / "docs" / "FLM.md"
 
 
 def _csv_rows():
@@ -24,19 +23,27 @@ def _csv_rows():
     return [(name, float(size), float(loss)) for name, size, loss in rows]
 
 
-def test_csv_matches_the_spec_table():
-    """The CSV the example and test use is FLM_SPEC.md's table, transcribed (checked when the spec is here)."""
-    if not SPEC.exists():
-        pytest.skip(f"{SPEC} not present (set FLM_SPEC)")
-    text = SPEC.read_text()
-    table = {m.group(1): m.group(2) for m in re.finditer(r"^\| (width|params \(M\)|loss) \|(.*)\|$", text, re.M)}
-    widths = [int(x) for x in table["width"].split("|")]
-    params = [float(x) * 1e6 for x in table["params (M)"].split("|")]
-    losses = [float(x) for x in table["loss"].split("|")]
-    rows = _csv_rows()
-    assert [name for name, _, _ in rows] == [f"w{w}" for w in widths]
-    assert [size for _, size, _ in rows] == pytest.approx(params, rel=1e-9)
-    assert [loss for _, _, loss in rows] == losses
+def _recipe_gpt2_table():
+    """(width, params, loss) rows of the table under docs/FLM.md's '5.1 The published µScaling GPT-2 series'."""
+    text = RECIPE.read_text()
+    section = text[text.index("### 5.1 The published µScaling GPT-2 series"):]
+    section = section[:section.index("\n#")]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["width", "params (M)", "loss"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return [(int(w), p, loss) for w, p, loss in rows]
+
+
+def test_csv_matches_the_recipe_table():
+    """The CSV the example and tests use is docs/FLM.md's published table, transcribed field by field."""
+    table = _recipe_gpt2_table()
+    raw = [line.split(",") for line in GPT2_CSV.read_text().splitlines() if line and not line.startswith("#")]
+    assert raw[0] == ["name", "size", "loss"]
+    assert len(table) == len(raw[1:]) == 10
+    for (width, params_m, loss_text), (name, size, loss) in zip(table, raw[1:]):
+        assert name == f"w{width}"
+        assert int(size) == round(float(params_m) * 1e6), (name, size, params_m)  # millions -> count
+        assert loss == loss_text, (name, loss, loss_text)  # the same digits
 
 
 def test_fit_on_published_muscaling_numbers_predicts_the_three_largest_within_half_a_percent(tmp_path, capsys):
