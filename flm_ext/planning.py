@@ -157,7 +157,8 @@ def plan(stages=PAPER_STAGES, *, price_per_gpu_hour: float = DEFAULT_PRICE_PER_G
         "saving": {"days": 1.0 - total["days"] / scratch["days"], "cost": 1.0 - total["cost_usd"] / scratch["cost_usd"]
                    if scratch["cost_usd"] else 0.0, "flops": 1.0 - total["flops"] / scratch["flops"]},
         "assumptions": {
-            "flops_per_token": "6N + 12 L a s (Megatron model FLOPs)" if attention else "6N",
+            "flops_per_token": ("6N + 12 L a s (Megatron model FLOPs; a = heads x head size, s = sequence)"
+                            if attention else "6N"),
             "recomputation_counted": recompute,
             "price_per_gpu_hour": price_per_gpu_hour,
             "wall_time": "compute only: FLOPs / (TFLOP/s x GPUs); no checkpointing, evaluation, restarts or growth time",
@@ -166,7 +167,7 @@ def plan(stages=PAPER_STAGES, *, price_per_gpu_hour: float = DEFAULT_PRICE_PER_G
     }
     if tuple(stages) == PAPER_STAGES:
         result["paper"] = PAPER
-        result["assumptions"]["flm_16b_shape"] = (f"{_shape(stages[0].model)} "
+        result["assumptions"]["16B_shape"] = (f"{_shape(stages[0].model)} "
                                                   f"({num_parameters(stages[0].model) / 1e9:.2f}B; not published)")
     return result
 
@@ -206,6 +207,9 @@ def format_plan(result: dict) -> str:
                + f"; cost {_fmt_money(t['cost_usd'])}" + (" (paper: about $100K)" if paper else ""))
     out.append("assumed:")
     for key, value in result["assumptions"].items():
+        if key == "price_per_gpu_hour":
+            value = f"${value:.2f}" + (" (default: the paper's about $100K over 21.54 days x 192 GPUs)"
+                                       if value == DEFAULT_PRICE_PER_GPU_HOUR else "")
         out.append(f"  {key.replace('_', ' ')}: {value}")
     if paper:
         out.append("vs the paper (docs/FLM.md section 2):")
