@@ -158,7 +158,7 @@ def plan(stages=PAPER_STAGES, *, price_per_gpu_hour: float = DEFAULT_PRICE_PER_G
                    if scratch["cost_usd"] else 0.0, "flops": 1.0 - total["flops"] / scratch["flops"]},
         "assumptions": {
             "flops_per_token": ("6N + 12 L a s (Megatron model FLOPs; a = heads x head size, s = sequence)"
-                            if attention else "6N"),
+                                if attention else "6N"),
             "recomputation_counted": recompute,
             "price_per_gpu_hour": price_per_gpu_hour,
             "wall_time": "compute only: FLOPs / (TFLOP/s x GPUs); no checkpointing, evaluation, restarts or growth time",
