@@ -6,13 +6,31 @@
 """
 import os
 import sys
-import warnings
 
-# megatron-core announces its fallbacks when transformer-engine / apex are absent (always on CPU).
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex) .*not installed")
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say_error(message: str) -> None:
+    """Errors every rank would hit alike are printed once, by rank 0; the other ranks exit quietly."""
+    if _is_rank0():
+        print(f"pretrain_flm.py: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _is_rank0() and not {"-h", "--help"} & set(argv):
+        print("pretrain_flm.py: loading torch and megatron-core ...", flush=True)  # the imports take seconds
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        _say_error(f"torch is not installed for {sys.executable}: run `make setup` and use .venv/bin/python "
+                   "(or set PYTHON for the launchers)")
+        return 2
+    from flm_ext import quiet_megatron_import_warnings
+
+    quiet_megatron_import_warnings()
     from flm_ext.config import ConfigError
     from flm_ext.training.arguments import build_parser, config_from_args
 
@@ -22,7 +40,7 @@ def main(argv=None) -> int:
     try:
         config = config_from_args(args, world_size)
     except ConfigError as error:
-        print(f"pretrain_flm.py: configuration error: {error}", file=sys.stderr)
+        _say_error(f"configuration error: {error}")
         return 2
     if config.dry_run:
         from flm_ext.training.dry_run import report
@@ -30,14 +48,24 @@ def main(argv=None) -> int:
         print(report(config))
         print("dry run: configuration OK")
         return 0
+    if args.check_config:
+        print(f"pretrain_flm.py: configuration OK for world size {world_size}", flush=True)
+        return 0
+    return _train(config)
+
+
+def _train(config) -> int:
+    from flm_ext.config import ConfigError
+    from flm_ext.runtime import destroy_distributed
     from flm_ext.training.checkpointing import CheckpointError
     from flm_ext.training.trainer import TrainingError, pretrain
 
-    from flm_ext.runtime import destroy_distributed
-
     try:
         pretrain(config)
-    except (ConfigError, TrainingError, CheckpointError) as error:
+    except ConfigError as error:  # found once the tokenizer and process group exist: the same on every rank
+        _say_error(f"configuration error: {error}")
+        return 2
+    except (TrainingError, CheckpointError) as error:
         print(f"pretrain_flm.py: {error}", file=sys.stderr)
         return 1
     finally:

@@ -1,8 +1,10 @@
 # Shared by the flm101b_stage*.sh scripts: torchrun from the usual multi-node variables.
 # Sourced, not run. The caller sets STAGE_ARGS (an array), CKPT (this stage's checkpoints) and, for
 # grown stages, GROWN (the grown checkpoint to start from); "$@" is passed through to pretrain_flm.py.
+# The interpreter ($PYTHON, else .venv/bin/python, else python3) and the SIGTERM grace given to the
+# workers to save (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, default 900 s) are set in _python.sh.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 NODE_RANK=${NODE_RANK:-0}
@@ -38,10 +40,17 @@ COMMON_ARGS=(
   --log-interval 1 --eval-interval 1000 --eval-iters 10 --save-interval 500
 )
 
+ARGS=("${STAGE_ARGS[@]}" "${COMMON_ARGS[@]}" "${CKPT_ARGS[@]}" "${DATA_ARGS[@]}" "${TOKENIZER_ARGS[@]}" "$@")
 if [[ " $* " == *" --dry-run "* ]]; then
   # Check the configuration for this world size: no GPU, no data, no torchrun needed.
-  exec python "$REPO/pretrain_flm.py" "${STAGE_ARGS[@]}" "${COMMON_ARGS[@]}" "${CKPT_ARGS[@]}" --world-size "$WORLD_SIZE" "$@"
+  exec "$PY" "$REPO/pretrain_flm.py" "${ARGS[@]}" --world-size "$WORLD_SIZE"
 fi
-exec torchrun --nnodes "$NNODES" --nproc-per-node "$GPUS_PER_NODE" --node-rank "$NODE_RANK" \
-  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
-  "$REPO/pretrain_flm.py" "${STAGE_ARGS[@]}" "${COMMON_ARGS[@]}" "${CKPT_ARGS[@]}" "${DATA_ARGS[@]}" "${TOKENIZER_ARGS[@]}" "$@"
+# Check every flag for this world size in one process first: a bad one is one line and exit 2 here,
+# not an error in each of the workers (about as long as the trainer's own start-up).
+"$PY" "$REPO/pretrain_flm.py" "${ARGS[@]}" --world-size "$WORLD_SIZE" --check-config || exit $?
+if [[ "$("${TORCHRUN[@]}" --help 2>/dev/null)" != *--shutdown-timeout* ]]; then
+  echo "$(basename "$0"): warning: this torchrun has no --shutdown-timeout: it kills the workers 30 s after" \
+       "a SIGTERM, which can cut a save short (the previous checkpoint stays the latest)" >&2
+fi
+exec "${TORCHRUN[@]}" --nnodes "$NNODES" --nproc-per-node "$GPUS_PER_NODE" --node-rank "$NODE_RANK" \
+  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" "$REPO/pretrain_flm.py" "${ARGS[@]}"

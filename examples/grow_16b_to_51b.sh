@@ -8,9 +8,9 @@
 # Extra flags are passed on (e.g. --growth-ramp-steps 2000, --seed 1); --verify needs memory for
 # both models in fp32 (about 0.8 TB here), so it is for smaller models and tests.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"  # REPO and PY: $PYTHON, else .venv/bin/python, else python3
 OLD=${OLD:-checkpoints/flm-16b}
 NEW=${NEW:-checkpoints/flm-51b-grown}
-exec python "$REPO/tools/grow_checkpoint.py" --load "$OLD" --save "$NEW" \
+exec "$PY" "$REPO/tools/grow_checkpoint.py" --load "$OLD" --save "$NEW" \
   --hidden-size 10240 --num-attention-heads 80 --ffn-hidden-size 40960 \
   --growth-ramp-steps "${RAMP_STEPS:-1000}" "$@"

@@ -7,9 +7,9 @@
 #   OLD=checkpoints/flm-51b NEW=checkpoints/flm-101b-grown bash examples/grow_51b_to_101b.sh
 # Extra flags are passed on (e.g. --depth-placement interleave, --growth-ramp-steps 2000).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"  # REPO and PY: $PYTHON, else .venv/bin/python, else python3
 OLD=${OLD:-checkpoints/flm-51b}
 NEW=${NEW:-checkpoints/flm-101b-grown}
-exec python "$REPO/tools/grow_checkpoint.py" --load "$OLD" --save "$NEW" \
+exec "$PY" "$REPO/tools/grow_checkpoint.py" --load "$OLD" --save "$NEW" \
   --num-layers 80 --depth-init stack \
   --growth-ramp-steps "${RAMP_STEPS:-1000}" "$@"

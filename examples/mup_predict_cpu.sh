@@ -12,7 +12,8 @@
 # 6. coordinate check (µP vs standard parametrisation)    -> OUT/coord_check/coord_check.png
 # Every run is resumable: finished runs are skipped when the script is run again.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/_python.sh"  # PY: $PYTHON, else .venv/bin/python, else python3
+cd "$REPO"
 OUT=${1:-runs/mup_cpu}
 JOBS=${JOBS:-2}
 DATA=$OUT/data
@@ -21,11 +22,11 @@ mkdir -p "$DATA"
 
 # Data: the demo corpus (KJV + People's Daily) with a 1,024-token byte-level BPE.
 if [ ! -f "$DATA/zh_text_document.idx" ]; then
-  python tools/build_demo_corpus.py --out "$DATA/corpus"
-  python tools/train_tokenizer.py --input "$DATA/corpus/en_train.jsonl" "$DATA/corpus/zh_train.jsonl" \
+  "$PY" tools/build_demo_corpus.py --out "$DATA/corpus"
+  "$PY" tools/train_tokenizer.py --input "$DATA/corpus/en_train.jsonl" "$DATA/corpus/zh_train.jsonl" \
     --vocab-size 1024 --output "$DATA/bpe1k.json"
   for lang in en zh; do
-    python tools/preprocess_data.py --input "$DATA/corpus/${lang}_train.jsonl" --output-prefix "$DATA/$lang" \
+    "$PY" tools/preprocess_data.py --input "$DATA/corpus/${lang}_train.jsonl" --output-prefix "$DATA/$lang" \
       --tokenizer-type HuggingFaceTokenizer --tokenizer-model "$DATA/bpe1k.json" --append-eod
   done
 fi
@@ -39,21 +40,21 @@ COMMON=(--tokenizer-type HuggingFaceTokenizer --tokenizer-model "$DATA/bpe1k.jso
         --lr-warmup-iters 30 --eval-interval 100 --eval-iters 8 --log-interval 10 --head-dim 16)
 LRS=(1e-3 2e-3 4e-3 8e-3 1.6e-2 3.2e-2 6.4e-2)
 
-python tools/predict_loss.py search --out "$OUT" --jobs "$JOBS" --proxy-width 32 \
+"$PY" tools/predict_loss.py search --out "$OUT" --jobs "$JOBS" --proxy-width 32 \
   --lrs "${LRS[@]}" --init-stds 0.02 0.05 --output-mults 1 4 16 "${COMMON[@]}"
 
-read -r STD MULT < <(python -c "import json; b = json.load(open('$OUT/search/best.json')); print(b['init_std'], b['output_mult'])")
-python tools/predict_loss.py search --out "$OUT" --name direct128 --jobs "$JOBS" --proxy-width 128 \
+read -r STD MULT < <("$PY" -c "import json; b = json.load(open('$OUT/search/best.json')); print(b['init_std'], b['output_mult'])")
+"$PY" tools/predict_loss.py search --out "$OUT" --name direct128 --jobs "$JOBS" --proxy-width 128 \
   --mup-base-width 32 --lrs "${LRS[@]}" --init-stds "$STD" --output-mults "$MULT" "${COMMON[@]}"
 
-python tools/predict_loss.py sweep --out "$OUT" --jobs "$JOBS" --widths 16 32 64 128 \
+"$PY" tools/predict_loss.py sweep --out "$OUT" --jobs "$JOBS" --widths 16 32 64 128 \
   --from-search "$OUT/search/best.json" "${COMMON[@]}"
-python tools/predict_loss.py fit --sweep "$OUT/sweep/sweep.json" --target-width 512
-python tools/predict_loss.py check --prediction "$OUT/fit/fit.json"
+"$PY" tools/predict_loss.py fit --sweep "$OUT/sweep/sweep.json" --target-width 512
+"$PY" tools/predict_loss.py check --prediction "$OUT/fit/fit.json"
 
-python tools/predict_loss.py coord-check --out "$OUT/coord_check"
+"$PY" tools/predict_loss.py coord-check --out "$OUT/coord_check"
 
-python - "$OUT" <<'PY'
+"$PY" - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 proxy, direct = (json.load(open(f"{out}/{name}/best.json")) for name in ("search", "direct128"))

@@ -9,7 +9,7 @@
 Reads a torch_dist checkpoint saved at any TP/PP and writes one the trainer loads at any TP/PP,
 tensor by tensor (memory: a few of the largest tensors, not the model). Sizes not given are kept.
 --verify builds both models on this machine (TP=1, float64), runs a probe batch and prints
-`max abs logit diff: <value>`, exiting 1 above --tolerance. See flm_ext/growth/checkpoint.py.
+`max abs logit diff: <value>`, exiting 1 above --tolerance. See flm_ext/growth/checkpoint.py and flm_ext/growth/verify.py.
 """
 import argparse
 import os
@@ -18,9 +18,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+
+quiet_megatron_import_warnings()
 from flm_ext.config import ConfigError  # noqa: E402
-from flm_ext.growth.checkpoint import (GrowCheckpointError, grow_checkpoint, init_single_process,  # noqa: E402
-                                       verify_growth)
+from flm_ext.growth.checkpoint import GrowCheckpointError, grow_checkpoint  # noqa: E402
+from flm_ext.growth.verify import verify_growth  # noqa: E402
+from flm_ext.runtime import init_single_process  # noqa: E402
 from flm_ext.growth.operators import DEPTH_INITS, DEPTH_PLACEMENTS, GrowthError  # noqa: E402
 
 

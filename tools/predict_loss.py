@@ -3,11 +3,12 @@
 `python tools/predict_loss.py --help`. Sub-commands: coord-check, search, sweep, fit, check."""
 import os
 import sys
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex) .*not installed")
 
+from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+
+quiet_megatron_import_warnings()
 from flm_ext.mup.cli import main  # noqa: E402
 
 if __name__ == "__main__":  # runs are subprocesses; keep the guard for anything that re-imports __main__

@@ -8,10 +8,12 @@ Use it with --tokenizer-type HuggingFaceTokenizer --tokenizer-model data/demo/bp
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flm_ext.data.train_bpe import train_bpe  # noqa: E402
+from flm_ext.progress import format_duration  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,12 +24,15 @@ def main(argv=None) -> int:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--json-key", default="text")
     a = p.parse_args(argv)
+    print(f"train_tokenizer: training a {a.vocab_size:,}-token byte-level BPE on {len(a.input)} file(s) ...",
+          flush=True)
+    start = time.time()
     try:
         train_bpe(a.input, a.output, a.vocab_size, a.min_frequency, a.json_key)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"train_tokenizer: error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {a.output}")
+    print(f"train_tokenizer: wrote {a.output} in {format_duration(time.time() - start)}")
     return 0
 
 

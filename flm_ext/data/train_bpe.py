@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import sys
 from typing import Iterator, Sequence
 
 from flm_ext.data import special_tokens
+from flm_ext.fileio import atomic_write
 from flm_ext.data.preprocess import open_text_lines
 
 
@@ -45,13 +46,9 @@ def train_bpe(
         min_frequency=min_frequency,
         special_tokens=[special_tokens.EOD_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=True,
+        show_progress=sys.stdout.isatty(),  # its bar is redrawn in place; in a log it is blank lines
     )
     tok.train_from_iterator(iter_texts(inputs, json_key), trainer=trainer)
-    out_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    os.close(fd)
-    tok.save(tmp)
-    os.replace(tmp, output)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    atomic_write(output, tok.to_str(pretty=True))  # as Tokenizer.save writes it, with umask permissions
     return output

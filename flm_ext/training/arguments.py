@@ -9,10 +9,33 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass, field, replace
 
-from flm_ext.config import ConfigError, FLMConfig, ParallelConfig, get_preset, pad_vocab_size, validate
+from flm_ext.config import (POSITION_EMBEDDINGS, ConfigError, FLMConfig, ParallelConfig, get_preset, pad_vocab_size,
+                            validate)
+from flm_ext.data.tokenizers import TOKENIZER_TYPES
 from flm_ext.training.engine import OptimConfig
+
+LR_DECAY_STYLES = ("cosine", "linear", "constant")  # the styles the trainer's scheduler is tested with
+
+# flm_ext.config names fields; the trainer's messages name the flag that sets them.
+FIELD_FLAGS = {
+    "num_layers": "--num-layers", "hidden_size": "--hidden-size", "num_attention_heads": "--num-attention-heads",
+    "ffn_hidden_size": "--ffn-hidden-size", "seq_length": "--seq-length", "vocab_size": "--vocab-size",
+    "position_embedding": "--position-embedding-type", "rotary_base": "--rotary-base",
+    "xpos_scale_base": "--xpos-scale-base", "init_method_std": "--init-method-std",
+    "hidden_dropout": "--hidden-dropout", "attention_dropout": "--attention-dropout",
+    "mup_base_width": "--mup-base-width", "mup_input_mult": "--mup-input-mult", "mup_output_mult": "--mup-output-mult",
+    "tensor_model_parallel_size": "--tensor-model-parallel-size",
+    "pipeline_model_parallel_size": "--pipeline-model-parallel-size", "sequence_parallel": "--sequence-parallel",
+}
+_FIELD_RE = re.compile(r"\b(" + "|".join(FIELD_FLAGS) + r")\b")
+
+
+def with_flag_names(error: ConfigError) -> ConfigError:
+    """The same error, with config field names replaced by the flags that set them."""
+    return ConfigError(_FIELD_RE.sub(lambda m: FIELD_FLAGS[m.group(1)], str(error)))
 
 
 @dataclass(frozen=True)
@@ -24,7 +47,7 @@ class ScheduleConfig:
     train_samples: int
     lr_warmup_samples: int = 0
     lr_decay_samples: int | None = None  # None: decay over all train samples
-    lr_decay_style: str = "cosine"  # cosine | linear | constant
+    lr_decay_style: str = "cosine"  # one of LR_DECAY_STYLES
     lr_warmup_init: float = 0.0
 
     def num_microbatches(self, data_parallel_size: int) -> int:
@@ -92,7 +115,10 @@ class TrainConfig:
     dry_run: bool = False
 
     def validate(self) -> None:
-        validate(self.model, self.parallel)
+        try:
+            validate(self.model, self.parallel)
+        except ConfigError as error:
+            raise with_flag_names(error) from None
         s, p = self.schedule, self.parallel
         for name in ("micro_batch_size", "global_batch_size", "train_samples"):
             if getattr(s, name) < 1:
@@ -108,13 +134,19 @@ class TrainConfig:
         if p.virtual_pipeline_model_parallel_size and nmb % p.pipeline_model_parallel_size:
             raise ConfigError(f"interleaved pipeline needs the number of micro-batches ({nmb}) to be a multiple of "
                               f"--pipeline-model-parallel-size={p.pipeline_model_parallel_size}")
-        if s.lr_decay_style not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"--lr-decay-style={s.lr_decay_style!r} must be cosine, linear or constant")
+        if s.lr_decay_style not in LR_DECAY_STYLES:
+            raise ConfigError(f"--lr-decay-style={s.lr_decay_style!r} must be one of {', '.join(LR_DECAY_STYLES)}")
+        if s.lr_warmup_samples < 0:
+            raise ConfigError(f"--lr-warmup-samples={s.lr_warmup_samples} must be >= 0")
+        if s.lr_decay_samples is not None and s.lr_decay_samples < 1:
+            raise ConfigError(f"--lr-decay-samples={s.lr_decay_samples} must be >= 1")
         if s.lr_warmup_samples >= (s.lr_decay_samples or s.train_samples):
             raise ConfigError(f"--lr-warmup-samples={s.lr_warmup_samples} must be shorter than the decay "
                               f"({s.lr_decay_samples or s.train_samples} samples)")
         if not 0.0 <= self.optim.min_lr <= self.optim.lr:
             raise ConfigError(f"--min-lr={self.optim.min_lr} must be in [0, --lr={self.optim.lr}]")
+        self._validate_optimizer()
+        self._validate_run()
         if self.recompute_granularity not in (None, "selective", "full"):
             raise ConfigError(f"--recompute-granularity={self.recompute_granularity!r} must be selective or full")
         if self.data.teacher_fraction and not self.data.teacher_data_path:
@@ -132,8 +164,49 @@ class TrainConfig:
             raise ConfigError("--finetune / --start-new-stage need --load")
         if ck.finetune and ck.start_new_stage:
             raise ConfigError("give --finetune (weights only) or --start-new-stage (weights and optimizer), not both")
+        if ck.keep_last is not None and ck.keep_last < 1:  # 0 was turned into None (keep all)
+            raise ConfigError(f"--keep-last={ck.keep_last} must be >= 0 (0 keeps every checkpoint)")
         if self.growth_ramp_steps is not None and self.growth_ramp_steps < 0:
             raise ConfigError(f"--growth-ramp-steps={self.growth_ramp_steps} must be >= 0")
+        self._validate_logging()
+
+    def _validate_optimizer(self) -> None:
+        o = self.optim
+        if not o.clip_grad >= 0:
+            raise ConfigError(f"--clip-grad={o.clip_grad} must be >= 0 (0 disables gradient clipping)")
+        if not o.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay={o.weight_decay} must be >= 0")
+        for flag, beta in (("--adam-beta1", o.adam_beta1), ("--adam-beta2", o.adam_beta2)):
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"{flag}={beta} must be in [0, 1)")
+        if not o.adam_eps > 0:
+            raise ConfigError(f"--adam-eps={o.adam_eps} must be > 0")
+
+    def _validate_run(self) -> None:
+        """Flags about the run itself; --bf16 is checked against this machine (a dry run only plans)."""
+        if self.max_consecutive_skips < 1:
+            raise ConfigError(f"--max-consecutive-skips={self.max_consecutive_skips} must be >= 1")
+        if self.recompute_num_layers < 1:
+            raise ConfigError(f"--recompute-num-layers={self.recompute_num_layers} must be >= 1")
+        if self.bf16 and not self.dry_run:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("--bf16 needs a GPU and CUDA is not available here: leave --bf16 out "
+                                  "(CPU runs train in fp32)")
+
+    def _validate_logging(self) -> None:
+        lg = self.logging
+        if lg.log_interval < 1:
+            raise ConfigError(f"--log-interval={lg.log_interval} must be >= 1")
+        if lg.eval_interval is not None and lg.eval_interval < 1:
+            raise ConfigError(f"--eval-interval={lg.eval_interval} must be >= 1 (leave it out to skip evaluation)")
+        if lg.eval_interval and lg.eval_iters < 1:
+            raise ConfigError(f"--eval-iters={lg.eval_iters} must be >= 1 when --eval-interval is given")
+        if lg.exit_interval is not None and lg.exit_interval < 1:
+            raise ConfigError(f"--exit-interval={lg.exit_interval} must be >= 1")
+        if lg.peak_tflops is not None and not lg.peak_tflops > 0:
+            raise ConfigError(f"--peak-tflops={lg.peak_tflops} must be > 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-attention-heads", type=int)
     g.add_argument("--ffn-hidden-size", type=int)
     g.add_argument("--seq-length", type=int)
-    g.add_argument("--position-embedding-type", choices=["xpos", "rope"], dest="position_embedding")
+    g.add_argument("--position-embedding-type", choices=POSITION_EMBEDDINGS, dest="position_embedding")
     g.add_argument("--rotary-base", type=int)
     g.add_argument("--xpos-scale-base", type=int)
     g.add_argument("--init-method-std", type=float)
@@ -178,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-iters", type=int, default=None)
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--min-lr", type=float, default=0.0)
-    g.add_argument("--lr-decay-style", default="cosine", choices=["cosine", "linear", "constant"])
+    g.add_argument("--lr-decay-style", default="cosine", choices=LR_DECAY_STYLES)
     g.add_argument("--lr-warmup-samples", type=int, default=0)
     g.add_argument("--lr-warmup-iters", type=int, default=None)
     g.add_argument("--lr-decay-samples", type=int, default=None)
@@ -195,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the mask ramp length recorded in a grown checkpoint")
     g.add_argument("--dry-run", action="store_true",
                    help="check the configuration for the world size, print layout, size and memory, exit")
+    g.add_argument("--check-config", action="store_true",
+                   help="check every flag as for training, for the world size, and exit (the launchers run "
+                        "this once before torchrun)")
 
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="*", default=[], help="[weight] prefix [weight] prefix ...")
@@ -204,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--num-workers", type=int, default=0)
     g.add_argument("--tokenizer-type", default=None,
-                   choices=["CL100kTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer"])
+                   choices=TOKENIZER_TYPES)
     g.add_argument("--vocab-file", default=None)
     g.add_argument("--merge-file", default=None)
     g.add_argument("--tokenizer-model", default=None)
@@ -257,6 +333,10 @@ def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
     model = model_config_from_args(args)
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     vpp = None
+    for flag in ("train_iters", "lr_warmup_iters", "num_layers_per_virtual_pipeline_stage", "world_size"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "lr_warmup_iters" else 1):
+            raise ConfigError(f"--{flag.replace('_', '-')}={value} must be >= {0 if flag == 'lr_warmup_iters' else 1}")
     if args.num_layers_per_virtual_pipeline_stage:
         per_stage = model.num_layers // pp
         if per_stage % args.num_layers_per_virtual_pipeline_stage:
