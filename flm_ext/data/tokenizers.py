@@ -23,7 +23,7 @@ import hashlib
 import os
 import tempfile
 from importlib import resources
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from unittest import mock
 
 from flm_ext.data import special_tokens
@@ -42,8 +42,11 @@ class Tokenizer:
         vocab_size: int,
         eod: int,
         identifiers: Dict[str, str],
+        vocab: Optional[Callable[[], Iterable[Tuple[int, bytes]]]] = None,
     ) -> None:
         self.name = name
+        self._vocab = vocab
+        self._fingerprint: Optional[str] = None
         self._encode = encode
         self._decode = decode
         self.vocab_size = vocab_size
@@ -62,6 +65,18 @@ class Tokenizer:
     def label_ids(self, label: bool) -> List[int]:
         """The token sequence of the emoji that stands for ``label``."""
         return list(self.true_label_ids if label else self.false_label_ids)
+
+    @property
+    def vocab_fingerprint(self) -> str:
+        """SHA-256 of the vocabulary (every id and its token), so data and model can be checked to
+        share one: two files that hold the same vocabulary give the same fingerprint."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(f"{self.name}\n".encode())
+            for i, token in sorted(self._vocab() if self._vocab else []):
+                h.update(b"%d\t%s\n" % (i, token))
+            h.update(b"eod\t%d\tsize\t%d\n" % (self.eod, self.vocab_size))
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def __repr__(self) -> str:
         return f"{self.name}(vocab_size={self.vocab_size}, eod={self.eod})"
@@ -151,14 +166,26 @@ def _from_tiktoken(name: str, params: dict, identifiers: Dict[str, str]) -> Toke
         special_tokens=params["special_tokens"],
         explicit_n_vocab=params.get("explicit_n_vocab"),
     )
-    return Tokenizer(
+    tokenizer = Tokenizer(
         name,
         enc.encode_ordinary,
         enc.decode,
         vocab_size=enc.n_vocab,
         eod=enc.eot_token,
         identifiers=identifiers,
+        vocab=lambda: _tiktoken_vocab(enc),
     )
+    # Pattern, ranks and special tokens: what an export needs to rebuild it as an HF tokenizer.json.
+    tokenizer.tiktoken_params = params
+    return tokenizer
+
+
+def _tiktoken_vocab(enc) -> Iterable[Tuple[int, bytes]]:
+    for i in range(enc.n_vocab):
+        try:
+            yield i, enc.decode_single_token_bytes(i)
+        except KeyError:  # ids with no token (gaps before the special tokens)
+            continue
 
 
 def cl100k_tokenizer(tokenizer_model: Optional[str] = None) -> Tokenizer:
@@ -222,6 +249,7 @@ def hf_tokenizer(tokenizer_model: str) -> Tokenizer:
         vocab_size=tok.get_vocab_size(with_added_tokens=True),
         eod=eod,
         identifiers={"sha256": digest},
+        vocab=lambda: ((i, t.encode("utf-8")) for t, i in tok.get_vocab(with_added_tokens=True).items()),
     )
 
 

@@ -1,0 +1,161 @@
+"""Checkpoint <-> transformers tensors: the key map, growth-mask folding and the config.
+
+Used by the export (flm_ext/export/export.py, streaming to safetensors), the in-memory loader
+(flm_ext/export/generation.py `load_hf_model`) and the import (flm_ext/export/importer.py).
+
+Each HF tensor is produced on its own from global slices of the checkpoint (one layer of one
+stacked tensor at a time, read with flm_ext.checkpoint's reader at any saved TP/PP), so peak
+memory is about the largest tensor (the embedding), not the model.
+
+Growth ramps: a checkpoint saved while MSG masks ramp (flm_ext/growth/masks.py) is exported as the
+function it computes at its iteration. Scaling masks are folded into the weights they follow:
+the hidden mask c into the embedding's columns (the tied output layer then carries the final
+LayerNorm's output mask), per-layer LayerNorm gains and biases, and the rows of the attention
+output and FC2 projections (bias included); the head mask into QKV rows; the FFN mask into FC1
+rows. What is not a weight scaling stays a config field: mask-weighted LayerNorm statistics
+(`growth_norm_mask`) and new layers' gates (`layer_gates`). Such an export cannot be imported back
+(the masks cannot be unfolded); train past the ramp for a round-trippable model.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable, Iterator
+
+import torch
+
+from flm_ext.config import FLMConfig
+from flm_ext.growth.masks import GrowthState
+
+# megatron checkpoint key -> HF name ({i}: layer index). Layer keys are stacked [L, ...].
+LAYER_KEYS = {
+    "decoder.layers.input_layernorm.weight": "model.layers.{i}.input_layernorm.weight",
+    "decoder.layers.input_layernorm.bias": "model.layers.{i}.input_layernorm.bias",
+    "decoder.layers.self_attention.linear_qkv.weight": "model.layers.{i}.self_attn.qkv_proj.weight",
+    "decoder.layers.self_attention.linear_qkv.bias": "model.layers.{i}.self_attn.qkv_proj.bias",
+    "decoder.layers.self_attention.linear_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "decoder.layers.self_attention.linear_proj.bias": "model.layers.{i}.self_attn.o_proj.bias",
+    "decoder.layers.pre_mlp_layernorm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "decoder.layers.pre_mlp_layernorm.bias": "model.layers.{i}.post_attention_layernorm.bias",
+    "decoder.layers.mlp.linear_fc1.weight": "model.layers.{i}.mlp.fc1.weight",
+    "decoder.layers.mlp.linear_fc1.bias": "model.layers.{i}.mlp.fc1.bias",
+    "decoder.layers.mlp.linear_fc2.weight": "model.layers.{i}.mlp.fc2.weight",
+    "decoder.layers.mlp.linear_fc2.bias": "model.layers.{i}.mlp.fc2.bias",
+}
+EMBEDDING = "embedding.word_embeddings.weight"
+OUTPUT = "output_layer.weight"
+OTHER_KEYS = {
+    EMBEDDING: "model.embed_tokens.weight",
+    "decoder.final_layernorm.weight": "model.norm.weight",
+    "decoder.final_layernorm.bias": "model.norm.bias",
+    OUTPUT: "lm_head.weight",
+}
+VOCAB_KEYS = (EMBEDDING, OUTPUT)
+
+
+class ExportError(ValueError):
+    """An export or import that cannot be done; the message names the flag or path."""
+
+
+def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.dtype, iteration: int,
+              growth: GrowthState | None = None, lam: float = 1.0) -> dict:
+    """config.json of the export (see configuration_flm.py for what each field means)."""
+    grew_hidden = growth is not None and growth.hidden_size > growth.old_hidden_size
+    gates = None
+    if growth is not None and growth.new_layers:
+        gates = [lam if j in growth.new_layers else 1.0 for j in range(cfg.num_layers)]
+    return {
+        "architectures": ["FLMForCausalLM"], "model_type": "flm",
+        "auto_map": {"AutoConfig": "configuration_flm.FLMConfig",
+                     "AutoModelForCausalLM": "modeling_flm.FLMForCausalLM"},
+        "vocab_size": vocab_size, "padded_vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_attention_heads, "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.ffn_hidden_size, "max_position_embeddings": cfg.seq_length,
+        "layer_norm_eps": cfg.layernorm_epsilon, "hidden_act": "gelu_pytorch_tanh",
+        "position_embedding_type": cfg.position_embedding, "rope_theta": float(cfg.rotary_base),
+        "xpos_scale_base": float(cfg.xpos_scale_base), "xpos_center": cfg.seq_length / 2,
+        "use_mup": cfg.use_mup, "input_mult": cfg.mup_input_mult, "output_mult": cfg.mup_output_mult,
+        "mup_scale_factor": cfg.mup_width_mult,
+        "growth_norm_mask": [growth.old_hidden_size, lam] if grew_hidden else None,
+        "layer_gates": gates,
+        "tie_word_embeddings": cfg.share_embeddings_and_output_weights,
+        "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
+        "dtype": str(dtype).removeprefix("torch."), "use_cache": True,
+        # The training side, for an import back into a checkpoint: the exact FLMConfig and iteration.
+        "flm_training": {"model_config": asdict(cfg), "iteration": iteration,
+                         "growth_lambda": lam if growth is not None else None},
+    }
+
+
+def _masks(growth: GrowthState | None, lam: float) -> dict[str, torch.Tensor]:
+    """Per-axis mask vectors (1 on old coordinates, lambda on new), as flm_ext/growth/masks.py builds them."""
+    if growth is None:
+        return {}
+    out = {}
+    for name, new, grew in (("hidden", growth.new_hidden(), growth.hidden_size > growth.old_hidden_size),
+                            ("qkv", growth.new_qkv_rows(), growth.num_attention_heads > growth.old_num_attention_heads),
+                            ("ffn", growth.new_ffn(), growth.ffn_hidden_size > growth.old_ffn_hidden_size)):
+        if grew:
+            out[name] = 1.0 - new.to(torch.float32) * (1.0 - lam)
+    return out
+
+
+# Which mask scales which axis of a tensor (rows: axis 0, columns: axis 1).
+_FOLD = {
+    EMBEDDING: ("hidden", 1), OUTPUT: ("hidden", 1),
+    "decoder.layers.input_layernorm.weight": ("hidden", 0), "decoder.layers.input_layernorm.bias": ("hidden", 0),
+    "decoder.layers.pre_mlp_layernorm.weight": ("hidden", 0), "decoder.layers.pre_mlp_layernorm.bias": ("hidden", 0),
+    "decoder.layers.self_attention.linear_proj.weight": ("hidden", 0),
+    "decoder.layers.self_attention.linear_proj.bias": ("hidden", 0),
+    "decoder.layers.mlp.linear_fc2.weight": ("hidden", 0), "decoder.layers.mlp.linear_fc2.bias": ("hidden", 0),
+    "decoder.layers.self_attention.linear_qkv.weight": ("qkv", 0),
+    "decoder.layers.self_attention.linear_qkv.bias": ("qkv", 0),
+    "decoder.layers.mlp.linear_fc1.weight": ("ffn", 0), "decoder.layers.mlp.linear_fc1.bias": ("ffn", 0),
+}
+
+
+def fold(key: str, tensor: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`tensor` with the growth mask that follows it multiplied in (unchanged without one)."""
+    rule = _FOLD.get(key)
+    if rule is None or rule[0] not in masks:
+        return tensor
+    mask = masks[rule[0]].to(tensor.dtype)
+    return tensor * (mask[:, None] if rule[1] == 0 and tensor.dim() == 2 else mask)
+
+
+def plan_tensors(ckpt, vocab_size: int) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
+    """(HF name, shape, produce) for every exported tensor, in file order; `produce` reads and folds
+    one tensor when called. `ckpt` is an open flm_ext.checkpoint Checkpoint."""
+    cfg, reader = ckpt.config, ckpt.reader
+    masks = _masks(*growth_of(ckpt))
+    missing = [k for k in [EMBEDDING, *LAYER_KEYS, "decoder.final_layernorm.weight"] if k not in reader.tensors]
+    if missing:
+        raise ExportError(f"{ckpt.folder}: no tensor {missing[0]!r}; not an FLM model checkpoint")
+
+    def whole(key: str):
+        def produce():
+            t = reader.read(key, None, (vocab_size, cfg.hidden_size)) if key in VOCAB_KEYS else reader.read(key)
+            return fold(key, t, masks)
+        return produce
+
+    def layer(key: str, i: int):
+        return lambda: fold(key, reader.read_layer(key, i), masks)
+
+    yield OTHER_KEYS[EMBEDDING], (vocab_size, cfg.hidden_size), whole(EMBEDDING)
+    for i in range(cfg.num_layers):
+        for key, name in LAYER_KEYS.items():
+            yield name.format(i=i), tuple(reader.tensors[key].size[1:]), layer(key, i)
+    for key in ("decoder.final_layernorm.weight", "decoder.final_layernorm.bias"):
+        yield OTHER_KEYS[key], tuple(reader.tensors[key].size), whole(key)
+    if not cfg.share_embeddings_and_output_weights:
+        yield OTHER_KEYS[OUTPUT], (vocab_size, cfg.hidden_size), whole(OUTPUT)
+
+
+def growth_of(ckpt) -> tuple[GrowthState | None, float]:
+    """(growth state, lambda at the checkpoint's iteration); (None, 1.0) outside a ramp."""
+    record = ckpt.growth_record
+    if not record:
+        return None, 1.0
+    growth = GrowthState.from_dict(record)
+    lam = growth.lambda_at(ckpt.iteration)
+    return (growth, lam) if lam < 1.0 else (None, 1.0)

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Export a training checkpoint (torch_dist, any TP/PP) to a transformers folder:
+
+  python tools/export_hf.py --load runs/s3 --save exports/flm-tiny \\
+      --tokenizer-type HuggingFaceTokenizer --tokenizer-model data/bpe.json [--iteration N] [--dtype bfloat16]
+
+The folder loads with AutoTokenizer.from_pretrained(OUT) and
+AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True). The tokenizer is not stored in a
+checkpoint: give the --tokenizer-* flags the model was trained with. Reads tensor by tensor (memory:
+about the largest tensor), builds OUT.partial/ and renames it when complete. See flm_ext/export.
+"""
+import argparse
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+
+quiet_megatron_import_warnings()
+from flm_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
+
+
+def add_tokenizer_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--tokenizer-type", required=required, choices=TOKENIZER_TYPES)
+    p.add_argument("--tokenizer-model", default=None, help="tokenizer.json (HuggingFaceTokenizer) or a local "
+                                                          "cl100k_base.tiktoken (CL100kTokenizer)")
+    p.add_argument("--vocab-file", default=None, help="GPT-2 encoder.json (GPT2BPETokenizer)")
+    p.add_argument("--merge-file", default=None, help="GPT-2 vocab.bpe (GPT2BPETokenizer)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="checkpoint root (latest iteration) or an iter_N folder")
+    p.add_argument("--save", required=True, help="output folder; must not exist")
+    p.add_argument("--iteration", type=int, default=None, help="iteration to export (default: the latest)")
+    p.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    p.add_argument("--max-shard-mb", type=int, default=4096, help="largest safetensors shard")
+    p.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
+    add_tokenizer_flags(p)
+    return p.parse_args(argv)
+
+
+def _interrupt(signum, frame):
+    raise SystemExit(f"export_hf: stopped by signal {signum}; nothing was written at the --save path")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    from flm_ext.export import ExportError, export_from_flags
+
+    try:
+        export_from_flags(args)
+    except ExportError as e:
+        print(f"export_hf: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
