@@ -29,27 +29,27 @@ from flm_ext.config import FLMConfig, ParallelConfig, describe
 from flm_ext.data import special_tokens
 
 
-def load_model(path: str):
-    """(model, FLMConfig, common state) from a checkpoint, at TP=PP=1, growth masks applied."""
+def load_model(path: str, iteration: int | None = None):
+    """(model, FLMConfig, common state) from a verified checkpoint (any saved TP/PP), built at
+    TP=PP=1 in this process, growth masks applied at the checkpoint's iteration."""
+    from flm_ext.checkpoint import open_checkpoint
+    from flm_ext.checkpoint.model_state import load_model_weights
     from flm_ext.growth import GrowthState, attach_growth
     from flm_ext.model.flm_model import build_model_chunks
-    from flm_ext.runtime import device, initialize_distributed
-    from flm_ext.training import checkpointing
+    from flm_ext.runtime import device, init_single_process
 
-    common = checkpointing.load_common(path)
-    fields = common["flm"]["model_config"]
-    config = FLMConfig(**{k: v for k, v in fields.items() if k in FLMConfig.__dataclass_fields__})
-    initialize_distributed(ParallelConfig(), seed=0)
-    chunks = build_model_chunks(config, ParallelConfig())
-    common = checkpointing.load_checkpoint(path, chunks, None, None, load_optimizer=False)
-    growth = common["flm"].get("growth")
-    if growth:
-        state = GrowthState.from_dict(growth)
-        lam = state.lambda_at(common["iteration"])
+    ckpt = open_checkpoint(path, iteration)
+    init_single_process(seed=0)
+    chunks = build_model_chunks(ckpt.config, ParallelConfig())
+    load_model_weights(ckpt.folder, chunks)
+    common = dict(ckpt.common, iteration=ckpt.iteration)
+    if ckpt.growth_record:
+        state = GrowthState.from_dict(ckpt.growth_record)
+        lam = state.lambda_at(ckpt.iteration)
         if lam < 1.0:
             attach_growth(chunks, state, lam)
     model = chunks[0].to(device()).eval()
-    return model, config, common
+    return model, ckpt.config, common
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:

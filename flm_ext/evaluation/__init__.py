@@ -1,0 +1,15 @@
+"""Checkpoint evaluation: our own tasks, an lm-eval backend and the IQ-style suite.
+
+- `core`: held-out perplexity per language and FreeLM teacher-signal zero-shot accuracy, and
+  `load_model` (a TP=1 model from a checkpoint saved at any TP/PP, growth masks applied).
+- `backend`: the lm-eval model `flm` (log-likelihoods and generation on the training code path).
+- `iq`: offline, seeded generators and independent solvers for the paper's IQ-style tests.
+- `runner`: what `tools/evaluate.py` runs: our tasks and any lm-eval task, one results table.
+
+The names below are imported by the recipe, the tests and the benchmarks; lm-eval is imported
+only by `backend`, `runner` and `lm_eval_cli`, so training-side users never pay for it.
+"""
+from flm_ext.evaluation.core import (evaluate, label_log_probs, language_loss, load_model, task_family,
+                                     zero_shot_accuracy)
+
+__all__ = ["evaluate", "label_log_probs", "language_loss", "load_model", "task_family", "zero_shot_accuracy"]

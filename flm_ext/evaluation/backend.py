@@ -1,0 +1,164 @@
+"""The lm-eval model `flm`: a torch_dist checkpoint (any saved TP/PP) evaluated directly, no export.
+
+    lm_eval --model flm --model_args load=CKPT,tokenizer_type=HuggingFaceTokenizer,tokenizer_model=bpe.json
+
+(run as `python -m flm_ext.evaluation.lm_eval_cli ...`: lm-eval 0.4.13 reads no entry points, so
+the module that registers `flm` must be imported before its CLI parses the model name.)
+
+Log-likelihoods come from the training code path (`load_model`: megatron-core GPTModel + FLM
+spec at TP=1), so comparing them with lm-eval's `hf` backend on the exported model checks the
+export independently. Requests are scored as lm-eval's causal backends do: context + continuation
+left-truncated to the model's sequence length + 1, the continuation's log-probabilities summed,
+and `is_greedy` when every continuation token is the argmax. Batches are sorted by length and
+right-padded (a causal model never looks right, so padding changes nothing it scores).
+
+Generation (`generate_until`) is greedy and goes through `Generator`, a small interface: the
+default re-runs the whole sequence each step (no KV cache); a cached generator can be plugged in
+without touching the request handling.
+"""
+from __future__ import annotations
+
+import lm_eval.models  # noqa: F401  (fills lm-eval's registry first: it lazy-loads only when empty)
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from flm_ext.progress import Progress
+
+
+def _forward(model, ids: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    return model(ids, positions, None).float()
+
+
+class Generator:
+    """Greedy continuation of one prompt: `__call__(ids, max_new, stop) -> new ids`. `stop(new)`
+    says when the decoded text already holds a stop string. This one recomputes the full sequence
+    at every step (O(n^2), fine for short answers); a KV-cache generator has the same signature."""
+
+    def __init__(self, model, max_length: int):
+        self.model, self.max_length = model, max_length
+
+    @torch.no_grad()
+    def __call__(self, ids: list[int], max_new: int, stop) -> list[int]:
+        device = next(self.model.parameters()).device
+        seq, new = list(ids), []
+        for _ in range(max_new):
+            window = torch.tensor([seq[-self.max_length:]], device=device)
+            token = int(_forward(self.model, window)[0, -1].argmax())
+            seq.append(token)
+            new.append(token)
+            if stop(new):
+                break
+        return new
+
+
+@register_model("flm")
+class FLMLM(TemplateLM):
+    """lm-eval model args: load (checkpoint root or iter_N folder), tokenizer_type, tokenizer_model,
+    vocab_file, merge_file (as pretrain_flm.py), batch_size, device, max_length."""
+
+    def __init__(self, load: str | None = None, tokenizer_type: str = "HuggingFaceTokenizer",
+                 tokenizer_model: str | None = None, vocab_file: str | None = None, merge_file: str | None = None,
+                 batch_size: int | str = 8, device: str | None = None, max_length: int | None = None,
+                 model=None, tokenizer=None, config=None, max_batch_size: int | None = None, **unused):
+        super().__init__()
+        if model is None:
+            from flm_ext.data.tokenizers import build_tokenizer
+            from flm_ext.evaluation.core import load_model
+
+            if not load:
+                raise ValueError("the flm model needs load=CHECKPOINT in --model_args")
+            tokenizer = build_tokenizer(tokenizer_type, vocab_file, merge_file, tokenizer_model)
+            model, config, _ = load_model(load)
+        if device:
+            model = model.to(device)
+        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        self.max_length = int(max_length or config.seq_length)
+        self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        self.generator = Generator(self.model, self.max_length)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eod
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name
+
+    def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
+        return self.tokenizer.tokenize(string)
+
+    def tok_decode(self, ids) -> str:
+        return self.tokenizer.detokenize(ids)
+
+    @torch.no_grad()
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """(sum of continuation log-probs, all greedy) per (key, context ids, continuation ids)."""
+        results: list = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
+        progress = Progress(len(requests), "log-likelihoods", unit="requests", interval=10.0)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            rows, spans = [], []
+            for i in batch:
+                _, context, continuation = requests[i]
+                if not continuation:
+                    raise ValueError("an empty continuation cannot be scored")
+                full = (list(context) + list(continuation))[-(self.max_length + 1):]
+                rows.append(full[:-1])
+                spans.append((len(full) - 1 - len(continuation), list(continuation)))
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=self.device)
+            logp = F.log_softmax(_forward(self.model, ids), dim=-1)
+            for row, i, (offset, continuation) in zip(logp, batch, spans):
+                part = row[offset:offset + len(continuation)]
+                target = torch.tensor(continuation, device=part.device)
+                score = part.gather(-1, target[:, None]).sum().item()
+                results[i] = (score, bool((part.argmax(-1) == target).all()))
+                if self.cache_hook is not None and requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
+            if not disable_tqdm:
+                progress.update(len(batch))
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Whole-text log-likelihood in disjoint windows of max_length, as lm-eval's backends do."""
+        out = []
+        for (text,) in [r.args for r in requests]:
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                self.tok_encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                context_len=1)]
+            scores = self._loglikelihood_tokens([(None, c, t) for c, t in windows], disable_tqdm=True)
+            out.append(sum(s for s, _ in scores))
+        return out
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy text after each context, cut at the first stop string (default: end of document)."""
+        out = []
+        progress = Progress(len(requests), "generation", unit="requests", interval=10.0)
+        for request in requests:
+            context, kwargs = request.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(kwargs.pop("max_gen_toks", 256))
+            eod_text = self.tok_decode([self.eot_token_id])
+            stops = until + [eod_text]
+            ids = self.tok_encode(context)[-(self.max_length - 1):]
+            new = self.generator(ids, max_new, lambda toks: any(s in self.tok_decode(toks) for s in stops))
+            text = self.tok_decode(new)
+            for s in stops:
+                text = text.split(s)[0]
+            out.append(text)
+            if self.cache_hook is not None:
+                self.cache_hook.add_partial("generate_until", (context, request.args[1]), text)
+            if not disable_tqdm:
+                progress.update(1)
+        return out

@@ -1,0 +1,24 @@
+"""lm-eval's own command line with the `flm` model registered:
+
+    python -m flm_ext.evaluation.lm_eval_cli --model flm \\
+        --model_args load=runs/demo/stage3,tokenizer_type=HuggingFaceTokenizer,tokenizer_model=runs/demo/data/bpe.json \\
+        --tasks iq --include_path runs/demo/iq_tasks
+
+lm-eval 0.4.13 finds models only in its registry (its built-in table, or classes registered by
+code that has run); it reads no package entry points, so a plain `lm_eval --model flm` cannot
+see ours. This wrapper imports the backend (which registers `flm`) and hands over to lm-eval's
+CLI unchanged: every lm-eval flag works as documented upstream.
+"""
+import sys
+
+
+def main() -> None:
+    print("loading lm-eval and megatron-core ...", file=sys.stderr, flush=True)
+    import flm_ext.evaluation.backend  # noqa: F401  (registers "flm")
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
