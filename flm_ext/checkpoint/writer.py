@@ -122,6 +122,11 @@ class _BucketedWriter(FileSystemWriter):
         super().__init__(path, single_file_per_rank=True, thread_count=1, sync_files=True)
         self.bucket_bytes, self.sizes = bucket_bytes, sizes
 
+    def storage_meta(self):
+        # torch would record the output path (a pathlib object) in .metadata: the folder is renamed
+        # after writing, and the restricted metadata unpickler (integrity.py) refuses such objects.
+        return None
+
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
         buckets, current, used = [], [], 0
         for item in plan.items:
