@@ -14,42 +14,18 @@ import torch
 
 import tiny_data
 from distributed import free_port, run_then_sigkill
+from launchers import pretrain_main, recorded_calls, recorded_launch, run_launcher
+from tiny_data import command as _command
+from tiny_data import losses, train
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_data.build(str(tmp_path_factory.mktemp("tiny_data")))
+# `data` (the tiny bilingual set) is a session fixture in conftest.py.
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
-
-
-def _command(nproc: int, args: list[str]) -> list[str]:
-    if nproc == 1:
-        return [sys.executable, str(REPO / "pretrain_flm.py"), *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-            str(free_port()), str(REPO / "pretrain_flm.py"), *args]
-
-
-def train(nproc: int, data: dict, out: Path, **flags) -> dict[int, float]:
-    """Run pretrain_flm.py; returns {iteration: train loss} from its metrics file."""
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = out / "metrics.jsonl"
-    args = tiny_data.train_args(data, metrics_jsonl=str(metrics), **flags)
-    proc = subprocess.run(_command(nproc, args), capture_output=True, text=True, env=ENV, timeout=600)
-    (out / "stdout.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return losses(metrics)
-
-
-def losses(metrics: Path, key: str = "train/loss") -> dict[int, float]:
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    return {row["iteration"]: row[key] for row in rows if key in row}
 
 
 # µP on (m = hidden 64 / base 32 = 2) so its LR groups go through every save, load and resume below.
@@ -205,27 +181,65 @@ def test_explicit_load_of_a_missing_checkpoint_is_an_error(data, tmp_path):
 
 
 @pytest.mark.parametrize("stage, size", [(1, "15.8B"), (2, "51.4B"), (3, "101.7B")])
-def test_stage_scripts_pass_dry_run_on_24_nodes(stage, size):
-    env = dict(ENV, NNODES="24", GPUS_PER_NODE="8")
-    proc = subprocess.run(["bash", str(REPO / "examples" / f"flm101b_stage{stage}.sh"), "--dry-run"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_stage_scripts_pass_dry_run_on_24_nodes(stage, size, tmp_path, capsys):
+    argv = recorded_launch(tmp_path, f"flm101b_stage{stage}.sh", "--dry-run", NNODES="24", GPUS_PER_NODE="8")
+    assert argv[0] == str(REPO / "pretrain_flm.py") and argv[-2:] == ["--world-size", "192"]
+    assert pretrain_main()(argv[1:]) == 0
+    out = capsys.readouterr().out
     layout = {1: "TP 2 x PP 1 x DP 96", 2: "TP 4 x PP 2 x DP 24", 3: "TP 4 x PP 4 x DP 12"}[stage]
     for text in (size, "world size   192 = " + layout, "tokens/step", "memory/GPU", "configuration OK"):
-        assert text in proc.stdout
+        assert text in out
+
+
+def test_stage_script_dry_run_needs_no_python_on_path():
+    """The launcher runs $PYTHON (else .venv/bin/python), never a `python` from PATH."""
+    proc = run_launcher("flm101b_stage3.sh", "--dry-run", NNODES="24", GPUS_PER_NODE="8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "101.7B" in proc.stdout and "dry run: configuration OK" in proc.stdout
+
+
+@pytest.mark.parametrize("given, venv", [(True, True), (False, True), (False, False)])
+def test_launchers_pick_python_then_the_venv_then_python3(tmp_path, given, venv):
+    repo = tmp_path / "repo"
+    (repo / "examples").mkdir(parents=True)
+    (repo / "examples" / "_python.sh").write_text((REPO / "examples" / "_python.sh").read_text())
+    fakes = [tmp_path / "bin" / "python3", repo / ".venv" / "bin" / "python"]
+    for fake in fakes[:1 + venv]:
+        fake.parent.mkdir(parents=True)
+        fake.write_text("")
+        fake.chmod(0o755)
+    env = dict(ENV, PYTHON=str(fakes[0]) if given else "", PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    proc = subprocess.run(["bash", "-c", f'source {repo}/examples/_python.sh; echo "${{TORCHRUN[*]}}"'],
+                          capture_output=True, text=True, env=env, timeout=60)
+    want = str(fakes[0]) if given else str(fakes[1]) if venv else "python3"
+    assert proc.stdout.strip() == f"{want} -m torch.distributed.run", proc.stderr
+
+
+@pytest.mark.parametrize("grace", [None, "1800"])
+def test_stage_script_checks_the_flags_then_runs_torchrun_with_the_save_grace(tmp_path, grace):
+    env = dict(NNODES="24", GPUS_PER_NODE="8", NODE_RANK="3")
+    if grace:
+        env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = grace
+    (_, check), (_, torchrun_help), (seen, run) = recorded_calls(tmp_path, "flm101b_stage3.sh", **env)
+    assert check[0] == str(REPO / "pretrain_flm.py") and check[-3:] == ["--world-size", "192", "--check-config"]
+    assert torchrun_help == ["-m", "torch.distributed.run", "--help"]
+    assert run[:2] == ["-m", "torch.distributed.run"] and "--check-config" not in run
+    assert run[run.index("--nnodes") + 1] == "24" and run[run.index("--node-rank") + 1] == "3"
+    assert run[run.index(str(REPO / "pretrain_flm.py")) + 1:] == check[1:-3]  # the flags that were checked
+    assert seen == (grace or "900")
 
 
 @pytest.mark.parametrize("env_extra, extra_args, message", [
-    ({"NNODES": "24"}, ["--tensor-model-parallel-size", "3"], "num_attention_heads=80 is not divisible"),
+    ({"NNODES": "24"}, ["--tensor-model-parallel-size", "3"],
+     "--num-attention-heads=80 is not divisible by --tensor-model-parallel-size=3"),
     ({"NNODES": "1"}, [], "world_size=8 is not divisible"),
     ({"NNODES": "24"}, ["--global-batch-size", "1000"], "--global-batch-size=1000"),
 ])
-def test_impossible_layouts_fail_dry_run_with_the_reason(env_extra, extra_args, message):
-    env = dict(ENV, GPUS_PER_NODE="8", **env_extra)
-    proc = subprocess.run(["bash", str(REPO / "examples" / "flm101b_stage3.sh"), "--dry-run", *extra_args],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode != 0
-    assert message in proc.stderr
+def test_impossible_layouts_fail_dry_run_with_the_reason(env_extra, extra_args, message, tmp_path, capsys):
+    argv = recorded_launch(tmp_path, "flm101b_stage3.sh", "--dry-run", *extra_args, GPUS_PER_NODE="8", **env_extra)
+    assert pretrain_main()(argv[1:]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_non_finite_loss_skips_the_update_and_too_many_stop_the_run(megatron_single_process):

@@ -1,0 +1,123 @@
+"""Bad pretrain_flm.py flags fail before any process group or model exists: exit 2, one line that
+names the flag, no traceback; through the stage launcher too, before torchrun starts. And a
+SIGTERM to the launchers' torchrun leaves the workers time to finish a save."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from distributed import free_port
+from launchers import ENV, REPO, pretrain_main, run_launcher
+
+# A trainable configuration: each row below breaks exactly one thing in it.
+BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+        "--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "4", "--lr", "1e-3",
+        "--data-path", "data/en_text_document", "--tokenizer-type", "HuggingFaceTokenizer",
+        "--tokenizer-model", "data/bpe.json", "--world-size", "1"]
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 is refused only where there is no GPU")
+
+FAULTS = [
+    (["--clip-grad", "-1"], "--clip-grad=-1.0 must be >= 0 (0 disables"),
+    (["--keep-last", "-1"], "--keep-last=-1 must be >= 0"),
+    (["--eval-interval", "0"], "--eval-interval=0 must be >= 1"),
+    (["--eval-interval", "2", "--eval-iters", "0"], "--eval-iters=0 must be >= 1"),
+    (["--log-interval", "0"], "--log-interval=0 must be >= 1"),
+    (["--max-consecutive-skips", "0"], "--max-consecutive-skips=0 must be >= 1"),
+    pytest.param(["--bf16"], "--bf16 needs a GPU", marks=NO_GPU),
+    (["--world-size", "3", "--tensor-model-parallel-size", "3"],
+     "--num-attention-heads=4 is not divisible by --tensor-model-parallel-size=3"),
+    (["--seq-length", "0"], "--seq-length=0 must be a positive integer"),
+    (["--num-layers", "-2"], "--num-layers=-2 must be a positive integer"),
+    (["--hidden-size", "66"], "--hidden-size=66 is not divisible by --num-attention-heads=4"),
+    (["--train-iters", "0"], "--train-iters=0 must be >= 1"),
+    (["--lr-warmup-iters", "-1"], "--lr-warmup-iters=-1 must be >= 0"),
+    (["--min-lr", "1"], "--min-lr=1.0 must be in [0, --lr=0.001]"),
+    (["--adam-beta2", "1"], "--adam-beta2=1.0 must be in [0, 1)"),
+    (["--weight-decay", "-0.1"], "--weight-decay=-0.1 must be >= 0"),
+    (["--exit-interval", "0"], "--exit-interval=0 must be >= 1"),
+    (["--recompute-num-layers", "0"], "--recompute-num-layers=0 must be >= 1"),
+    (["--world-size", "0"], "--world-size=0 must be >= 1"),
+    (["--position-embedding-type", "alibi"], "--position-embedding-type: invalid choice: 'alibi'"),
+    (["--lr-decay-style", "wsd"], "--lr-decay-style: invalid choice: 'wsd'"),
+    (["--tokenizer-type", "SentencePieceTokenizer"], "--tokenizer-type: invalid choice"),
+]
+
+
+@pytest.fixture
+def main(monkeypatch):
+    """pretrain_flm.main in this process; training itself must never be reached."""
+    from flm_ext.training import trainer
+
+    def reached(config, **kwargs):
+        raise AssertionError("the bad flag passed validation and training started")
+
+    monkeypatch.setattr(trainer, "pretrain", reached)
+    monkeypatch.delenv("RANK", raising=False)
+    return pretrain_main()
+
+
+@pytest.mark.parametrize("flags, message", FAULTS)
+def test_a_bad_flag_is_one_line_naming_it_and_exit_2(main, capsys, flags, message):
+    try:
+        code = main(BASE + flags)
+    except SystemExit as exit:  # argparse's own refusal (choices)
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err
+    if "invalid choice" not in message:
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_base_flags_are_valid(main, capsys):
+    """The rows above fail for their one flag, not for the base (which reaches training)."""
+    with pytest.raises(AssertionError, match="training started"):
+        main(BASE)
+
+
+def test_only_rank_0_prints_a_configuration_error(main, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert main(BASE + ["--clip-grad", "-1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_the_stage_launcher_refuses_tp_not_dividing_the_heads_before_torchrun():
+    proc = run_launcher("flm101b_stage3.sh", "--tensor-model-parallel-size", "3", NNODES="24", GPUS_PER_NODE="8",
+                        MASTER_PORT=str(free_port()))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip() == ("pretrain_flm.py: configuration error: --num-attention-heads=80 is not "
+                                   "divisible by --tensor-model-parallel-size=3")
+    assert "torch.distributed" not in proc.stdout + proc.stderr  # torchrun never started
+
+
+def _sigterm_torchrun(tmp_path, save_seconds: float, **env) -> None:
+    """2 workers through the launchers' torchrun; SIGTERM torchrun once both are up; wait for it."""
+    cmd = (f'source {REPO}/examples/_python.sh && exec "${{TORCHRUN[@]}}" --nproc-per-node 2 --master-port '
+           f'{free_port()} {REPO}/tests/slow_save_worker.py {tmp_path} {save_seconds}')
+    proc = subprocess.Popen(["bash", "-c", cmd], env=dict(ENV, PYTHON=sys.executable, **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready_{rank}").exists() for rank in (0, 1)):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+
+
+def test_sigterm_to_torchrun_leaves_the_workers_time_to_save(tmp_path):
+    """With the launchers' grace both saves complete; with torchrun's grace shorter than the save
+    (the control: 1 s) they are killed halfway, so this test can tell the two apart."""
+    (tmp_path / "grace").mkdir()
+    (tmp_path / "short").mkdir()
+    _sigterm_torchrun(tmp_path / "grace", 3.0)
+    _sigterm_torchrun(tmp_path / "short", 3.0, TORCH_ELASTIC_SHUTDOWN_TIMEOUT="1")
+    for rank in (0, 1):
+        assert sorted(os.listdir(tmp_path / "grace" / f"ckpt_{rank}")) == [f"part{i}" for i in range(10)]
+        assert not (tmp_path / "short" / f"ckpt_{rank}").exists()
