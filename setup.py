@@ -14,6 +14,8 @@ setup(
     description="Open implementation of the FLM-101B growth recipe on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["flm_ext", "flm_ext.*"]),
+    # English Punkt parameters for --split-sentences (made by tools/train_punkt.py).
+    package_data={"flm_ext.data": ["punkt_english.json.gz"]},
     py_modules=["pretrain_flm"],
     install_requires=[
         "torch>=2.6",

@@ -79,11 +79,11 @@ def test_line_number_is_global_across_partitions_and_shards(tmp_path, partitions
 def test_existing_output_is_kept_on_failure(tmp_path, capsys):
     good = _write(tmp_path / "good.jsonl", GOOD)
     r, left, out = _preprocess(tmp_path, good, capsys=capsys)
-    assert r.returncode == 0 and left == ["ds_text_document.bin", "ds_text_document.idx"]
+    assert r.returncode == 0 and left == ["ds_text_document.bin", "ds_text_document.idx", "ds_text_document.json"]
     before = (out / "ds_text_document.bin").read_bytes()
     bad = _write(tmp_path / "bad.jsonl", GOOD + [BAD["empty_document"]])
     r, left, out = _preprocess(tmp_path, bad, capsys=capsys)
-    assert r.returncode != 0 and left == ["ds_text_document.bin", "ds_text_document.idx"]
+    assert r.returncode != 0 and left == ["ds_text_document.bin", "ds_text_document.idx", "ds_text_document.json"]
     assert (out / "ds_text_document.bin").read_bytes() == before
 
 
@@ -126,7 +126,7 @@ def test_teacher_signal_bad_lines(tmp_path, capsys):
     r, left, _ = _preprocess(tmp_path, inp, "--teacher-signal", "--skip-bad-lines", capsys=capsys)
     assert r.returncode == 0, r.stderr
     assert "skipped bad lines: 4 (empty_document=1, missing_key=1, non_bool_label=1, non_string=1)" in r.stdout
-    assert len(left) == 4  # teacher and teacher_loss_mask, .bin and .idx
+    assert len(left) == 6  # teacher and teacher_loss_mask, .bin, .idx and .json
 
 
 def test_missing_input_file(tmp_path):

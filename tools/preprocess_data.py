@@ -4,7 +4,13 @@
 Megatron-LM's interface, e.g.:
   python tools/preprocess_data.py --input corpus/en_train.jsonl --output-prefix data/en \\
       --tokenizer-type CL100kTokenizer --append-eod --workers 2
-writes data/en_text_document.{bin,idx}. See flm_ext/data/preprocess.py for the details.
+writes data/en_text_document.{bin,idx} and data/en_text_document.json (tokenizer, vocabulary
+fingerprint, counts, largest id, inputs, flags: the trainer checks it against its tokenizer).
+With --split-sentences every sentence is its own sequence, grouped by document in the .idx, and
+the output is data/en_text_sentence.*. English sentences come from nltk's Punkt with parameters
+trained by nltk's PunktTrainer on the King James Bible (tools/train_punkt.py; no PyPI package
+ships nltk's own), Chinese ones end at 。！？. See flm_ext/data/preprocess.py for the details.
+Errors (a bad line, an empty input) print one line, exit 2 and leave nothing behind.
 """
 import argparse
 import os
@@ -13,7 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flm_ext.data.preprocess import BadInputError, PreprocessConfig, preprocess  # noqa: E402
+from flm_ext.data.preprocess import (BadInputError, EmptyInputError, PreprocessConfig, expand_inputs,  # noqa: E402
+                                    output_notes, preprocess)
 from flm_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
 
 
@@ -26,6 +33,13 @@ def parse_args(argv=None) -> PreprocessConfig:
                    help='lines are {"text", "proposition", "label": true|false}: write FreeLM samples')
     g.add_argument("--skip-bad-lines", action="store_true",
                    help="skip bad lines and count them by reason instead of stopping")
+    g.add_argument("--split-sentences", action="store_true",
+                   help="one sequence per sentence (documents kept as groups in the .idx): Megatron-LM's flag")
+    g.add_argument("--keep-newlines", action="store_true",
+                   help="with --split-sentences: keep the whitespace (newlines) after each sentence")
+    g.add_argument("--lang", choices=["en", "zh", "auto"], default=None,
+                   help="with --split-sentences: en (nltk Punkt, parameters trained on the King James Bible), "
+                        "zh (split after 。！？), auto (per document; default en)")
     g = p.add_argument_group("tokenizer")
     g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
     g.add_argument("--vocab-file", help="GPT2BPETokenizer: encoder.json (default: the bundled one)")
@@ -40,6 +54,8 @@ def parse_args(argv=None) -> PreprocessConfig:
     g.add_argument("--partitions", type=int, default=1, help="input pieces processed side by side")
     g.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
     a = p.parse_args(argv)
+    if a.lang and not a.split_sentences:
+        p.error("--lang only applies with --split-sentences")
     try:
         return PreprocessConfig(
             input=a.input, output_prefix=a.output_prefix, tokenizer_type=a.tokenizer_type,
@@ -47,6 +63,7 @@ def parse_args(argv=None) -> PreprocessConfig:
             tokenizer_model=a.tokenizer_model, append_eod=a.append_eod, workers=a.workers,
             partitions=a.partitions, teacher_signal=a.teacher_signal,
             skip_bad_lines=a.skip_bad_lines, log_interval=a.log_interval,
+            split_sentences=a.split_sentences, keep_newlines=a.keep_newlines, lang=a.lang or "en",
         )
     except ValueError as e:
         p.error(str(e))
@@ -56,17 +73,20 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     t0 = time.time()
     try:
+        expand_inputs(cfg.input)  # a missing or empty input: say so before anything else
+        for note in output_notes(cfg):
+            print(note)
         stats = preprocess(cfg)
     except (BadInputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        print("nothing was written" + ("" if cfg.skip_bad_lines else
-              " (use --skip-bad-lines to skip such lines)"), file=sys.stderr)
-        return 1
+        bad_line = not (cfg.skip_bad_lines or isinstance(e, (EmptyInputError, FileNotFoundError)))
+        hint = " (use --skip-bad-lines to skip such lines)" if bad_line else ""
+        print(f"error: {e}; nothing was written{hint}", file=sys.stderr)
+        return 2
     dt = max(time.time() - t0, 1e-9)
     print(f"done: {stats.documents:,} documents, {stats.tokens:,} tokens, {stats.bytes / 1e6:,.2f} MB "
           f"in {dt:.2f}s ({stats.bytes / dt / 1e6:.2f} MB/s, {stats.tokens / dt:,.0f} tokens/s)")
     for s in cfg.streams:
-        print(f"wrote {cfg.output_path(s)}.bin/.idx")
+        print(f"wrote {cfg.output_path(s)}.bin/.idx/.json")
     if cfg.skip_bad_lines:
         counts = ", ".join(f"{r}={n}" for r, n in sorted(stats.skipped.items())) or "none"
         print(f"skipped bad lines: {sum(stats.skipped.values())} ({counts})")

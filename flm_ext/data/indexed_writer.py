@@ -3,8 +3,9 @@
 The layout is megatron-core's (read back by ``megatron.core.datasets.indexed_dataset
 .IndexedDataset``): ``.bin`` is the token ids back to back; ``.idx`` is the header
 ``MMIDIDX\\0\\0``, version 1, the dtype code, the sequence and document counts, then the int32
-sequence lengths, the int64 byte pointers and the int64 document indices (one sequence per
-document here, so ``0..n``). megatron-core's own builder keeps every length in a Python list;
+sequence lengths, the int64 byte pointers and the int64 document indices (the first sequence of
+each document, and the count at the end: ``0..n`` with one sequence per document; with
+``--split-sentences`` a document is a run of sentences). megatron-core's own builder keeps every length in a Python list;
 this writer spills lengths to a side file instead and streams the index out at the end, so a
 corpus of any size needs the same memory.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy
 
@@ -32,31 +33,39 @@ def token_dtype(vocab_size: int) -> type:
 
 
 class SpillWriter:
-    """Appends documents to ``<path>.bin`` and their lengths (int32) to ``<path>.len``."""
+    """Appends sequences to ``<path>.bin``, their lengths (int32) to ``<path>.len`` and, when
+    documents hold several sequences (sentences), each document's sequence count to ``<path>.doc``."""
 
-    def __init__(self, path: str, dtype: type) -> None:
+    def __init__(self, path: str, dtype: type, documents: bool = False) -> None:
         self.path = path
         self.dtype = numpy.dtype(dtype)
         self._bin = open(path + ".bin", "wb")
         self._len = open(path + ".len", "wb")
+        self._doc = open(path + ".doc", "wb") if documents else None
 
-    def add(self, ids: numpy.ndarray, lengths: numpy.ndarray) -> None:
-        """Append documents given as their concatenated ids and per-document lengths."""
+    def add(self, ids: numpy.ndarray, lengths: numpy.ndarray, doc_counts: Optional[numpy.ndarray] = None) -> None:
+        """Append sequences given as their concatenated ids and per-sequence lengths (and, with
+        ``documents``, how many of them each document holds)."""
         self._bin.write(numpy.ascontiguousarray(ids, dtype=self.dtype).tobytes())
         self._len.write(numpy.ascontiguousarray(lengths, dtype=numpy.int32).tobytes())
+        if self._doc is not None:
+            self._doc.write(numpy.ascontiguousarray(doc_counts, dtype=numpy.int32).tobytes())
 
     def close(self) -> None:
         self._bin.close()
         self._len.close()
+        if self._doc is not None:
+            self._doc.close()
 
     def remove(self) -> None:
         self.close()
-        for suffix in (".bin", ".len"):
+        for suffix in (".bin", ".len", ".doc"):
             if os.path.exists(self.path + suffix):
                 os.remove(self.path + suffix)
 
 
 def _iter_lengths(len_paths: Sequence[str]) -> Iterable[numpy.ndarray]:
+    """int32 blocks of a list of files, in order (sequence lengths or per-document counts)."""
     for p in len_paths:
         with open(p, "rb") as f:
             while True:
@@ -66,10 +75,13 @@ def _iter_lengths(len_paths: Sequence[str]) -> Iterable[numpy.ndarray]:
                 yield numpy.frombuffer(block, dtype=numpy.int32)
 
 
-def merge_to_indexed(parts: Sequence[str], dtype: type, bin_path: str, idx_path: str) -> int:
-    """Concatenate spilled parts (in order) into one ``.bin`` + ``.idx``; returns #documents.
+def merge_to_indexed(parts: Sequence[str], dtype: type, bin_path: str, idx_path: str,
+                     documents: bool = False) -> Tuple[int, int]:
+    """Concatenate spilled parts (in order) into one ``.bin`` + ``.idx``; returns (#sequences,
+    #documents). With ``documents`` the parts' ``.doc`` counts give the document index; without,
+    every sequence is a document.
 
-    The parts' ``.bin``/``.len`` files are consumed (moved or deleted).
+    The parts' ``.bin``/``.len``/``.doc`` files are consumed (moved or deleted).
     """
     if len(parts) == 1:
         os.replace(parts[0] + ".bin", bin_path)
@@ -81,13 +93,15 @@ def merge_to_indexed(parts: Sequence[str], dtype: type, bin_path: str, idx_path:
                 os.remove(p + ".bin")
     len_paths = [p + ".len" for p in parts]
     count = sum(os.path.getsize(p) // 4 for p in len_paths)
+    doc_paths = [p + ".doc" for p in parts] if documents else []
+    n_docs = sum(os.path.getsize(p) // 4 for p in doc_paths) if documents else count
     itemsize = numpy.dtype(dtype).itemsize
     with open(idx_path, "wb") as idx:
         idx.write(_HEADER)
         idx.write(struct.pack("<Q", 1))
         idx.write(struct.pack("<B", _DTYPE_CODES[numpy.dtype(dtype)]))
         idx.write(struct.pack("<Q", count))
-        idx.write(struct.pack("<Q", count + 1))
+        idx.write(struct.pack("<Q", n_docs + 1))
         for lengths in _iter_lengths(len_paths):
             idx.write(lengths.tobytes())
         start = 0
@@ -95,8 +109,16 @@ def merge_to_indexed(parts: Sequence[str], dtype: type, bin_path: str, idx_path:
             ends = numpy.cumsum(lengths, dtype=numpy.int64) * itemsize + start
             idx.write((ends - lengths.astype(numpy.int64) * itemsize).tobytes())
             start = int(ends[-1]) if len(ends) else start
-        for first in range(0, count + 1, _CHUNK):
-            idx.write(numpy.arange(first, min(first + _CHUNK, count + 1), dtype=numpy.int64).tobytes())
-    for p in len_paths:
+        if documents:
+            idx.write(numpy.zeros(1, dtype=numpy.int64).tobytes())
+            first = 0
+            for counts in _iter_lengths(doc_paths):
+                ends = numpy.cumsum(counts, dtype=numpy.int64) + first
+                idx.write(ends.tobytes())
+                first = int(ends[-1]) if len(ends) else first
+        else:
+            for first in range(0, count + 1, _CHUNK):
+                idx.write(numpy.arange(first, min(first + _CHUNK, count + 1), dtype=numpy.int64).tobytes())
+    for p in len_paths + doc_paths:
         os.remove(p)
-    return count
+    return count, n_docs

@@ -13,6 +13,12 @@ Bad lines (malformed JSON, invalid UTF-8, a missing key, a non-string value, an 
 document; in teacher mode also a non-boolean label) stop the run with ``file:line: reason``,
 unless ``skip_bad_lines``: then they are skipped and counted by reason.
 
+Sentence mode (``split_sentences``, Megatron-LM's ``--split-sentences``): every sentence
+(``flm_ext.data.sentences``) is its own sequence and the ``.idx`` document index groups each
+document's sentences; EOD (with ``append_eod``) ends the last sentence; the output is
+``<prefix>_<key>_sentence``. Each output dataset gets a sidecar ``<dataset>.json``
+(``flm_ext.data.sidecar``). An input with no document at all is an error.
+
 Teacher-signal mode (FreeLM) reads ``{"text", "proposition", "label": true|false}`` and writes
 two datasets with equal document lengths: ``<prefix>_teacher_document`` holds
 ``tokenize(text + "\\n" + proposition) + label_ids(label) [+ eod]`` and
@@ -38,6 +44,8 @@ import numpy
 
 from flm_ext.data import special_tokens
 from flm_ext.data.indexed_writer import SpillWriter, merge_to_indexed, token_dtype
+from flm_ext.data.sidecar import make_sidecar, sidecar_path
+from flm_ext.fileio import atomic_write_json
 from flm_ext.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 
 BAD_LINE_REASONS = (
@@ -69,6 +77,9 @@ class PreprocessConfig:
     partitions: int = 1
     teacher_signal: bool = False
     skip_bad_lines: bool = False
+    split_sentences: bool = False  # one sequence per sentence, documents grouped in the .idx
+    keep_newlines: bool = False  # with split_sentences: keep the whitespace after each sentence
+    lang: str = "en"  # with split_sentences: en (Punkt) | zh (。！？) | auto (per document)
     log_interval: float = 5.0  # seconds between progress lines
     chunk_lines: int = 256  # lines per task sent to a worker
 
@@ -82,6 +93,12 @@ class PreprocessConfig:
             raise ValueError(f"--json-keys must be distinct and non-empty, got {self.json_keys}")
         if not self.output_prefix:
             raise ValueError("--output-prefix is required")
+        if self.lang not in ("en", "zh", "auto"):
+            raise ValueError(f"--lang must be en, zh or auto, got {self.lang!r}")
+        if self.keep_newlines and not self.split_sentences:
+            raise ValueError("--keep-newlines only applies with --split-sentences")
+        if self.split_sentences and self.teacher_signal:
+            raise ValueError("--split-sentences does not apply to --teacher-signal samples")
 
     @property
     def streams(self) -> Tuple[str, ...]:
@@ -89,11 +106,23 @@ class PreprocessConfig:
         return (TEACHER_STREAM, TEACHER_MASK_STREAM) if self.teacher_signal else self.json_keys
 
     def output_path(self, stream: str) -> str:
-        return f"{self.output_prefix}_{stream}_document"
+        level = "sentence" if self.split_sentences else "document"  # Megatron-LM's names
+        return f"{self.output_prefix}_{stream}_{level}"
+
+    @property
+    def flags(self) -> dict:
+        """The flags that shape the output, for the sidecar."""
+        names = ("json_keys", "append_eod", "teacher_signal", "skip_bad_lines", "split_sentences",
+                 "keep_newlines", "lang")
+        return {n: (list(v) if isinstance(v, tuple) else v) for n in names for v in [getattr(self, n)]}
 
 
 class BadInputError(ValueError):
     """A bad input line, reported as ``file:line: reason``."""
+
+
+class EmptyInputError(BadInputError):
+    """An input with no documents (an empty file, or every line skipped)."""
 
 
 @dataclasses.dataclass
@@ -125,7 +154,22 @@ def expand_inputs(pattern: str) -> List[str]:
     missing = [p for p in paths if not os.path.isfile(p)]
     if not paths or missing:
         raise FileNotFoundError(f"--input {pattern!r}: no such file(s) {missing or ''}")
+    for p in paths:
+        if _is_empty(p):
+            raise EmptyInputError(f"--input {p}: the file is empty (no documents)")
     return paths
+
+
+def _is_empty(path: str) -> bool:
+    if os.path.getsize(path) == 0:
+        return True
+    if path.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read(1) == b""
+        except (OSError, EOFError):
+            return False  # reported as unreadable when read
+    return False
 
 
 def plan_units(paths: Sequence[str], partitions: int) -> List[List[Unit]]:
@@ -202,6 +246,17 @@ def _line_offset(unit: Unit) -> int:
 
 _TOKENIZER = None
 _TOKENIZER_SPEC = None
+_SPLITTERS: Dict[Tuple[str, bool], object] = {}
+
+
+def _splitter(lang: str, keep_newlines: bool):
+    """The sentence splitter, built once per process."""
+    key = (lang, keep_newlines)
+    if key not in _SPLITTERS:
+        from flm_ext.data.sentences import build_splitter
+
+        _SPLITTERS[key] = build_splitter(lang, keep_newlines)
+    return _SPLITTERS[key]
 
 
 def _init_worker(spec: Tuple) -> None:
@@ -239,13 +294,26 @@ def _parse(raw: bytes, keys: Sequence[str], teacher: bool) -> Tuple[Optional[dic
     return obj, None, ""
 
 
-def _encode_chunk(task: Tuple[int, List[Tuple[int, bytes]], Tuple[str, ...], bool, bool]):
-    """Tokenize a chunk of lines: (unit index, per-stream (ids, lengths), bad lines, n_bytes)."""
-    unit_index, lines, keys, teacher, append_eod = task
+def _sentence_ids(tok, text: str, sentences, eod: List[int]) -> List[List[int]]:
+    """Token ids per sentence (sentences of no token dropped, as Megatron-LM does); EOD ends
+    the last one."""
+    out = [ids for ids in (tok.tokenize(sentence) for sentence in sentences(text)) if ids]
+    if out:
+        out[-1] = out[-1] + eod
+    return out
+
+
+def _encode_chunk(task: Tuple[int, List[Tuple[int, bytes]], "PreprocessConfig"]):
+    """Tokenize a chunk of lines: (unit index, per-stream (ids, lengths, sequences per document),
+    bad lines, n_bytes)."""
+    unit_index, lines, cfg = task
+    keys, teacher, append_eod = cfg.json_keys, cfg.teacher_signal, cfg.append_eod
+    sentences = _splitter(cfg.lang, cfg.keep_newlines) if cfg.split_sentences else None
     tok = _TOKENIZER
     streams = (TEACHER_STREAM, TEACHER_MASK_STREAM) if teacher else keys
     ids: Dict[str, List[int]] = {s: [] for s in streams}
     lengths: Dict[str, List[int]] = {s: [] for s in streams}
+    doc_counts: Dict[str, List[int]] = {s: [] for s in streams}
     bad: List[Tuple[int, str, str]] = []
     n_bytes = 0
     eod = [tok.eod] if append_eod else []
@@ -263,13 +331,17 @@ def _encode_chunk(task: Tuple[int, List[Tuple[int, bytes]], Tuple[str, ...], boo
             for s, d in ((TEACHER_STREAM, doc), (TEACHER_MASK_STREAM, mask)):
                 ids[s] += d
                 lengths[s].append(len(d))
+                doc_counts[s].append(1)
         else:
             for key in keys:
-                doc = tok.tokenize(obj[key]) + eod
-                ids[key] += doc
-                lengths[key].append(len(doc))
+                seqs = _sentence_ids(tok, obj[key], sentences, eod) if sentences else [tok.tokenize(obj[key]) + eod]
+                for seq in seqs:
+                    ids[key] += seq
+                    lengths[key].append(len(seq))
+                doc_counts[key].append(len(seqs))
     dtype = token_dtype(tok.vocab_size)
-    out = {s: (numpy.array(ids[s], dtype=dtype), numpy.array(lengths[s], dtype=numpy.int32)) for s in streams}
+    out = {s: (numpy.array(ids[s], dtype=dtype), numpy.array(lengths[s], dtype=numpy.int32),
+               numpy.array(doc_counts[s], dtype=numpy.int32)) for s in streams}
     return unit_index, out, bad, n_bytes
 
 
@@ -309,6 +381,8 @@ class Stats:
     bytes: int = 0
     skipped: Counter = dataclasses.field(default_factory=Counter)
     error: Optional[str] = None
+    stream_tokens: Counter = dataclasses.field(default_factory=Counter)  # per output dataset
+    max_id: Dict[str, int] = dataclasses.field(default_factory=dict)  # largest id per output dataset
 
     def add(self, other: "Stats") -> None:
         self.documents += other.documents
@@ -316,18 +390,30 @@ class Stats:
         self.bytes += other.bytes
         self.skipped.update(other.skipped)
         self.error = self.error or other.error
+        self.stream_tokens.update(other.stream_tokens)
+        for s, m in other.max_id.items():
+            self.max_id[s] = max(m, self.max_id.get(s, -1))
+
+    def add_chunk(self, out: Dict[str, Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]], first: str,
+                  token_streams: Sequence[str]) -> None:
+        self.documents += len(out[first][2])
+        for s, (ids, _, _) in out.items():
+            self.stream_tokens[s] += len(ids)
+            if len(ids):
+                self.max_id[s] = max(int(ids.max()), self.max_id.get(s, -1))
+        self.tokens += sum(len(out[s][0]) for s in token_streams)
 
 
-def _chunks(units: Sequence[Unit], cfg: PreprocessConfig) -> Iterator[Tuple[int, List[Tuple[int, bytes]], Tuple[str, ...], bool, bool]]:
+def _chunks(units: Sequence[Unit], cfg: PreprocessConfig) -> Iterator[Tuple[int, List[Tuple[int, bytes]], PreprocessConfig]]:
     for ui, unit in enumerate(units):
         batch: List[Tuple[int, bytes]] = []
         for line in _iter_unit_lines(unit):
             batch.append(line)
             if len(batch) == cfg.chunk_lines:
-                yield ui, batch, cfg.json_keys, cfg.teacher_signal, cfg.append_eod
+                yield ui, batch, cfg
                 batch = []
         if batch:
-            yield ui, batch, cfg.json_keys, cfg.teacher_signal, cfg.append_eod
+            yield ui, batch, cfg
 
 
 def _progress(tag: str, stats: Stats, t0: float, done: int, total: int) -> str:
@@ -346,7 +432,7 @@ def run_partition(cfg: PreprocessConfig, units: Sequence[Unit], part_prefix: str
     spec = (cfg.tokenizer_type, cfg.vocab_file, cfg.merge_file, cfg.tokenizer_model)
     _init_worker(spec)
     dtype = token_dtype(_TOKENIZER.vocab_size)
-    writers = {s: SpillWriter(f"{part_prefix}.{s}", dtype) for s in cfg.streams}
+    writers = {s: SpillWriter(f"{part_prefix}.{s}", dtype, documents=cfg.split_sentences) for s in cfg.streams}
     stats = Stats()
     total = sum(u.size for u in units)
     t0 = last = time.time()
@@ -366,10 +452,9 @@ def run_partition(cfg: PreprocessConfig, units: Sequence[Unit], part_prefix: str
                 stats.error = _locate(units[unit_index], bad[0])
                 break
             stats.bytes += n_bytes
-            for s, (ids, lengths) in out.items():
-                writers[s].add(ids, lengths)
-            stats.documents += len(out[cfg.streams[0]][1])
-            stats.tokens += sum(len(out[s][0]) for s in token_streams)
+            for s, (ids, lengths, doc_counts) in out.items():
+                writers[s].add(ids, lengths, doc_counts)
+            stats.add_chunk(out, cfg.streams[0], token_streams)
             if bad:
                 stats.skipped.update(reason for _, reason, _ in bad)
             now = time.time()
@@ -406,19 +491,48 @@ def _partition_main(cfg, units, part_prefix, workers, tag, conn) -> None:
 
 # ----------------------------------------------------------------------------- the whole run
 
+def output_notes(cfg: PreprocessConfig) -> List[str]:
+    """What a run will do to the file system beyond writing its outputs (one line each)."""
+    out_dir = os.path.dirname(os.path.abspath(cfg.output_prefix))
+    if not os.path.isdir(out_dir):
+        return [f"--output-prefix {cfg.output_prefix}: creating the folder {out_dir}"]
+    existing = [cfg.output_path(s) for s in cfg.streams if os.path.exists(cfg.output_path(s) + ".bin")
+                or os.path.exists(cfg.output_path(s) + ".idx")]
+    return [f"--output-prefix {cfg.output_prefix}: overwriting the existing {p}.bin/.idx" for p in existing]
+
+
+def _make_dirs(out_dir: str) -> List[str]:
+    """Create ``out_dir``; returns the folders created, deepest first (removed again on failure)."""
+    created, d = [], out_dir
+    while d and not os.path.isdir(d):
+        created.append(d)
+        d = os.path.dirname(d)
+    os.makedirs(out_dir, exist_ok=True)
+    return created
+
+
+def _remove_empty(folders: Sequence[str]) -> None:
+    for d in folders:
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
 def preprocess(cfg: PreprocessConfig) -> Stats:
-    """Run the whole conversion; on error nothing is left behind and ``BadInputError`` raises."""
+    """Run the whole conversion; on error nothing is left behind (a folder it created included)
+    and ``BadInputError`` raises. Writes ``<dataset>.bin/.idx`` and the ``<dataset>.json`` sidecar."""
     paths = expand_inputs(cfg.input)
     groups = plan_units(paths, cfg.partitions)
-    out_dir = os.path.dirname(os.path.abspath(cfg.output_prefix))
-    os.makedirs(out_dir, exist_ok=True)
+    _init_worker((cfg.tokenizer_type, cfg.vocab_file, cfg.merge_file, cfg.tokenizer_model))
+    dtype = token_dtype(_TOKENIZER.vocab_size)
+    created = _make_dirs(os.path.dirname(os.path.abspath(cfg.output_prefix)))
     tmp = f"{cfg.output_prefix}.tmp{os.getpid()}"
     part_prefixes = [f"{tmp}.part{i}" for i in range(len(groups))]
     finals = {s: cfg.output_path(s) for s in cfg.streams}
     produced: List[str] = []
     stats = Stats()
-    _init_worker((cfg.tokenizer_type, cfg.vocab_file, cfg.merge_file, cfg.tokenizer_model))
-    dtype = token_dtype(_TOKENIZER.vocab_size)
+    done = False
     try:
         if len(groups) == 1:
             stats.add(run_partition(cfg, groups[0], part_prefixes[0], cfg.workers))
@@ -426,18 +540,32 @@ def preprocess(cfg: PreprocessConfig) -> Stats:
             stats = _run_partitions(cfg, groups, part_prefixes)
         if stats.error:
             raise BadInputError(stats.error)
-        for s, final in finals.items():
-            produced += [f"{tmp}.{s}.bin", f"{tmp}.{s}.idx"]
-            merge_to_indexed([f"{p}.{s}" for p in part_prefixes], dtype, f"{tmp}.{s}.bin", f"{tmp}.{s}.idx")
+        if stats.documents == 0:
+            skipped = sum(stats.skipped.values())
+            raise EmptyInputError(f"--input {cfg.input}: no documents" + (f" ({skipped} bad lines skipped)" if skipped else ""))
+        for s in finals:
+            produced += [f"{tmp}.{s}.bin", f"{tmp}.{s}.idx", f"{tmp}.{s}.json"]
+            n_seq, n_doc = merge_to_indexed([f"{p}.{s}" for p in part_prefixes], dtype, f"{tmp}.{s}.bin",
+                                            f"{tmp}.{s}.idx", documents=cfg.split_sentences)
+            kind = "teacher loss mask" if s == TEACHER_MASK_STREAM else "token ids"
+            atomic_write_json(f"{tmp}.{s}.json", make_sidecar(
+                _TOKENIZER, cfg.tokenizer_type, documents=n_doc, sequences=n_seq, tokens=stats.stream_tokens[s],
+                max_token_id=stats.max_id.get(s, -1), dtype=numpy.dtype(dtype).name, inputs=paths,
+                flags=cfg.flags, kind=kind))
         for s, final in finals.items():
             os.replace(f"{tmp}.{s}.bin", final + ".bin")
             os.replace(f"{tmp}.{s}.idx", final + ".idx")
+            os.replace(f"{tmp}.{s}.json", sidecar_path(final))
         produced = []
+        done = True
     finally:
-        leftovers = produced + [f"{p}.{s}.{ext}" for p in part_prefixes for s in cfg.streams for ext in ("bin", "len")]
+        leftovers = produced + [f"{p}.{s}.{ext}" for p in part_prefixes for s in cfg.streams
+                                for ext in ("bin", "len", "doc")]
         for path in leftovers:
             if os.path.exists(path):
                 os.remove(path)
+        if not done:
+            _remove_empty(created)
     return stats
 
 

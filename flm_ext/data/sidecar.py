@@ -1,0 +1,60 @@
+"""The data/model agreement record written next to every ``.bin``/``.idx`` pair.
+
+``tools/preprocess_data.py`` writes ``<dataset prefix>.json`` (e.g. ``data/en_text_document.json``)
+with what the token ids mean and how they were made: tokenizer type and vocabulary fingerprint
+(``Tokenizer.vocab_fingerprint``), vocabulary size, document / sequence / token counts, the largest
+token id, the input files and the flags. The trainer and evaluation check it against their
+tokenizer and padded vocabulary (``flm_ext.data.checks.check_data_matches``) so data made with
+another tokenizer stops the run instead of training on ids the model reads as something else.
+Only standard-library imports, so the preprocessing tool stays quick to start.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+FORMAT = "flm_ext data sidecar 1"
+
+
+def sidecar_path(dataset_prefix: str) -> str:
+    return dataset_prefix + ".json"
+
+
+def make_sidecar(tokenizer, tokenizer_type: str, *, documents: int, sequences: int, tokens: int,
+                 max_token_id: int, dtype: str, inputs, flags: dict, kind: str = "token ids") -> dict:
+    """The record for one output dataset (``kind``: token ids, or a teacher loss mask)."""
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "tokenizer": {
+            "type": tokenizer_type,
+            "vocab_size": tokenizer.vocab_size,
+            "vocab_fingerprint": tokenizer.vocab_fingerprint,
+            "eod": tokenizer.eod,
+            "identifiers": dict(tokenizer.unique_identifiers),
+        },
+        "documents": documents,
+        "sequences": sequences,
+        "tokens": tokens,
+        "max_token_id": max_token_id,
+        "dtype": dtype,
+        "inputs": [{"path": p, "bytes": os.path.getsize(p)} for p in inputs],
+        "flags": flags,
+    }
+
+
+def read_sidecar(dataset_prefix: str) -> Optional[dict]:
+    """The record, or None when there is none (data made by another tool). A file that is not
+    our JSON raises ``ValueError`` naming it."""
+    path = sidecar_path(dataset_prefix)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); delete it or preprocess the data again") from e
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a preprocessing record ({FORMAT!r}); delete it or preprocess again")
+    return record
