@@ -58,7 +58,7 @@ def main() -> int:
         src, dst = os.path.join(args.workdir, f"src_{layers}"), os.path.join(args.workdir, f"grown_{layers}")
         make = ("import sys; sys.path.insert(0, %r)\n"
                 "from flm_ext.config import get_preset\n"
-                "from flm_ext.growth.checkpoint import write_synthetic_checkpoint\n"
+                "from flm_ext.growth.synthetic import write_synthetic_checkpoint\n"
                 "write_synthetic_checkpoint(%r, get_preset('tiny-stage1', num_layers=%d, **%r))\n"
                 ) % (REPO, src, layers, BASE)
         make_s, make_rss, _ = run([sys.executable, "-c", make])

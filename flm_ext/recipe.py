@@ -157,9 +157,9 @@ def train_stage(cfg: RecipeConfig, run: Runner, data: dict, stage: Stage, *, loa
     train = [r for r in rows if "train/loss" in r]
     valid = [r for r in rows if "valid/loss" in r]
     tokens = stage.steps * cfg.global_batch_size * cfg.seq_length
-    from flm_ext.training.checkpointing import load_common
+    from flm_ext.checkpoint import open_checkpoint
 
-    trained = FLMConfig(**load_common(os.path.join(out, "ckpt"))["flm"]["model_config"])  # vocab as padded
+    trained = open_checkpoint(os.path.join(out, "ckpt"), verify=False).config  # vocab as padded
     return {"name": label, "parameters": num_parameters(trained), "flops": tokens * flops_per_token(trained), "shape": {"num_layers": model.num_layers, "hidden_size": model.hidden_size,
                                      "num_attention_heads": model.num_attention_heads,
                                      "ffn_hidden_size": model.ffn_hidden_size},

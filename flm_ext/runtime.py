@@ -192,6 +192,15 @@ def initialize_distributed(parallel: ParallelConfig, seed: int = 1234, *, rank: 
     set_seed(seed)
 
 
+def init_single_process(seed: int = 1234) -> None:
+    """torch.distributed with world size 1 and megatron TP = PP = 1 in this process (tools, tests,
+    evaluation): an in-process store, so no port is needed and none can clash, even under torchrun."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=dist.HashStore(), rank=0,
+                                world_size=1)
+    initialize_distributed(ParallelConfig(), seed=seed)
+
+
 def set_seed(seed: int) -> None:
     """Seed Python-side RNGs and megatron's TP-aware RNG tracker.
 

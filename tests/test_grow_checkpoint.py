@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from distributed import free_port, run_then_sigkill
-from test_trainer import data, train  # noqa: F401  (data: the tiny bilingual set, a module fixture)
+from tiny_data import train  # `data`, the tiny bilingual set, is a session fixture (conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
@@ -105,7 +105,8 @@ def test_training_continues_after_width_growth_at_pp2_and_round_trips(data, runs
 
 
 def test_depth_growth_preserves_logits_and_the_next_loss(data, runs, old, next_loss, megatron_single_process):
-    from flm_ext.growth.checkpoint import grow_checkpoint, verify_growth
+    from flm_ext.growth.checkpoint import grow_checkpoint
+    from flm_ext.growth.verify import verify_growth
 
     deep = runs / "deep"
     lines = []
@@ -198,7 +199,7 @@ def test_an_error_during_growth_leaves_nothing(runs, old, monkeypatch):
 
 def test_a_killed_growth_leaves_no_checkpoint_and_the_rerun_succeeds(tmp_path):
     from flm_ext.config import get_preset
-    from flm_ext.growth.checkpoint import write_synthetic_checkpoint
+    from flm_ext.growth.synthetic import write_synthetic_checkpoint
 
     src, out = tmp_path / "src", tmp_path / "grown"
     cfg = get_preset("tiny-stage1", num_layers=4, hidden_size=256, num_attention_heads=4, ffn_hidden_size=1024)
@@ -219,7 +220,9 @@ def test_bf16_weights_and_their_fp32_main_copies_grow_alike(tmp_path):
     """Grown separately (weight chunk, then main-copy chunk), new entries must agree: bf16 = bf16(fp32)."""
     from flm_ext.config import get_preset
     from flm_ext.growth import GrowthPlan, is_layer_key
-    from flm_ext.growth.checkpoint import CheckpointReader, grow_checkpoint, write_synthetic_checkpoint
+    from flm_ext.checkpoint import CheckpointReader
+    from flm_ext.growth.checkpoint import grow_checkpoint
+    from flm_ext.growth.synthetic import write_synthetic_checkpoint
 
     cfg = get_preset("tiny-stage1", num_layers=2, vocab_size=512)
     plan = GrowthPlan(cfg, cfg.replace(num_layers=3, **WIDE))

@@ -38,6 +38,7 @@ from typing import Iterable
 import torch
 
 from flm_ext.growth.operators import GrowthError, GrowthPlan
+from flm_ext.model.flm_model import unwrap
 from flm_ext.model.norm import FLMLayerNorm
 
 
@@ -152,12 +153,6 @@ class _Installed:
         self.lam: float | None = None
 
 
-def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(chunk, "module") and isinstance(chunk.module, torch.nn.Module):
-        chunk = chunk.module
-    return chunk
-
-
 def _tp_block(new: torch.Tensor, local_size: int) -> torch.Tensor:
     """This tensor-parallel rank's contiguous block of a global per-unit vector."""
     from megatron.core import parallel_state
@@ -202,7 +197,7 @@ def _check_shape(model, state: GrowthState) -> None:
 def attach_growth(chunks: Iterable[torch.nn.Module], state: GrowthState, lam: float = 0.0) -> None:
     """Install the masks of `state` in this rank's model chunks (DDP-wrapped or not) at `lam`."""
     for chunk in chunks:
-        model = _unwrap(chunk)
+        model = unwrap(chunk)
         if getattr(model, "_flm_growth", None) is not None:
             raise GrowthError("growth masks are already attached; drop_growth_masks first")
         _check_shape(model, state)
@@ -241,7 +236,7 @@ def attach_growth(chunks: Iterable[torch.nn.Module], state: GrowthState, lam: fl
 
 
 def _installed(chunks) -> list[torch.nn.Module]:
-    models = [_unwrap(c) for c in chunks]
+    models = [unwrap(c) for c in chunks]
     if not models or any(getattr(m, "_flm_growth", None) is None for m in models):
         raise GrowthError("no growth masks attached to these model chunks (attach_growth first)")
     return models
@@ -266,7 +261,7 @@ def set_growth_lambda(chunks: Iterable[torch.nn.Module], lam: float) -> None:
 
 def growth_lambda(chunks: Iterable[torch.nn.Module]) -> float | None:
     """The current lambda, or None when no growth masks are attached."""
-    values = {getattr(getattr(_unwrap(c), "_flm_growth", None), "lam", None) for c in chunks}
+    values = {getattr(getattr(unwrap(c), "_flm_growth", None), "lam", None) for c in chunks}
     if len(values) != 1:
         raise GrowthError(f"model chunks disagree on growth lambda: {values}")
     return values.pop()
@@ -275,7 +270,7 @@ def growth_lambda(chunks: Iterable[torch.nn.Module]) -> float | None:
 def drop_growth_masks(chunks: Iterable[torch.nn.Module]) -> None:
     """Remove all masks and gates: the model runs as a plain FLM model again (no-op if none)."""
     for chunk in chunks:
-        model = _unwrap(chunk)
+        model = unwrap(chunk)
         inst = getattr(model, "_flm_growth", None)
         if inst is None:
             continue
@@ -297,7 +292,7 @@ def apply_growth_schedule(chunks: Iterable[torch.nn.Module], state: GrowthState 
     if state is None:
         return None
     lam = state.lambda_at(iteration)
-    attached = getattr(_unwrap(chunks[0]), "_flm_growth", None) is not None
+    attached = getattr(unwrap(chunks[0]), "_flm_growth", None) is not None
     if lam >= 1.0:
         drop_growth_masks(chunks)
         return None

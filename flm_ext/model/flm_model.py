@@ -148,3 +148,10 @@ def build_model_chunks(model: FLMConfig, parallel: ParallelConfig | None = None,
         for chunk in chunks:
             chunk.cuda(torch.cuda.current_device())
     return chunks
+
+
+def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    """The model inside megatron's DDP wrapper(s) (or the chunk itself): the one place that knows it."""
+    while isinstance(getattr(chunk, "module", None), torch.nn.Module):
+        chunk = chunk.module
+    return chunk

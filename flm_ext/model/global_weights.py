@@ -14,11 +14,13 @@ import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from megatron.core.dist_checkpointing.utils import extract_sharded_tensors
 
+from flm_ext.model.flm_model import unwrap
+
 
 def iter_sharded_tensors(chunks: Iterable[torch.nn.Module]) -> Iterator[ShardedTensor]:
     """This rank's ShardedTensors (parameters only; extra state objects are skipped)."""
     for chunk in chunks:
-        module = chunk.module if hasattr(chunk, "module") else chunk
+        module = unwrap(chunk)
         sharded, _ = extract_sharded_tensors(module.sharded_state_dict())
         for value in sharded.values():
             if isinstance(value, ShardedTensor):

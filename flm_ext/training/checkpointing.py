@@ -1,25 +1,23 @@
-"""Training checkpoints with megatron-core's dist_checkpointing (torch_dist format).
+"""Training checkpoints: megatron-core's dist_checkpointing (torch_dist) in the layout and with the
+guarantees of `flm_ext.checkpoint`.
 
-Layout (Megatron-LM's, so its users and tools recognise it):
-
-    <dir>/iter_0000200/                 one complete checkpoint (torch_dist: metadata + shards)
-    <dir>/latest_checkpointed_iteration.txt
-
-A checkpoint is written to `iter_N.partial/`, renamed to `iter_N/` only after every rank has
-finished, and only then is the "latest" marker replaced (atomically). A crash or SIGKILL during a
-save therefore leaves the previous checkpoint as the latest, complete one; leftover `.partial`
-folders are ignored and removed by the next save. The last `keep` checkpoints are kept.
+A save writes `iter_N.partial/`, each rank hashes the files it wrote into the manifest, and only
+after every rank has finished is the folder renamed to `iter_N/` and the latest marker replaced
+(atomically). A crash, SIGKILL or write error (disk full) during a save therefore leaves the
+previous checkpoint as the latest, complete one; the partial folder is removed. Weights that are
+not finite are never saved. A load verifies the folder first (the ranks share the checksum work)
+and never unpickles anything but plain data.
 
 Contents: the model (megatron's sharded state dict: loads at any TP/PP), the optimizer
 (`fully_reshardable` for the distributed optimizer, so it also reshards), the LR scheduler,
 per-rank RNG states (restored when the layout is unchanged), the iteration and data position,
-and an `flm` dict (model config and any growth state) that tools read without building a model.
+and an `flm` dict (model config, optimizer kind, anything the training hooks record, e.g. a
+growth ramp) that tools read without building a model.
 """
 from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from dataclasses import asdict
 
@@ -28,62 +26,26 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
-from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
 
-LATEST = "latest_checkpointed_iteration.txt"
-_ITER_DIR = re.compile(r"^iter_(\d{7})$")
+from flm_ext.checkpoint import (CheckpointError, CheckpointReader, iteration_dir, iterations_present, load_common,
+                                resolve, verify_checkpoint, write_latest)
+from flm_ext.checkpoint.integrity import describe_files, write_manifest
+from flm_ext.checkpoint.model_state import apply_model_state, load_sharded, model_sharded_state
+from flm_ext.model.flm_model import unwrap
+
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete or unusable; the message names the path."""
-
-
-def iteration_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
-def read_latest(root: str) -> int | None:
-    """The iteration of the latest complete checkpoint under `root`, or None if there is none."""
-    marker = os.path.join(root, LATEST)
-    if not os.path.exists(marker):
-        return None
-    text = open(marker).read().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{marker}: expected an iteration number, found {text!r}")
-    iteration = int(text)
-    if not os.path.isdir(iteration_dir(root, iteration)):
-        raise CheckpointError(f"{marker} names iteration {iteration} but {iteration_dir(root, iteration)} is missing")
-    return iteration
-
-
-def resolve(path: str) -> tuple[str, int]:
-    """(checkpoint folder, iteration) for a root with a latest marker or an `iter_N` folder itself."""
-    name = os.path.basename(os.path.normpath(path))
-    match = _ITER_DIR.match(name)
-    if match:
-        if not os.path.exists(os.path.join(path, "metadata.json")):
-            raise CheckpointError(f"{path} is not a complete torch_dist checkpoint (no metadata.json)")
-        return path, int(match.group(1))
-    iteration = read_latest(path)
-    if iteration is None:
-        raise CheckpointError(f"{path} holds no complete checkpoint (no {LATEST})")
-    return iteration_dir(path, iteration), iteration
-
-
-def has_checkpoint(path: str) -> bool:
-    """True if `path` is a complete checkpoint folder or a root with a latest marker."""
-    try:
-        resolve(path)
-    except CheckpointError:
-        return False
-    return True
 
 
 def has_optimizer_state(folder: str) -> bool:
     """Whether a checkpoint folder holds Adam moments (an optimizer saved before any step has none)."""
-    metadata = dist_checkpointing.load_tensors_metadata(folder)
-    return any(key.startswith("optimizer.") for key in metadata)
+    return any(key.startswith("optimizer.") for key in CheckpointReader(folder).tensors)
+
+
+def _collect_errors(error: BaseException | None) -> str | None:
+    """The first rank's error message, on every rank (so all ranks stop together)."""
+    messages = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else str(error))
+    return next((m for m in messages if m is not None), None)
 
 
 def _rng_state() -> ShardedObject:
@@ -106,16 +68,9 @@ def _set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _model_state(chunks) -> dict:
-    modules = [c.module if hasattr(c, "module") else c for c in chunks]
-    if len(modules) == 1:
-        return {"model": modules[0].sharded_state_dict()}
-    return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(modules)}
-
-
 def _sharded_state(chunks, optimizer, scheduler, *, is_loading: bool, extra: dict | None = None,
                    with_rng: bool = True) -> dict:
-    state = _model_state(chunks)
+    state = model_sharded_state(chunks)
     if optimizer is not None:
         model_sd = {}
         for value in state.values():
@@ -130,37 +85,65 @@ def _sharded_state(chunks, optimizer, scheduler, *, is_loading: bool, extra: dic
     return state
 
 
+def weights_finite(chunks) -> bool:
+    """True when every parameter on every rank is finite (checked before a save)."""
+    finite = all(bool(torch.isfinite(p).all()) for c in chunks for p in unwrap(c).parameters())
+    flag = torch.tensor([0 if finite else 1], dtype=torch.int32, device=next(unwrap(chunks[0]).parameters()).device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return not bool(flag.item())
+
+
 def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, extra: dict, keep: int | None = None
                     ) -> str:
-    """Save a complete checkpoint for `iteration` and make it the latest; returns its folder."""
+    """Save a complete checkpoint for `iteration` and make it the latest; returns its folder.
+
+    Raises CheckpointError (on every rank) when the save fails, e.g. disk full: the partial folder
+    is removed and the previous checkpoint stays the latest.
+    """
     final = iteration_dir(root, iteration)
     partial = final + ".partial"
-    rank0 = dist.get_rank() == 0
-    if rank0:
+    rank = dist.get_rank()
+    if rank == 0:
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
     dist.barrier()
     state = _sharded_state(chunks, optimizer, scheduler, is_loading=False, extra={"iteration": iteration, **extra})
-    dist_checkpointing.save(state, partial, validate_access_integrity=True)
-    dist.barrier()
-    if rank0:
+    error = files = None
+    try:
+        dist_checkpointing.save(state, partial, validate_access_integrity=True)
+        mine = [n for n in os.listdir(partial) if n.startswith(f"__{rank}_")]
+        if rank == 0:
+            mine += [n for n in (".metadata", "common.pt", "metadata.json") if os.path.exists(os.path.join(partial, n))]
+        files = describe_files(partial, mine)  # right after writing, by the rank that wrote them
+    except Exception as e:  # noqa: BLE001 - any write error: report it on every rank below
+        error = e
+    message = _collect_errors(error)
+    if message is not None:
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        dist.barrier()
+        raise CheckpointError(f"saving {final} failed: {message.strip().splitlines()[-1][:300]}; nothing was "
+                              f"written there and {_latest_text(root)} stays the latest checkpoint")
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, files)
+    if rank == 0:
+        write_manifest(partial, {k: v for part in gathered for k, v in part.items()})
         if os.path.exists(final):  # re-saving the same iteration (e.g. at exit right after a periodic save)
             shutil.rmtree(final)
         os.replace(partial, final)
-        _write_latest(root, iteration)
+        write_latest(root, iteration)
         _prune(root, keep, iteration)
     dist.barrier()
     return final
 
 
-def _write_latest(root: str, iteration: int) -> None:
-    tmp = os.path.join(root, LATEST + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(str(iteration))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(root, LATEST))
+def _latest_text(root: str) -> str:
+    try:
+        _, latest = resolve(root)
+        return f"iteration {latest}"
+    except CheckpointError:
+        return "no checkpoint"
 
 
 def _prune(root: str, keep: int | None, latest: int) -> None:
@@ -170,61 +153,80 @@ def _prune(root: str, keep: int | None, latest: int) -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     if not keep:
         return
-    iterations = sorted(int(m.group(1)) for m in map(_ITER_DIR.match, os.listdir(root)) if m)
-    for old in iterations[:-keep]:
+    for old in iterations_present(root)[:-keep]:
         if old != latest:
             shutil.rmtree(iteration_dir(root, old), ignore_errors=True)
 
 
-def load_common(path: str) -> dict:
-    """The non-tensor part (iteration, flm config, data position, scheduler) without a model."""
-    folder, _ = resolve(path)
-    return dist_checkpointing.load_common_state_dict(folder)
+def verify_for_load(folder: str, *, checksums: bool = True) -> None:
+    """Every rank verifies its share of `folder` (checksums, safe unpickling) before megatron reads it."""
+    error = None
+    try:
+        verify_checkpoint(folder, part=dist.get_rank(), parts=dist.get_world_size(), checksums=checksums)
+    except CheckpointError as e:
+        error = e
+    message = _collect_errors(error)
+    if message is not None:
+        raise CheckpointError(message)
 
 
-def load_checkpoint(path: str, chunks, optimizer, scheduler, *, load_optimizer: bool = True,
-                    load_scheduler: bool = True) -> dict:
+def _check_optimizer_kind(common: dict, optimizer, folder: str) -> None:
+    saved = common.get("flm", {}).get("optimizer", {}).get("distributed")
+    current = _is_distributed(optimizer)
+    if saved is not None and saved != current:
+        flag = "with" if saved else "without"
+        raise CheckpointError(f"{folder} was saved {flag} --use-distributed-optimizer: resume {flag} it, or add "
+                              f"--no-load-optim to start Adam's moments from zero (the LR schedule continues)")
+
+
+def _is_distributed(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return any(isinstance(o, DistributedOptimizer) for o in getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def load_checkpoint(path: str, chunks, optimizer, scheduler, *, iteration: int | None = None,
+                    load_optimizer: bool = True, load_scheduler: bool = True, verify: bool = True) -> dict:
     """Load weights (and optimizer, scheduler, RNG when present and applicable) into a built model.
 
-    Returns the checkpoint's common state (iteration, data position, flm dict, ...). RNG states
-    are restored only if the checkpoint was written with the same TP x PP layout.
+    Returns the checkpoint's common state (iteration, data position, flm dict, ...). The scheduler
+    is restored even without the optimizer (the LR schedule keeps its position); RNG states only
+    if the checkpoint was written with the same TP x PP layout.
     """
-    folder, iteration = resolve(path)
-    common = dist_checkpointing.load_common_state_dict(folder)
+    folder, iteration = resolve(path, iteration)
+    verify_for_load(folder, checksums=verify)
+    common = load_common(folder)
+    rank0 = dist.get_rank() == 0
     if load_optimizer and optimizer is not None and not has_optimizer_state(folder):
-        if dist.get_rank() == 0:
+        if rank0:
             print(f"{folder} has no optimizer state (saved before the first step, or written by a tool): "
-                  f"the optimizer and LR schedule start fresh", flush=True)
+                  f"Adam's moments start from zero", flush=True)
         load_optimizer = False
-    saved_layout = common.get("parallel_layout")
-    same_layout = saved_layout == _layout()
-    load_scheduler = load_scheduler and load_optimizer and "opt_param_scheduler" in common
+    if load_optimizer and optimizer is not None:
+        _check_optimizer_kind(common, optimizer, folder)
+    same_layout = common.get("parallel_layout") == _layout()
+    load_scheduler = load_scheduler and scheduler is not None and "opt_param_scheduler" in common
     if load_optimizer and optimizer is not None:
         patch_distributed_optimizer_step_load()
         materialize_adam_state(optimizer)
         configured = [_group_hyperparameters(g) for g in optimizer.param_groups]
-    state = _sharded_state(chunks, optimizer if load_optimizer else None, scheduler if load_scheduler else None,
-                           is_loading=True, with_rng=same_layout)
-    strategy = get_default_load_sharded_strategy(folder)
-    loaded = dist_checkpointing.load(state, folder, sharded_strategy=strategy)
-    modules = [c.module if hasattr(c, "module") else c for c in chunks]
-    if len(modules) == 1:
-        modules[0].load_state_dict(loaded["model"], strict=True)
-    else:
-        for i, module in enumerate(modules):
-            module.load_state_dict(loaded[f"model{i}"], strict=True)
+    state = _sharded_state(chunks, optimizer if load_optimizer else None, None, is_loading=True, with_rng=same_layout)
+    loaded = load_sharded(state, folder)
+    apply_model_state(chunks, loaded)
     if load_optimizer and optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
         untie_adam_steps(optimizer)
         # The flags, not the checkpoint, set each group's LR range and decay (a new stage's --lr).
         for group, values in zip(optimizer.param_groups, configured):
             group.update(values)
-    if load_scheduler and scheduler is not None:
-        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    if load_scheduler:
+        scheduler.load_state_dict(common["opt_param_scheduler"])
     if same_layout and "rng_state" in loaded:
         rng = loaded["rng_state"]
         _set_rng_state(rng[0] if isinstance(rng, list) else rng)
     common["iteration"] = iteration
+    common["loaded_optimizer"] = bool(load_optimizer and optimizer is not None)
+    common["loaded_scheduler"] = load_scheduler
     return common
 
 
@@ -321,10 +323,10 @@ def _layout() -> list[int]:
             parallel_state.get_pipeline_model_parallel_world_size()]
 
 
-def common_extra(model_config, consumed_train_samples: int, growth: dict | None = None) -> dict:
-    """The plain-data part of a checkpoint (saved once, by rank 0): data position, layout, the
-    model config and, while MSG masks are still ramping, the growth record."""
-    flm = {"model_config": asdict(model_config)}
-    if growth is not None:
-        flm["growth"] = growth
+def common_extra(model_config, consumed_train_samples: int, optimizer=None, flm_extra: dict | None = None) -> dict:
+    """The plain-data part of a checkpoint (saved once, by rank 0): data position, layout, the model
+    config, the optimizer kind and whatever the training hooks record (e.g. a growth ramp)."""
+    flm = {"model_config": asdict(model_config), **(flm_extra or {})}
+    if optimizer is not None:
+        flm["optimizer"] = {"distributed": _is_distributed(optimizer)}
     return {"consumed_train_samples": consumed_train_samples, "parallel_layout": _layout(), "flm": flm}

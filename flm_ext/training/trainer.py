@@ -1,11 +1,13 @@
 """The FLM pre-training loop on megatron-core (what `pretrain_flm.py` runs).
 
 Order of events: process groups and seeds -> tokenizer (pads the vocabulary) -> model chunks,
-DDP, optimizer, LR scheduler -> resume from `--load` if it holds a checkpoint -> datasets ->
-steps. Every step runs megatron's schedule over this rank's micro-batches, skips the update if
-the loss or gradient norm is not finite (stopping after `--max-consecutive-skips` in a row),
-logs at `--log-interval`, evaluates at `--eval-interval`, and saves at `--save-interval`, on
-SIGTERM / SIGINT (after the current step) and at the end.
+DDP, optimizer, LR scheduler -> resume from `--load` -> datasets (checked against the tokenizer
+and the vocabulary) -> steps. Every step runs megatron's schedule over this rank's micro-batches,
+skips the update if the loss or gradient norm is not finite (stopping after
+`--max-consecutive-skips` in a row), logs at `--log-interval`, evaluates at `--eval-interval`, and
+saves at `--save-interval`, on SIGTERM / SIGINT (after the current step) and at the end. Features
+that change the model while it trains (an MSG growth ramp) come in as hooks
+(flm_ext.training.hooks); the loop itself knows nothing about them.
 """
 from __future__ import annotations
 
@@ -20,15 +22,16 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from flm_ext.checkpoint import LATEST, CheckpointError, holds_checkpoint, load_common, resolve
 from flm_ext.config import describe
-from flm_ext.growth import apply_growth_schedule
 from flm_ext.model.flm_model import build_model_chunks
+from flm_ext.progress import format_duration
 from flm_ext.runtime import initialize_distributed
 from flm_ext.training import checkpointing
 from flm_ext.training.arguments import TrainConfig, with_vocab
 from flm_ext.training.data import GlobalBatchSampler, micro_batches
 from flm_ext.training.engine import build_optimizer, eval_step, train_step, wrap_ddp
-from flm_ext.training.metrics import MetricsWriter, default_peak_tflops, flops_per_token, format_duration
+from flm_ext.training.metrics import MetricsWriter, default_peak_tflops, flops_per_token
 
 
 class TrainingError(RuntimeError):
@@ -61,34 +64,17 @@ def _recompute_overrides(cfg: TrainConfig) -> dict:
             "recompute_num_layers": cfg.recompute_num_layers}
 
 
-def check_checkpoint_shape(path: str, model) -> None:
+def check_checkpoint_shape(folder: str, model) -> None:
     """Refuse, naming the field, to load a checkpoint of another shape (e.g. forgot the grown flags)."""
-    saved = checkpointing.load_common(path).get("flm", {}).get("model_config")
+    saved = load_common(folder).get("flm", {}).get("model_config")
     if not saved:
         return
     fields = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size", "kv_channels")
     wrong = [f"{f}: checkpoint {saved.get(f)} vs flags {getattr(model, f)}" for f in fields
              if f in saved and saved[f] != getattr(model, f)]
     if wrong:
-        raise checkpointing.CheckpointError(f"--load {path} holds a model of another shape ({'; '.join(wrong)}); "
-                                            f"pass the matching --model-preset / shape flags")
-
-
-def growth_from_checkpoint(common: dict, cfg: TrainConfig, restart: bool):
-    """The MSG mask ramp a grown checkpoint carries, or None. `--growth-ramp-steps` overrides its
-    length; a restarted stage counts the ramp from its own iteration 0."""
-    from flm_ext.growth import GrowthState
-
-    record = common.get("flm", {}).get("growth")
-    if not record:
-        return None
-    state = GrowthState.from_dict(record)
-    if cfg.growth_ramp_steps is not None:
-        state = state.replace(ramp_steps=cfg.growth_ramp_steps)
-    if restart:
-        state = state.replace(start_iteration=0)
-    log(f"growth: masks ramp from 0 to 1 over {state.ramp_steps} steps from iteration {state.start_iteration}")
-    return state
+        raise CheckpointError(f"--load {folder} holds a model of another shape ({'; '.join(wrong)}); "
+                              f"pass the matching --model-preset / shape flags")
 
 
 class SkipTracker:
@@ -130,140 +116,188 @@ class _StopFlag:
         return bool(flag.item())
 
 
-def pretrain(cfg: TrainConfig) -> dict:
-    """Train; returns a summary dict (iterations, final losses, skipped steps)."""
-    from flm_ext.data.datasets import DataConfig, build_pretraining_datasets
-    from flm_ext.data.tokenizers import build_tokenizer
+class Trainer:
+    """One training run: built by the constructor, resumed by `resume`, run by `train`."""
 
-    initialize_distributed(cfg.parallel, seed=cfg.seed)
-    cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, world_size=dist.get_world_size()))
-    tokenizer = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file, cfg.data.merge_file,
-                                cfg.data.tokenizer_model)
-    cfg = with_vocab(cfg, tokenizer.vocab_size)
-    cfg.validate()
-    p, s = cfg.parallel, cfg.schedule
-    dp_rank, dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
-    num_micro = s.num_microbatches(dp)
-    log(f"FLM pre-training: {describe(cfg.model)}\n  TP {p.tensor_model_parallel_size} x PP "
-        f"{p.pipeline_model_parallel_size} x DP {dp}, global batch {s.global_batch_size}, micro-batch "
-        f"{s.micro_batch_size} x {num_micro}, {s.train_iters} steps, tokenizer {tokenizer.name} "
-        f"({tokenizer.vocab_size} tokens, padded to {cfg.model.vocab_size})")
+    def __init__(self, cfg: TrainConfig, hooks=()):
+        from flm_ext.data.tokenizers import build_tokenizer
 
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    chunks = build_model_chunks(cfg.model, p, params_dtype=dtype, **_recompute_overrides(cfg))
-    model = wrap_ddp(chunks, use_distributed_optimizer=cfg.optim.use_distributed_optimizer)
-    optimizer = build_optimizer(model, cfg.model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg)
+        initialize_distributed(cfg.parallel, seed=cfg.seed)
+        cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, world_size=dist.get_world_size()))
+        self.tokenizer = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file, cfg.data.merge_file,
+                                         cfg.data.tokenizer_model)
+        cfg = with_vocab(cfg, self.tokenizer.vocab_size)
+        cfg.validate()
+        self.cfg, self.hooks = cfg, list(hooks)
+        p, s = cfg.parallel, cfg.schedule
+        self.dp_rank, self.dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+        self.num_micro = s.num_microbatches(self.dp)
+        log(f"FLM pre-training: {describe(cfg.model)}\n  TP {p.tensor_model_parallel_size} x PP "
+            f"{p.pipeline_model_parallel_size} x DP {self.dp}, global batch {s.global_batch_size}, micro-batch "
+            f"{s.micro_batch_size} x {self.num_micro}, {s.train_iters} steps, tokenizer {self.tokenizer.name} "
+            f"({self.tokenizer.vocab_size} tokens, padded to {cfg.model.vocab_size})")
+        dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+        chunks = build_model_chunks(cfg.model, p, params_dtype=dtype, **_recompute_overrides(cfg))
+        self.model = wrap_ddp(chunks, use_distributed_optimizer=cfg.optim.use_distributed_optimizer)
+        self.optimizer = build_optimizer(self.model, cfg.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.iteration = self.consumed = 0
 
-    iteration, consumed, growth = 0, 0, None
-    ck = cfg.checkpoint
-    if ck.load and checkpointing.has_checkpoint(ck.load):
-        check_checkpoint_shape(ck.load, cfg.model)
+    # --- resume -----------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Load `--load` if it holds a checkpoint; starting from scratch only for an empty run folder."""
+        ck = self.cfg.checkpoint
+        if not ck.load:
+            return
+        same_as_save = os.path.abspath(ck.load) == os.path.abspath(ck.save or "")
+        if not holds_checkpoint(ck.load) and ck.ckpt_step is None and not os.path.basename(
+                os.path.normpath(ck.load)).startswith("iter_"):
+            if same_as_save:
+                log(f"--load {ck.load} holds no checkpoint yet (no iter_* folder): starting from scratch")
+                return
+            raise CheckpointError(f"--load {ck.load}: no checkpoint there (no {LATEST} and no "
+                                  f"iter_N folder)")
+        folder, _ = resolve(ck.load, ck.ckpt_step)
+        check_checkpoint_shape(folder, self.cfg.model)
         restart = ck.finetune or ck.start_new_stage
-        common = checkpointing.load_checkpoint(ck.load, model, optimizer, scheduler,
-                                               load_optimizer=not (ck.no_load_optim or ck.finetune),
-                                               load_scheduler=not restart)
+        load_optim = not (ck.no_load_optim or ck.finetune)
+        common = checkpointing.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
+                                               load_optimizer=load_optim, load_scheduler=not restart,
+                                               verify=ck.verify_checkpoint)
         if not restart:
-            iteration, consumed = common["iteration"], common["consumed_train_samples"]
-        log(f"loaded {ck.load} (iteration {common['iteration']}); continuing at iteration {iteration}, "
-            f"{consumed:,} samples consumed")
-        growth = growth_from_checkpoint(common, cfg, restart)
-        scheduler.step(increment=0)  # the loaded param groups carry the saved LR: recompute it for now
-    elif ck.load and os.path.abspath(ck.load) == os.path.abspath(ck.save or ""):
-        log(f"--load {ck.load} holds no checkpoint yet: starting from scratch")
-    elif ck.load:  # an explicit checkpoint of another run (e.g. a grown one) must exist
-        raise checkpointing.CheckpointError(f"--load {ck.load}: no complete checkpoint there "
-                                            f"(no {checkpointing.LATEST} and not an iter_N folder)")
+            self.iteration, self.consumed = common["iteration"], common["consumed_train_samples"]
+        log(f"loaded {folder} (iteration {common['iteration']}); continuing at iteration {self.iteration}, "
+            f"{self.consumed:,} samples consumed")
+        if ck.no_load_optim and not restart:
+            log("--no-load-optim: Adam's moments start from zero; the LR schedule continues from the checkpoint"
+                if common["loaded_scheduler"] else
+                "--no-load-optim: Adam's moments start from zero; the checkpoint has no LR schedule state, so the "
+                "schedule restarts at warm-up")
+        for hook in self.hooks:
+            hook.on_load(common, restart=restart, train_iters=self.cfg.schedule.train_iters)
+        self.scheduler.step(increment=0)  # the loaded param groups carry the saved LR: recompute it for now
 
-    valid_samples = 0
-    if cfg.logging.eval_interval:
-        valid_samples = cfg.logging.eval_iters * s.global_batch_size
-    data_config = DataConfig(data_path=list(cfg.data.data_path), split=cfg.data.split,
-                             teacher_data_path=cfg.data.teacher_data_path, teacher_fraction=cfg.data.teacher_fraction,
-                             data_cache_path=cfg.data.data_cache_path)
-    train_ds, valid_ds, _ = build_pretraining_datasets(data_config, tokenizer, cfg.model.seq_length,
-                                                       s.global_batch_size, s.train_samples, valid_samples, 0, cfg.seed)
+    # --- data --------------------------------------------------------------------------------------
+    def build_data(self) -> None:
+        from flm_ext.data.datasets import DataConfig, build_pretraining_datasets
 
-    def iterators(dataset, start, wrap):
+        cfg, s = self.cfg, self.cfg.schedule
+        valid_samples = cfg.logging.eval_iters * s.global_batch_size if cfg.logging.eval_interval else 0
+        data_config = DataConfig(data_path=list(cfg.data.data_path), split=cfg.data.split,
+                                 teacher_data_path=cfg.data.teacher_data_path,
+                                 teacher_fraction=cfg.data.teacher_fraction, data_cache_path=cfg.data.data_cache_path)
+        self.train_ds, self.valid_ds, _ = build_pretraining_datasets(
+            data_config, self.tokenizer, cfg.model.seq_length, s.global_batch_size, s.train_samples, valid_samples, 0,
+            cfg.seed)
+
+    def _iterators(self, dataset, start: int, wrap: bool):
         """One iterator, or with interleaved PP one per model chunk over the same micro-batches
         (megatron's schedule calls each chunk's step function once per micro-batch, in order)."""
+        s = self.cfg.schedule
+
         def one():
-            sampler = GlobalBatchSampler(len(dataset), start, s.global_batch_size, s.micro_batch_size, dp_rank, dp,
-                                         wrap=wrap)
-            return micro_batches(dataset, sampler, cfg.data.num_workers)
-        return one() if len(model) == 1 else [one() for _ in model]
+            sampler = GlobalBatchSampler(len(dataset), start, s.global_batch_size, s.micro_batch_size, self.dp_rank,
+                                         self.dp, wrap=wrap)
+            return micro_batches(dataset, sampler, self.cfg.data.num_workers)
+        return one() if len(self.model) == 1 else [one() for _ in self.model]
 
-    train_iter = iterators(train_ds, consumed, wrap=False)
-    writer = MetricsWriter(cfg.logging.tensorboard_dir, cfg.logging.metrics_jsonl, dist.get_rank())
-    peak = cfg.logging.peak_tflops or default_peak_tflops()
-    tokens_per_step = s.global_batch_size * cfg.model.seq_length
-    flops_per_step = tokens_per_step * flops_per_token(cfg.model)
-    skips = SkipTracker(cfg.max_consecutive_skips)
-    stop = _StopFlag()
-    world = dist.get_world_size()
-    start_iteration, interval_start, interval_steps = iteration, time.time(), 0
-    run_start = time.time()
-    last_loss, last_valid = math.nan, None
-    extra = lambda: checkpointing.common_extra(  # noqa: E731
-        cfg.model, consumed, growth=growth.to_dict() if growth is not None else None)
+    # --- saving ------------------------------------------------------------------------------------
+    def save(self, reason: str) -> None:
+        ck = self.cfg.checkpoint
+        if not ck.save:
+            return
+        if not checkpointing.weights_finite(self.model):
+            raise TrainingError(f"the weights are not finite at iteration {self.iteration}: not saving them; the "
+                                f"latest checkpoint in {ck.save} is unchanged. Resume from it with a lower --lr "
+                                f"or check the data")
+        flm_extra = {}
+        for hook in self.hooks:
+            flm_extra.update(hook.checkpoint_state())
+        extra = checkpointing.common_extra(self.cfg.model, self.consumed, self.optimizer, flm_extra)
+        path = checkpointing.save_checkpoint(ck.save, self.iteration, self.model, self.optimizer, self.scheduler,
+                                             extra=extra, keep=ck.keep_last)
+        log(f"saved checkpoint {path} ({reason})")
 
-    def save(reason: str):
-        if ck.save:
-            path = checkpointing.save_checkpoint(ck.save, iteration, model, optimizer, scheduler, extra=extra(),
-                                                 keep=ck.keep_last)
-            log(f"saved checkpoint {path} ({reason})")
+    # --- the loop ----------------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg, s, ck = self.cfg, self.cfg.schedule, self.cfg.checkpoint
+        train_iter = self._iterators(self.train_ds, self.consumed, wrap=False)
+        self.writer = MetricsWriter(cfg.logging.tensorboard_dir, cfg.logging.metrics_jsonl, dist.get_rank())
+        self.skips = SkipTracker(cfg.max_consecutive_skips)
+        stop = _StopFlag()
+        self.start_iteration, self.run_start = self.iteration, time.time()
+        self.interval_start, self.interval_steps = time.time(), 0
+        last_loss, last_valid = math.nan, None
+        while self.iteration < s.train_iters:
+            for hook in self.hooks:
+                hook.before_step(self.model, self.iteration)
+            result = train_step(self.model, self.optimizer, train_iter, num_microbatches=self.num_micro,
+                                seq_length=cfg.model.seq_length, micro_batch_size=s.micro_batch_size)
+            self.iteration += 1
+            self.consumed += s.global_batch_size
+            self.interval_steps += 1
+            if result.update_successful:
+                self.scheduler.step(increment=s.global_batch_size)
+            self.skips.record(not result.update_successful, self.iteration, result.loss, result.grad_norm)
+            last_loss = result.loss
+            if self.iteration % cfg.logging.log_interval == 0 or self.iteration == s.train_iters:
+                self._log_step(result)
+            if cfg.logging.eval_interval and (self.iteration % cfg.logging.eval_interval == 0
+                                              or self.iteration == s.train_iters):
+                last_valid = self._evaluate()
+            if ck.save_interval and self.iteration % ck.save_interval == 0:
+                self.save(f"every {ck.save_interval} steps")
+            if stop.any_rank():
+                log(f"signal received: saving and stopping at iteration {self.iteration}")
+                break
+            if cfg.logging.exit_interval and self.iteration - self.start_iteration >= cfg.logging.exit_interval:
+                log(f"--exit-interval {cfg.logging.exit_interval} reached at iteration {self.iteration}")
+                break
+        if ck.save and not (ck.save_interval and self.iteration % ck.save_interval == 0):
+            self.save("end of run")
+        self.writer.close()
+        return {"iteration": self.iteration, "consumed_train_samples": self.consumed, "train_loss": last_loss,
+                "valid_loss": last_valid, "skipped_steps": self.skips.total}
 
-    while iteration < s.train_iters:
-        if growth is not None:
-            lam = apply_growth_schedule(model, growth, iteration)
-            if lam is None:
-                log(f"step {iteration + 1}: growth masks ramped to 1 and dropped; full-speed model from here")
-                growth = None
-        result = train_step(model, optimizer, train_iter, num_microbatches=num_micro,
-                            seq_length=cfg.model.seq_length, micro_batch_size=s.micro_batch_size)
-        iteration += 1
-        consumed += s.global_batch_size
-        interval_steps += 1
-        if result.update_successful:
-            scheduler.step(increment=s.global_batch_size)
-        skips.record(not result.update_successful, iteration, result.loss, result.grad_norm)
-        last_loss = result.loss
-        if iteration % cfg.logging.log_interval == 0 or iteration == s.train_iters:
-            elapsed = time.time() - interval_start
-            step_time = elapsed / interval_steps
-            tflops = flops_per_step / step_time / world / 1e12
-            lr = optimizer.param_groups[0]["lr"]
-            remaining = (s.train_iters - iteration) * (time.time() - run_start) / (iteration - start_iteration)
-            mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
-            gn = f"{result.grad_norm:.3f}" if result.grad_norm is not None else "n/a"
-            log(f"step {iteration:>7d}/{s.train_iters} | samples {consumed:,} | loss {result.loss:.4f} | lr {lr:.3e} | "
-                f"grad norm {gn} | skipped {skips.total} | {tokens_per_step / step_time:,.0f} tokens/s | "
-                f"{tflops:.2f} TFLOP/s/device | MFU {mfu} | {step_time:.2f} s/step | ETA {format_duration(remaining)}")
-            writer.scalars(iteration, {"train/loss": result.loss, "train/lr": lr, "train/grad_norm": result.grad_norm,
-                                       "train/tokens_per_s": tokens_per_step / step_time, "train/tflops": tflops,
-                                       "train/skipped_steps": skips.total, "train/consumed_samples": consumed,
-                                       "train/tokens": consumed * cfg.model.seq_length,
-                                       "train/flops": consumed * cfg.model.seq_length * flops_per_token(cfg.model),
-                                       "time/elapsed_s": time.time() - run_start})
-            interval_start, interval_steps = time.time(), 0
-        if cfg.logging.eval_interval and (iteration % cfg.logging.eval_interval == 0 or iteration == s.train_iters):
-            eval_iter = iterators(valid_ds, 0, wrap=True)
-            last_valid = eval_step(model, eval_iter, num_microbatches=num_micro * cfg.logging.eval_iters,
-                                   seq_length=cfg.model.seq_length, micro_batch_size=s.micro_batch_size)
-            log(f"step {iteration:>7d} | validation loss {last_valid:.4f} | ppl {math.exp(min(last_valid, 50)):.2f}")
-            writer.scalars(iteration, {"valid/loss": last_valid, "train/tokens": consumed * cfg.model.seq_length,
-                                       "train/flops": consumed * cfg.model.seq_length * flops_per_token(cfg.model),
-                                       "time/elapsed_s": time.time() - run_start})
-        if ck.save_interval and iteration % ck.save_interval == 0:
-            save(f"every {ck.save_interval} steps")
-        if stop.any_rank():
-            log(f"signal received: saving and stopping at iteration {iteration}")
-            break
-        if cfg.logging.exit_interval and iteration - start_iteration >= cfg.logging.exit_interval:
-            log(f"--exit-interval {cfg.logging.exit_interval} reached at iteration {iteration}")
-            break
-    if ck.save and not (ck.save_interval and iteration % ck.save_interval == 0):
-        save("end of run")
-    writer.close()
-    return {"iteration": iteration, "consumed_train_samples": consumed, "train_loss": last_loss,
-            "valid_loss": last_valid, "skipped_steps": skips.total}
+    def _progress_scalars(self) -> dict:
+        tokens = self.consumed * self.cfg.model.seq_length
+        return {"train/tokens": tokens, "train/flops": tokens * flops_per_token(self.cfg.model),
+                "time/elapsed_s": time.time() - self.run_start}
+
+    def _log_step(self, result) -> None:
+        cfg, s = self.cfg, self.cfg.schedule
+        tokens_per_step = s.global_batch_size * cfg.model.seq_length
+        step_time = (time.time() - self.interval_start) / self.interval_steps
+        tflops = tokens_per_step * flops_per_token(cfg.model) / step_time / dist.get_world_size() / 1e12
+        peak = cfg.logging.peak_tflops or default_peak_tflops()
+        lr = self.optimizer.param_groups[0]["lr"]
+        remaining = ((s.train_iters - self.iteration) * (time.time() - self.run_start)
+                     / (self.iteration - self.start_iteration))
+        mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
+        gn = f"{result.grad_norm:.3f}" if result.grad_norm is not None else "n/a"
+        log(f"step {self.iteration:>7d}/{s.train_iters} | samples {self.consumed:,} | loss {result.loss:.4f} | "
+            f"lr {lr:.3e} | grad norm {gn} | skipped {self.skips.total} | {tokens_per_step / step_time:,.0f} tokens/s "
+            f"| {tflops:.2f} TFLOP/s/device | MFU {mfu} | {step_time:.2f} s/step | ETA {format_duration(remaining)}")
+        self.writer.scalars(self.iteration, {
+            "train/loss": result.loss, "train/lr": lr, "train/grad_norm": result.grad_norm,
+            "train/tokens_per_s": tokens_per_step / step_time, "train/tflops": tflops,
+            "train/skipped_steps": self.skips.total, "train/consumed_samples": self.consumed,
+            **self._progress_scalars()})
+        self.interval_start, self.interval_steps = time.time(), 0
+
+    def _evaluate(self) -> float:
+        cfg, s = self.cfg, self.cfg.schedule
+        valid = eval_step(self.model, self._iterators(self.valid_ds, 0, wrap=True),
+                          num_microbatches=self.num_micro * cfg.logging.eval_iters, seq_length=cfg.model.seq_length,
+                          micro_batch_size=s.micro_batch_size)
+        log(f"step {self.iteration:>7d} | validation loss {valid:.4f} | ppl {math.exp(min(valid, 50)):.2f}")
+        self.writer.scalars(self.iteration, {"valid/loss": valid, **self._progress_scalars()})
+        return valid
+
+
+def pretrain(cfg: TrainConfig, hooks=()) -> dict:
+    """Train; returns a summary dict (iterations, final losses, skipped steps)."""
+    trainer = Trainer(cfg, hooks)
+    trainer.resume()
+    trainer.build_data()
+    return trainer.train()
