@@ -1,4 +1,5 @@
-"""Shared fixtures: a single-process megatron parallel state for in-process model tests."""
+"""Shared fixtures: a single-process megatron parallel state for in-process model tests, and the
+tiny bilingual training set (built once per session, not once per module that trains on it)."""
 from __future__ import annotations
 
 import os
@@ -18,3 +19,12 @@ def megatron_single_process():
     initialize_distributed(ParallelConfig(), seed=1234, rank=0, world_size=1)
     yield
     destroy_distributed()
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """tests/tiny_data.py's set: {"tokenizer", "en", "zh", "teacher", "cache"} paths. Read-only for
+    tests (megatron's index cache under "cache" is keyed by the dataset settings, so sharing is safe)."""
+    import tiny_data
+
+    return tiny_data.build(str(tmp_path_factory.mktemp("tiny_data")))

@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
-import tiny_data
 from flm_ext.mup import cli
 from flm_ext.mup.sweep import MARKER, read_metrics
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_data.build(str(tmp_path_factory.mktemp("mup_data")))
+# `data`, the tiny bilingual set, is a session fixture (conftest.py).
 
 
 def _flags(data: dict) -> list[str]:

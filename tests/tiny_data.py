@@ -1,8 +1,10 @@
-"""A small real bilingual training set for trainer tests, built with the project's own tools.
+"""A small real bilingual training set for trainer tests, built with the project's own tools,
+and the helpers that run pretrain_flm.py on it.
 
 The demo corpus (King James Bible, People's Daily, labelled reviews: installed packages only),
 cut to a few hundred documents, a 1,024-token byte-level BPE trained on it, and .bin/.idx files
-from tools/preprocess_data.py: English, Chinese and FreeLM teacher-signal data.
+from tools/preprocess_data.py: English, Chinese and FreeLM teacher-signal data. The set is built
+once per test session (the `data` fixture in conftest.py) and shared read-only by every module.
 """
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
 
 
 def _head(src: str, dst: str, lines: int) -> None:
@@ -70,3 +74,31 @@ def train_args(paths: dict, **overrides) -> list[str]:
         if value is not True:
             args.append(str(value))
     return args
+
+
+def command(nproc: int, args: list[str]) -> list[str]:
+    """pretrain_flm.py in one process, or under torchrun with `nproc` gloo ranks."""
+    from distributed import free_port
+
+    script = os.path.join(REPO, "pretrain_flm.py")
+    if nproc == 1:
+        return [sys.executable, script, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+            str(free_port()), script, *args]
+
+
+def train(nproc: int, data: dict, out: Path, **flags) -> dict[int, float]:
+    """Run pretrain_flm.py (its output kept in out/stdout.log); returns {iteration: train loss}."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = out / "metrics.jsonl"
+    args = train_args(data, metrics_jsonl=str(metrics), **flags)
+    proc = subprocess.run(command(nproc, args), capture_output=True, text=True, env=ENV, timeout=600)
+    (out / "stdout.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return losses(metrics)
+
+
+def losses(metrics: Path, key: str = "train/loss") -> dict[int, float]:
+    """{iteration: value} of one metric from a --metrics-jsonl file."""
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
+    return {row["iteration"]: row[key] for row in rows if key in row}
