@@ -57,11 +57,12 @@ def main(argv=None) -> int:
 def _train(config) -> int:
     from flm_ext.config import ConfigError
     from flm_ext.runtime import destroy_distributed
-    from flm_ext.training.checkpointing import CheckpointError
+    from flm_ext.checkpoint import CheckpointError
+    from flm_ext.growth.ramp import GrowthRamp
     from flm_ext.training.trainer import TrainingError, pretrain
 
     try:
-        pretrain(config)
+        pretrain(config, hooks=[GrowthRamp(config.growth_ramp_steps)])  # MSG masks of a grown checkpoint
     except ConfigError as error:  # found once the tokenizer and process group exist: the same on every rank
         _say_error(f"configuration error: {error}")
         return 2

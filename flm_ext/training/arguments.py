@@ -83,6 +83,8 @@ class CheckpointArgs:
     no_load_optim: bool = False
     finetune: bool = False  # Megatron's: load weights only; iteration, data and schedule restart at 0
     start_new_stage: bool = False  # FLM stages: weights + Adam moments; iteration, data and schedule restart
+    ckpt_step: int | None = None  # Megatron's --ckpt-step: load this iteration instead of the latest
+    verify_checkpoint: bool = True  # checksums of the manifest before a load
 
 
 @dataclass(frozen=True)
@@ -291,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (0: all)")
-    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="load weights, iteration and LR schedule but start Adam's moments from zero")
+    g.add_argument("--ckpt-step", type=int, default=None,
+                   help="load this iteration of --load instead of the one its latest marker names")
+    g.add_argument("--no-verify-checkpoint", dest="verify_checkpoint", action="store_false",
+                   help="skip the checksum check of the checkpoint's files before loading (safety checks stay)")
     g.add_argument("--finetune", action="store_true", help="load weights only; iteration and data restart at 0")
     g.add_argument("--start-new-stage", action="store_true",
                    help="load weights and optimizer moments (e.g. a grown checkpoint), but restart the iteration, "
@@ -372,7 +379,8 @@ def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
                       vocab_from_tokenizer=args.vocab_size is None, num_workers=args.num_workers),
         checkpoint=CheckpointArgs(save=args.save, load=args.load, save_interval=args.save_interval,
                                   keep_last=args.keep_last or None, no_load_optim=args.no_load_optim,
-                                  finetune=args.finetune, start_new_stage=args.start_new_stage),
+                                  finetune=args.finetune, start_new_stage=args.start_new_stage,
+                                  ckpt_step=args.ckpt_step, verify_checkpoint=args.verify_checkpoint),
         logging=LoggingArgs(log_interval=args.log_interval, eval_interval=args.eval_interval,
                             eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
                             peak_tflops=args.peak_tflops, exit_interval=args.exit_interval,
