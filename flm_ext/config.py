@@ -203,6 +203,23 @@ def _normal_init(std: float):
     return partial(torch.nn.init.normal_, mean=0.0, std=std)
 
 
+def gpu_fusion_overrides(params_dtype: torch.dtype = torch.bfloat16) -> dict:
+    """TransformerConfig fields for megatron's fusions that are exact for FLM.
+
+    The fused cross-entropy always returns the logits' gradient in bf16, so it is on only for bf16
+    models (where the logits, hence their gradient, are bf16 anyway).
+
+    `bias_activation_fusion` makes megatron's MLP call its fused bias-GeLU, which is the tanh
+    approximation (FLM's GeLU); megatron selects it by `activation_func is F.gelu`, so the config
+    must name F.gelu (to_transformer_config does that only while this fusion is on, since
+    unfused F.gelu is the erf GeLU).
+    """
+    fusions = dict(bias_activation_fusion=True, bias_dropout_fusion=True)
+    if params_dtype == torch.bfloat16:
+        fusions.update(cross_entropy_loss_fusion=True, cross_entropy_fusion_impl="native")
+    return fusions
+
+
 def to_transformer_config(model: FLMConfig, parallel: ParallelConfig | None = None, *,
                           params_dtype: torch.dtype = torch.float32, use_cpu_initialization: bool | None = None,
                           gpu_fusions: bool | None = None, **extra):
@@ -261,8 +278,6 @@ def to_transformer_config(model: FLMConfig, parallel: ParallelConfig | None = No
         calculate_per_token_loss=True,  # losses are sums over tokens; see training/engine.py
     )
     if on_gpu if gpu_fusions is None else gpu_fusions:
-        from flm_ext.model.fused import gpu_fusion_overrides
-
         kwargs.update(gpu_fusion_overrides(params_dtype))
     kwargs.update(extra)
     if kwargs["bias_activation_fusion"]:

@@ -33,6 +33,7 @@ from functools import lru_cache
 
 import torch
 
+from flm_ext.config import gpu_fusion_overrides  # noqa: F401 (re-exported: the GPU fast paths in one place)
 from flm_ext.model.xpos import XPosEmbedding, apply_rotary
 
 XPOS_IMPLS = ("auto", "reference", "compiled", "triton")
@@ -178,24 +179,7 @@ def sdpa_backends(device: torch.device):
     return sdpa_kernel(_sdpa_backend_list(spec), set_priority=True)
 
 
-# --- megatron's own fusions and the optimizer ----------------------------------------------------
-def gpu_fusion_overrides(params_dtype: torch.dtype = torch.bfloat16) -> dict:
-    """TransformerConfig fields for megatron's fusions that are exact for FLM.
-
-    The fused cross-entropy always returns the logits' gradient in bf16, so it is on only for bf16
-    models (where the logits, hence their gradient, are bf16 anyway).
-
-    `bias_activation_fusion` makes megatron's MLP call its fused bias-GeLU, which is the tanh
-    approximation (FLM's GeLU); megatron selects it by `activation_func is F.gelu`, so the config
-    must name F.gelu (config.to_transformer_config does that only while this fusion is on, since
-    unfused F.gelu is the erf GeLU).
-    """
-    fusions = dict(bias_activation_fusion=True, bias_dropout_fusion=True)
-    if params_dtype == torch.bfloat16:
-        fusions.update(cross_entropy_loss_fusion=True, cross_entropy_fusion_impl="native")
-    return fusions
-
-
+# --- megatron's own fusions (flm_ext.config.gpu_fusion_overrides) and the optimizer ------------------
 def use_fused_adam(optimizer) -> int:
     """Switch megatron's torch-AdamW fallback to torch's fused kernel; returns param groups switched.
 
