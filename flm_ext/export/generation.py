@@ -87,7 +87,9 @@ def load_hf_model(path: str, *, tokenizer=None, iteration: int | None = None, dt
         from flm_ext.export.modeling_flm import FLMForCausalLM
 
         model = FLMForCausalLM.from_pretrained(path, dtype=dtype).eval()
-        codec = Codec.from_hf(AutoTokenizer.from_pretrained(path))
+        # config=: AutoTokenizer would otherwise load config.json through AutoConfig, which asks
+        # before running custom code even though the tokenizer needs none.
+        codec = Codec.from_hf(AutoTokenizer.from_pretrained(path, config=model.config))
     else:
         from flm_ext.export import open_for_export
 
@@ -185,3 +187,62 @@ def generate_text(model, codec: Codec, prompt: str, max_new_tokens: int, samplin
     if on_text is not None and tail:
         on_text(tail)
     return out + tail
+
+
+def _fail(message: str) -> int:
+    import sys
+
+    print(f"generate: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def run_cli(args) -> int:
+    """tools/generate.py: check flags, load, then stream one continuation per prompt."""
+    import sys
+
+    from flm_ext.export import ExportError, build_tokenizer_from_flags
+
+    if args.greedy and args.temperature is not None:
+        return _fail("give --greedy or --temperature, not both")
+    if (args.prompt is None) == (not args.interactive):
+        return _fail("give --prompt TEXT or --interactive (one of them)")
+    if args.max_new_tokens < 1:
+        return _fail(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
+    sampling = Sampling(greedy=args.temperature is None, temperature=args.temperature or 1.0, top_k=args.top_k,
+                        top_p=args.top_p)
+    try:
+        sampling.check()
+    except ValueError as e:
+        return _fail(str(e))
+    if not os.path.exists(args.load):
+        return _fail(f"--load {args.load}: no such file or directory")
+    tokenizer = None
+    if not is_export_folder(args.load):
+        if args.tokenizer_type is None:
+            return _fail(f"--load {args.load} is a training checkpoint: give the --tokenizer-type (and "
+                         f"--tokenizer-model / --vocab-file / --merge-file) it was trained with")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    try:
+        if args.tokenizer_type is not None and not is_export_folder(args.load):
+            tokenizer = build_tokenizer_from_flags(args)
+        model, codec = load_hf_model(args.load, tokenizer=tokenizer, iteration=args.iteration, dtype=dtype,
+                                     device=device)
+    except (ExportError, OSError, ValueError) as e:
+        return _fail(str(e))
+    prompts = [args.prompt] if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    for prompt in prompts:
+        if not prompt:
+            continue
+        if not codec.encode(prompt):
+            return _fail("the prompt encodes to no tokens")
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        generate_text(model, codec, prompt, args.max_new_tokens, sampling, seed=args.seed,
+                      on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 0

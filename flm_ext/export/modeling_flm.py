@@ -134,6 +134,7 @@ class FLMDecoderLayer(nn.Module):
 
 
 class FLMPreTrainedModel(PreTrainedModel):
+    config: FLMConfig
     config_class = FLMConfig
     base_model_prefix = "model"
     _no_split_modules = ["FLMDecoderLayer"]

@@ -1,0 +1,178 @@
+"""Import an exported transformers folder back into a training checkpoint (`tools/import_hf.py`).
+
+The inverse of the export: each safetensors tensor is read on its own (`safe_open`, memory about
+one tensor) and written as the trainer's torch_dist layout by flm_ext.checkpoint's tensor-by-tensor
+writer: one chunk per layer of the stacked `decoder.layers.*` tensors, the per-layer `_extra_state`
+objects megatron's linears save, and common state with the FLMConfig in `flm.model_config`. There
+is no optimizer state, so `pretrain_flm.py --load CKPT --start-new-stage` (or --finetune) starts a
+fresh optimizer; the trainer loads it at any TP/PP.
+
+The embedding gets back its padded rows (the export kept the true vocabulary only) as zeros: the
+trained values of padding rows are not in the export. They are never a target, but they enter the
+softmax of the padded vocabulary, so the first loss after an import matches the original's exactly
+only when the tokenizer fills the padded size (otherwise to within that small term). The config
+comes from config.json's `flm_training` record when present (exports of this project), else from
+its transformers fields. An export made inside a growth ramp (masks folded in) is refused.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+
+from flm_ext.config import ConfigError, FLMConfig, validate
+from flm_ext.export.convert import EMBEDDING, LAYER_KEYS, OTHER_KEYS, OUTPUT, VOCAB_KEYS, ExportError
+from flm_ext.fileio import building
+
+# Linear layers whose megatron modules save an `_extra_state` object per layer.
+_EXTRA_STATE = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1", "mlp.linear_fc2")
+
+
+def _read_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise ExportError(f"--load {folder}: no config.json (not a transformers folder)")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("model_type") != "flm":
+        raise ExportError(f"--load {folder}: model_type {config.get('model_type')!r} is not 'flm'")
+    if config.get("growth_norm_mask") is not None or config.get("layer_gates") is not None:
+        raise ExportError(f"--load {folder} was exported inside an MSG growth ramp (masks folded into the "
+                          f"weights cannot be taken out again); export a checkpoint past the ramp")
+    return config
+
+
+def training_config(config: dict, where: str) -> FLMConfig:
+    """The FLMConfig: the export's record, else derived from the transformers fields."""
+    record = (config.get("flm_training") or {}).get("model_config")
+    try:
+        if record is not None:
+            cfg = FLMConfig(**record)
+        else:
+            heads, head_dim, hidden = config["num_attention_heads"], config["head_dim"], config["hidden_size"]
+            cfg = FLMConfig(
+                num_layers=config["num_hidden_layers"], hidden_size=hidden, num_attention_heads=heads,
+                kv_channels=None if heads * head_dim == hidden else head_dim,
+                ffn_hidden_size=config["intermediate_size"], seq_length=config["max_position_embeddings"],
+                vocab_size=config.get("padded_vocab_size") or config["vocab_size"],
+                position_embedding=config.get("position_embedding_type", "xpos"),
+                rotary_base=int(config.get("rope_theta", 10000)), xpos_scale_base=int(config.get("xpos_scale_base", 512)),
+                layernorm_epsilon=config.get("layer_norm_eps", 1e-5),
+                share_embeddings_and_output_weights=config.get("tie_word_embeddings", True),
+                use_mup=config.get("use_mup", False), mup_input_mult=config.get("input_mult", 1.0),
+                mup_output_mult=config.get("output_mult", 1.0),
+                mup_width_mult_override=config.get("mup_scale_factor") if config.get("use_mup") else None)
+        validate(cfg)
+    except (KeyError, TypeError, ConfigError) as e:
+        raise ExportError(f"--load {where}: config.json does not describe an FLM model ({e})") from None
+    return cfg
+
+
+class _Tensors:
+    """Lazy access to the tensors of the folder's safetensors shards, by HF name."""
+
+    def __init__(self, folder: str):
+        from safetensors import safe_open
+
+        index = os.path.join(folder, "model.safetensors.index.json")
+        if os.path.isfile(index):
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+            files = ["model.safetensors"]
+        else:
+            raise ExportError(f"--load {folder}: no model.safetensors(.index.json)")
+        self.where, self.handles = {}, []
+        for name in files:
+            handle = safe_open(os.path.join(folder, name), framework="pt")
+            self.handles.append(handle)
+            for key in handle.keys():
+                self.where[key] = handle
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.where:
+            raise ExportError(f"the export has no tensor {name!r}")
+        return self.where[name].get_tensor(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.where:
+            raise ExportError(f"the export has no tensor {name!r}")
+        return tuple(self.where[name].get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.get(name).dtype if name in self.where else torch.float32
+
+
+def _plan(cfg: FLMConfig, tensors: _Tensors):
+    """flm_ext.checkpoint Chunks of the checkpoint, and a function producing each one."""
+    from flm_ext.checkpoint import Chunk, tensor_chunks
+
+    dtype = tensors.where[OTHER_KEYS[EMBEDDING]].get_slice(OTHER_KEYS[EMBEDDING]).get_dtype()
+    dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[dtype]
+    chunks, L = [], cfg.num_layers
+    keys = [EMBEDDING, "decoder.final_layernorm.weight", "decoder.final_layernorm.bias"]
+    if not cfg.share_embeddings_and_output_weights:
+        keys.append(OUTPUT)
+    for key in keys:
+        shape = (cfg.vocab_size, cfg.hidden_size) if key in VOCAB_KEYS else tensors.shape(OTHER_KEYS[key])
+        chunks += tensor_chunks(key, key, "param", shape, dtype, None)
+    for key, name in LAYER_KEYS.items():
+        chunks += tensor_chunks(key, key, "param", tensors.shape(name.format(i=0)), dtype, L)
+    for module in _EXTRA_STATE:
+        base = f"decoder.layers.{module}._extra_state"
+        chunks += [Chunk(f"{base}/shard_{j}_{L}", None, None, j, (), (), (), None) for j in range(L)]
+
+    def produce(c) -> object:
+        if c.dtype is None:
+            buffer = io.BytesIO()
+            torch.save([None], buffer)  # what megatron's linears save as their (empty) extra state
+            buffer.seek(0)
+            return buffer
+        if c.layer is None:
+            tensor = tensors.get(OTHER_KEYS[c.key])
+            if c.key in VOCAB_KEYS:
+                padded = torch.zeros(c.sizes, dtype=tensor.dtype)
+                padded[:tensor.shape[0]] = tensor
+                tensor = padded
+        else:
+            tensor = tensors.get(LAYER_KEYS[c.key].format(i=c.layer)).unsqueeze(0)
+        if tuple(tensor.shape) != tuple(c.sizes):
+            raise ExportError(f"{c.key}: the export's tensor has shape {tuple(tensor.shape)}, the config "
+                              f"implies {tuple(c.sizes)}")
+        return tensor.to(c.dtype).contiguous()
+    return chunks, produce
+
+
+def import_hf(load: str, save: str, *, log: Callable[[str], None] = print) -> str:
+    """Write the checkpoint root `save` from the export at `load`; returns its iteration folder."""
+    from flm_ext.checkpoint import finish_iteration_folder, iteration_dir, write_chunks, write_latest
+    from flm_ext.progress import Progress
+
+    save = os.path.normpath(save)
+    if os.path.lexists(save):
+        raise ExportError(f"--save {save} already exists; choose a new path (nothing was written)")
+    if not os.path.isdir(load):
+        raise ExportError(f"--load {load}: no such folder")
+    config = _read_config(load)
+    cfg = training_config(config, load)
+    if config["vocab_size"] > cfg.vocab_size:
+        raise ExportError(f"--load {load}: vocab_size {config['vocab_size']} exceeds padded_vocab_size {cfg.vocab_size}")
+    iteration = int((config.get("flm_training") or {}).get("iteration") or 0)
+    chunks, produce = _plan(cfg, _Tensors(load))
+    total = sum(c.nbytes for c in chunks)
+    log(f"import: {load} -> {save} (iteration {iteration}): {len(chunks)} chunks, {total / 2 ** 30:.2f} GiB")
+    progress = Progress(total, "import", unit="B", emit=log)
+    common = {"iteration": iteration, "consumed_train_samples": 0, "parallel_layout": None,
+              "flm": {"model_config": asdict(cfg), "imported_from": "transformers"}}
+    with building(save) as partial:
+        folder = iteration_dir(partial, iteration)
+        os.makedirs(folder)
+        write_chunks(folder, chunks, produce, on_chunk=lambda c: progress.update(c.nbytes, c.key))
+        finish_iteration_folder(folder, common)
+        write_latest(partial, iteration)
+    log(f"import: wrote {save} in {progress.elapsed:.1f}s")
+    return iteration_dir(save, iteration)

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Import an exported transformers folder (tools/export_hf.py) back into a training checkpoint:
+
+  python tools/import_hf.py --load exports/flm-tiny --save runs/imported
+  python pretrain_flm.py --load runs/imported --start-new-stage ...   # any TP/PP; a fresh optimizer
+
+Tensor by tensor (memory: about one tensor); builds SAVE.partial/ and renames it when complete.
+Export -> import -> export reproduces the export byte for byte. See flm_ext/export/importer.py.
+"""
+import argparse
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+
+quiet_megatron_import_warnings()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="exported transformers folder (config.json, safetensors)")
+    p.add_argument("--save", required=True, help="new checkpoint root; must not exist")
+    return p.parse_args(argv)
+
+
+def _interrupt(signum, frame):
+    raise SystemExit(f"import_hf: stopped by signal {signum}; nothing was written at the --save path")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    from flm_ext.export import ExportError
+    from flm_ext.export.importer import import_hf
+
+    try:
+        import_hf(args.load, args.save, log=lambda m: print(m, flush=True))
+    except ExportError as e:
+        print(f"import_hf: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
