@@ -1,11 +1,20 @@
 #!/usr/bin/env python3
-"""Evaluate an FLM checkpoint: held-out perplexity per language and zero-shot teacher-signal accuracy.
+"""Evaluate an FLM checkpoint (saved at any TP/PP): our tasks and any lm-eval task, as JSON and a
+markdown table with the random baseline and, where the paper reports one, its FLM-101B figure.
 
+After `make demo`:
   python tools/evaluate.py --load runs/demo/stage3 --tokenizer-type HuggingFaceTokenizer \\
-      --tokenizer-model runs/demo/data/bpe.json --valid-data en=runs/demo/data/corpus/en_valid.jsonl \\
-      zh=runs/demo/data/corpus/zh_valid.jsonl --teacher-data runs/demo/data/corpus/teacher_valid.jsonl \\
-      --output eval.json
---load takes a checkpoint root (its latest checkpoint) or an iter_N folder, saved at any TP/PP.
+      --tokenizer-model runs/demo/data/bpe.json --tasks perplexity,teacher,iq --limit 20 \\
+      --valid-data en=runs/demo/data/corpus/en_valid.jsonl zh=runs/demo/data/corpus/zh_valid.jsonl \\
+      --teacher-data runs/demo/data/corpus/teacher_valid.jsonl --output eval.json --markdown eval.md
+
+--tasks (comma-separated): perplexity (per language of --valid-data), teacher (zero-shot teacher
+signal on --teacher-data), iq, iq_symbolic_mapping, iq_rule_understanding, iq_pattern_mining,
+iq_anti_interference or one IQ sub-test (generated with --iq-seed/--iq-n unless --iq-dir names a
+suite from tools/make_iq_tasks.py), and any lm-eval task (arc_challenge, hellaswag, mmlu,
+truthfulqa_mc2, ceval-valid, ...; run at the paper's shot count unless --num-fewshot). Without
+--tasks: perplexity if --valid-data is given, teacher if --teacher-data is given.
+--load takes a checkpoint root (its latest checkpoint) or an iter_N folder.
 """
 import argparse
 import json
@@ -13,10 +22,11 @@ import os
 import sys
 import warnings
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex) .*not installed")
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True)
     p.add_argument("--tokenizer-type", required=True,
@@ -24,12 +34,25 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer-model", default=None)
     p.add_argument("--vocab-file", default=None)
     p.add_argument("--merge-file", default=None)
+    p.add_argument("--tasks", default=None, help="comma-separated task names (see above)")
     p.add_argument("--valid-data", nargs="*", default=[], metavar="LANG=FILE.jsonl")
     p.add_argument("--teacher-data", default=None, help="held-out {text, proposition, label} jsonl")
     p.add_argument("--max-teacher-samples", type=int, default=1000)
+    p.add_argument("--iq-dir", default=None, help="an IQ suite written by tools/make_iq_tasks.py")
+    p.add_argument("--iq-seed", type=int, default=1234)
+    p.add_argument("--iq-n", type=int, default=100, help="items per IQ sub-test when generating")
+    p.add_argument("--iq-lang", default="en,zh")
+    p.add_argument("--include-path", nargs="*", default=[], help="extra lm-eval task folders (local data)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many items per lm-eval/IQ task")
+    p.add_argument("--num-fewshot", type=int, default=None, help="for lm-eval tasks (IQ prompts hold their own)")
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--output", default=None, help="write the results as JSON here too")
-    args = p.parse_args(argv)
+    p.add_argument("--markdown", default=None, help="write the results table here")
+    return p
 
+
+def _check(p, args) -> tuple[list[str], dict]:
+    """Task list and --valid-data files; every problem is one p.error line (exit 2)."""
     files = {}
     for item in args.valid_data:
         lang, sep, path = item.partition("=")
@@ -40,25 +63,61 @@ def main(argv=None) -> int:
         files[lang] = path
     if args.teacher_data and not os.path.exists(args.teacher_data):
         p.error(f"--teacher-data {args.teacher_data} does not exist")
+    if args.tasks is None:
+        tasks = (["perplexity"] if files else []) + (["teacher"] if args.teacher_data else [])
+    else:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        p.error("nothing to evaluate: give --tasks, --valid-data or --teacher-data")
+    if "perplexity" in tasks and not files:
+        p.error("--tasks perplexity needs --valid-data LANG=FILE.jsonl")
+    if "teacher" in tasks and not args.teacher_data:
+        p.error("--tasks teacher needs --teacher-data FILE.jsonl")
+    for path in [args.iq_dir] + args.include_path:
+        if path and not os.path.isdir(path):
+            p.error(f"{'--iq-dir' if path == args.iq_dir else '--include-path'} {path} is not a folder")
+    if not os.path.exists(args.load):
+        p.error(f"--load {args.load} does not exist")
+    return tasks, files
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    tasks, files = _check(p, args)
+    print("evaluate.py: loading torch, megatron-core and lm-eval (can take ~30 s) ...", file=sys.stderr, flush=True)
 
     from flm_ext.data.tokenizers import build_tokenizer
-    from flm_ext.evaluation import evaluate
+    from flm_ext.evaluation.runner import evaluate_checkpoint
+    from flm_ext.fileio import atomic_write, atomic_write_json
     from flm_ext.runtime import destroy_distributed
     from flm_ext.training.checkpointing import CheckpointError
 
-    tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model)
     try:
-        result = evaluate(args.load, tokenizer, files, args.teacher_data, args.max_teacher_samples)
+        tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model)
+    except (ValueError, OSError) as error:
+        print(f"evaluate.py: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_checkpoint(
+            args.load, tokenizer, tasks, valid_files=files, teacher_file=args.teacher_data,
+            max_teacher_samples=args.max_teacher_samples, iq_dir=args.iq_dir, iq_seed=args.iq_seed, iq_n=args.iq_n,
+            iq_langs=tuple(args.iq_lang.split(",")), include_paths=args.include_path, limit=args.limit,
+            num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+            workdir=os.path.dirname(os.path.abspath(args.output)) if args.output else None)
     except CheckpointError as error:
         print(f"evaluate.py: {error}", file=sys.stderr)
         return 1
+    except KeyError as error:
+        print(f"evaluate.py: {error.args[0]}", file=sys.stderr)
+        return 2
     finally:
         destroy_distributed()
-    text = json.dumps(result, indent=2, ensure_ascii=False)
-    print(text)
+    print(result["table"])
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+        atomic_write_json(args.output, result)
+    if args.markdown:
+        atomic_write(args.markdown, result["table"] + "\n")
     return 0
 
 
