@@ -153,3 +153,17 @@ def test_check_arithmetic(tmp_path, capsys):
     assert check["relative_error"] == pytest.approx((w2048["predicted"] - 3.0854) / 3.0854)
     assert check["sigmas"] == pytest.approx(abs(w2048["predicted"] - 3.0854) / w2048["stderr"])
     assert "w2048" in capsys.readouterr().out and (out / "check.png").exists()
+
+
+@pytest.mark.parametrize("losses, why", [
+    ([3.0, 3.1, 3.2, 3.3, 3.4], "does not decrease with N (a <= 0)"),  # worse with size
+    ([3.4, 3.3, 3.2, 3.1, 3.0], "exponent at the edge of the range"),  # log-linear: no power law with a floor
+])
+def test_fit_refuses_a_law_that_is_no_decreasing_power_law(tmp_path, capsys, losses, why):
+    """Such series used to give a confident prediction (+- 0.0000) from a meaningless law."""
+    csv_path = tmp_path / "points.csv"
+    csv_path.write_text("name,size,loss\n" + "".join(f"p{i},{1e6 * 2 ** i:g},{loss}\n" for i, loss in enumerate(losses)))
+    assert cli.main(["fit", "--points", str(csv_path), "--target-params", "1e8", "--output", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "no prediction" in err and why in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "f" / "fit.json").exists()

@@ -123,44 +123,19 @@ def _fmt(x) -> str:
 def cmd_search(a, extra: list[str]) -> int:
     _check_passthrough(extra)
     base_width = a.mup_base_width or a.proxy_width
-    grid = [(lr, std, om) for lr in a.lrs for std in a.init_stds for om in a.output_mults]
-    specs = []
-    for lr, std, om in grid:
-        flags = run_flags(extra, width=a.proxy_width, head_dim=a.head_dim, base_width=base_width, lr=lr,
-                          init_std=std, output_mult=om)
-        cfg = resolve_run(flags)
-        specs.append(RunSpec(name=f"w{a.proxy_width}_lr{lr:g}_std{std:g}_om{om:g}", args=flags,
-                             train_iters=cfg.schedule.train_iters,
-                             meta={"width": a.proxy_width, "lr": lr, "init_std": std, "output_mult": om}))
+    specs, cfg = _search_specs(a, extra, base_width)
     steps = _steps(cfg)
     metric = a.metric or ("valid" if cfg.logging.eval_interval else "train")
     folder = os.path.join(a.out, a.name)
     results = Orchestrator(os.path.join(folder, "runs"), jobs=a.jobs, threads=a.threads, retry_failed=a.retry_failed,
                            checkpoint_interval=a.checkpoint_interval, label=a.name).run(specs)
-    rows = []
-    for spec in specs:
-        res = results.get(spec.name)
-        loss = _run_losses(res, [steps[-1]], metric)[steps[-1]]
-        status = res["status"] if res else "missing"
-        if status == "ok" and (loss is None or not math.isfinite(loss)):
-            status = "diverged"
-        rows.append({**spec.meta, "name": spec.name, "status": status, "loss": loss})
+    rows = _search_rows(specs, results, steps[-1], metric)
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         raise UsageError(f"no run of the search finished with a finite loss; see {folder}/runs/*/stdout.log")
     best = min(ok, key=lambda r: r["loss"])
-    with open(os.path.join(folder, "table.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["name", "width", "lr", "init_std", "output_mult", "status", "loss"])
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [f"# µP search at width {a.proxy_width} (base width {base_width}): {metric} loss at step {steps[-1]}", "",
-             "| lr | init std | output mult | loss | status |", "|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["loss"] is None, r["loss"] if r["loss"] is not None else 0)):
-        mark = " **best**" if r is best else ""
-        lines.append(f"| {r['lr']:g} | {r['init_std']:g} | {r['output_mult']:g} | {_fmt(r['loss'])}{mark} | "
-                     f"{r['status']} |")
-    with open(os.path.join(folder, "table.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    title = f"µP search at width {a.proxy_width} (base width {base_width}): {metric} loss at step {steps[-1]}"
+    lines = _write_search_tables(folder, rows, best, title)
     summary = {"proxy_width": a.proxy_width, "mup_base_width": base_width, "head_dim": a.head_dim,
                "lr": best["lr"], "init_std": best["init_std"], "output_mult": best["output_mult"], "loss": best["loss"],
                "metric": metric, "step": steps[-1], "grid": {"lrs": a.lrs, "init_stds": a.init_stds,
@@ -174,6 +149,48 @@ def cmd_search(a, extra: list[str]) -> int:
     _say(f"best: lr {best['lr']:g}, init std {best['init_std']:g}, output mult {best['output_mult']:g} "
          f"(loss {best['loss']:.4f}); wrote {folder}/table.md, table.csv, best.json, search.png")
     return 0
+
+
+def _search_specs(a, extra: list[str], base_width: int) -> tuple[list[RunSpec], object]:
+    """One run per grid point, every one's flags checked before any starts; and the last config."""
+    specs = []
+    for lr, std, om in [(lr, std, om) for lr in a.lrs for std in a.init_stds for om in a.output_mults]:
+        flags = run_flags(extra, width=a.proxy_width, head_dim=a.head_dim, base_width=base_width, lr=lr,
+                          init_std=std, output_mult=om)
+        cfg = resolve_run(flags)
+        specs.append(RunSpec(name=f"w{a.proxy_width}_lr{lr:g}_std{std:g}_om{om:g}", args=flags,
+                             train_iters=cfg.schedule.train_iters,
+                             meta={"width": a.proxy_width, "lr": lr, "init_std": std, "output_mult": om}))
+    return specs, cfg
+
+
+def _search_rows(specs: list[RunSpec], results: dict, step: int, metric: str) -> list[dict]:
+    """A row per run: its grid point, status (ok, failed, diverged, missing) and loss at `step`."""
+    rows = []
+    for spec in specs:
+        res = results.get(spec.name)
+        loss = _run_losses(res, [step], metric)[step]
+        status = res["status"] if res else "missing"
+        if status == "ok" and (loss is None or not math.isfinite(loss)):
+            status = "diverged"
+        rows.append({**spec.meta, "name": spec.name, "status": status, "loss": loss})
+    return rows
+
+
+def _write_search_tables(folder: str, rows: list[dict], best: dict, title: str) -> list[str]:
+    """table.csv and table.md (best first, then by loss); returns the markdown lines."""
+    with open(os.path.join(folder, "table.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", "width", "lr", "init_std", "output_mult", "status", "loss"])
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# {title}", "", "| lr | init std | output mult | loss | status |", "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["loss"] is None, r["loss"] if r["loss"] is not None else 0)):
+        mark = " **best**" if r is best else ""
+        lines.append(f"| {r['lr']:g} | {r['init_std']:g} | {r['output_mult']:g} | {_fmt(r['loss'])}{mark} | "
+                     f"{r['status']} |")
+    with open(os.path.join(folder, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
 
 
 def _plot_search(rows, path, title):
@@ -289,67 +306,26 @@ def cmd_fit(a, extra: list[str]) -> int:
     if extra:
         raise UsageError(f"fit takes no pretrain flags: {' '.join(extra)}")
     size_key = "non_embedding" if a.size == "non-embedding" else "total"
-    targets: list[dict] = []
-    sweep = None
     if a.sweep:
-        sweep = _load_sweep(a.sweep)
-        step = a.step or sweep["steps"][-1]
-        if step not in sweep["steps"]:
-            raise UsageError(f"--step {step}: the sweep recorded losses at steps {sweep['steps']}")
-        points = []
-        for p in sweep["points"]:
-            problem = None if p["status"] == "ok" else f"run {p['status']}"
-            points.append(scaling_fit.Point(name=p["name"], size=float(p[size_key]), loss=p["losses"].get(step),
-                                            problem=problem))
-        max_loss = None
-        if sweep["points"]:
-            # No better than a uniform guess over the vocabulary: the run did not learn (or diverged).
-            vocab = (sweep["points"][0]["total"] - sweep["points"][0]["non_embedding"]) // sweep["points"][0]["width"]
-            max_loss = math.log(vocab)
-        label = f"{sweep['metric']} loss at step {step}"
-        for w in a.target_width or []:
-            spec, cfg = width_spec(w, sweep["hyper_parameters"], sweep["pretrain_flags"])
-            targets.append({"name": spec.name, "width": w, "size": float(model_sizes(cfg.model)[size_key])})
+        points, targets, step, max_loss, label = _sweep_fit_inputs(a, size_key)
     elif a.points:
-        points = _points_from_csv(a.points)
-        step, max_loss, label = a.step, None, "loss"
         if a.target_width:
             raise UsageError("--target-width needs --sweep (the model flags come from the sweep)")
+        points, targets, step, max_loss, label = _points_from_csv(a.points), [], a.step, None, "loss"
     else:
         raise UsageError("give --sweep (from the `sweep` command) or --points CSV")
     if a.fit_first:  # fit the K smallest, predict (and compare with) the rest
         ordered = sorted(points, key=lambda p: p.size)
-        held_out = ordered[a.fit_first:]
         points = ordered[:a.fit_first]
-        for p in held_out:
-            targets.append({"name": p.name, "size": p.size, "actual": p.loss})
-    for s in a.target_params or []:
-        targets.append({"name": f"N={s:g}", "size": float(s)})
+        targets += [{"name": p.name, "size": p.size, "actual": p.loss} for p in ordered[a.fit_first:]]
+    targets += [{"name": f"N={s:g}", "size": float(s)} for s in a.target_params or []]
     if not targets:
         _say("no target given (--target-width, --target-params or --fit-first): fitting only")
-    usable, rejected = scaling_fit.split_usable(points, max_loss=max_loss)
-    for p in rejected:
-        _say(f"WARNING: {p.name} (N={p.size:.4g}) left out of the fit: {p.problem}")
-    for warning in scaling_fit.non_monotone(usable):
-        _say(f"WARNING: {warning}")
-    try:
-        fit = scaling_fit.fit_power_law([p.size for p in usable], [p.loss for p in usable])
-    except scaling_fit.FitError as error:
-        raise UsageError(f"cannot fit: {error} ({len(usable)} usable point(s), {len(rejected)} rejected)") from error
-    _say(f"fit of {label} on {len(usable)} points: L(N) = {fit.a:.6g} * N^{fit.b:.5f} + {fit.c:.5f} "
+    fit, rejected = _fit_usable(points, max_loss)
+    _say(f"fit of {label} on {len(fit.sizes)} points: L(N) = {fit.a:.6g} * N^{fit.b:.5f} + {fit.c:.5f} "
          f"(N = {'non-embedding' if size_key == 'non_embedding' else 'total'} parameters; rmse {fit.rmse:.5f})")
     for t in targets:
-        t["predicted"] = fit.predict(t["size"])
-        t["stderr"] = fit.stderr(t["size"])
-        loo = fit.loo_predictions(t["size"])
-        t["loo_spread"] = max(abs(x - t["predicted"]) for x in loo) if loo else None
-        if t.get("actual") is not None:
-            t["relative_error"] = scaling_fit.relative_error(t["predicted"], t["actual"])
-        unc = f" +- {t['stderr']:.4f} (1 s.e.)" if t["stderr"] is not None else ""
-        loo_text = f", leave-one-out spread {t['loo_spread']:.4f}" if t["loo_spread"] is not None else ""
-        actual = (f"; actual {t['actual']:.4f}, error {100 * t['relative_error']:+.3f}%"
-                  if t.get("actual") is not None else "")
-        _say(f"  {t['name']}: N={t['size']:.6g} predicted {t['predicted']:.4f}{unc}{loo_text}{actual}")
+        _predict_target(fit, t)
     out = a.output or (os.path.join(os.path.dirname(os.path.abspath(a.sweep)), "..", "fit") if a.sweep else "fit")
     out = os.path.normpath(out)
     os.makedirs(out, exist_ok=True)
@@ -362,6 +338,59 @@ def cmd_fit(a, extra: list[str]) -> int:
                          targets=targets, size_label=f"{size_key.replace('_', '-')} parameters N")
     _say(f"wrote {out}/fit.json and {out}/fit.png")
     return 0
+
+
+def _sweep_fit_inputs(a, size_key: str):
+    """(points, width targets, step, max_loss, label) from a sweep.json; max_loss is ln(vocab)."""
+    sweep = _load_sweep(a.sweep)
+    step = a.step or sweep["steps"][-1]
+    if step not in sweep["steps"]:
+        raise UsageError(f"--step {step}: the sweep recorded losses at steps {sweep['steps']}")
+    points = [scaling_fit.Point(name=p["name"], size=float(p[size_key]), loss=p["losses"].get(step),
+                                problem=None if p["status"] == "ok" else f"run {p['status']}")
+              for p in sweep["points"]]
+    max_loss = None
+    if sweep["points"]:
+        # No better than a uniform guess over the vocabulary: the run did not learn (or diverged).
+        first = sweep["points"][0]
+        max_loss = math.log((first["total"] - first["non_embedding"]) // first["width"])
+    targets = []
+    for w in a.target_width or []:
+        spec, cfg = width_spec(w, sweep["hyper_parameters"], sweep["pretrain_flags"])
+        targets.append({"name": spec.name, "width": w, "size": float(model_sizes(cfg.model)[size_key])})
+    return points, targets, step, max_loss, f"{sweep['metric']} loss at step {step}"
+
+
+def _fit_usable(points: list[scaling_fit.Point], max_loss: float | None):
+    """Report and leave out bad points, fit the rest; refuse a law that is no decreasing power law."""
+    usable, rejected = scaling_fit.split_usable(points, max_loss=max_loss)
+    for p in rejected:
+        _say(f"WARNING: {p.name} (N={p.size:.4g}) left out of the fit: {p.problem}")
+    for warning in scaling_fit.non_monotone(usable):
+        _say(f"WARNING: {warning}")
+    try:
+        fit = scaling_fit.fit_power_law([p.size for p in usable], [p.loss for p in usable])
+    except scaling_fit.FitError as error:
+        raise UsageError(f"cannot fit: {error} ({len(usable)} usable point(s), {len(rejected)} rejected)") from error
+    problem = scaling_fit.law_problem(fit)
+    if problem:
+        raise UsageError(f"no prediction: {problem}")
+    return fit, rejected
+
+
+def _predict_target(fit: scaling_fit.PowerLawFit, t: dict) -> None:
+    """Add the prediction, its standard error and leave-one-out spread to target `t`, and print them."""
+    t["predicted"] = fit.predict(t["size"])
+    t["stderr"] = fit.stderr(t["size"])
+    loo = fit.loo_predictions(t["size"])
+    t["loo_spread"] = max(abs(x - t["predicted"]) for x in loo) if loo else None
+    if t.get("actual") is not None:
+        t["relative_error"] = scaling_fit.relative_error(t["predicted"], t["actual"])
+    unc = f" +- {t['stderr']:.4f} (1 s.e.)" if t["stderr"] is not None else ""
+    loo_text = f", leave-one-out spread {t['loo_spread']:.4f}" if t["loo_spread"] is not None else ""
+    actual = (f"; actual {t['actual']:.4f}, error {100 * t['relative_error']:+.3f}%"
+              if t.get("actual") is not None else "")
+    _say(f"  {t['name']}: N={t['size']:.6g} predicted {t['predicted']:.4f}{unc}{loo_text}{actual}")
 
 
 # ---- check ----------------------------------------------------------------------------------------
@@ -377,22 +406,7 @@ def cmd_check(a, extra: list[str]) -> int:
     if len(candidates) != 1:
         raise UsageError(f"{a.prediction} has targets {[t['name'] for t in pred['targets']]}: choose one with --target")
     target = candidates[0]
-    if a.actual_loss is not None:
-        actual, source = a.actual_loss, "--actual-loss"
-    else:
-        if not pred.get("sweep") or "width" not in target:
-            raise UsageError("without --actual-loss the prediction must come from `fit --sweep ... --target-width`")
-        sweep = _load_sweep(pred["sweep"])
-        spec, _cfg = width_spec(target["width"], sweep["hyper_parameters"], sweep["pretrain_flags"])
-        root = os.path.join(os.path.dirname(pred["sweep"]), "runs")  # same folder: an already-run width is reused
-        results = Orchestrator(root, jobs=1, threads=a.threads, retry_failed=a.retry_failed,
-                               checkpoint_interval=a.checkpoint_interval, label="check").run([spec])
-        res = results[spec.name]
-        actual = loss_at(res["metrics"], pred["step"], sweep["metric"]) if res["status"] == "ok" else None
-        source = os.path.join(root, spec.name)
-        if actual is None or not math.isfinite(actual):
-            raise UsageError(f"the target run {source} has no finite loss at step {pred['step']} "
-                             f"(status {res['status']}); see its stdout.log")
+    actual, source = (a.actual_loss, "--actual-loss") if a.actual_loss is not None else _train_target(a, pred, target)
     result = check_prediction(target["predicted"], actual, target.get("stderr"))
     result.update({"target": target["name"], "size": target["size"], "actual_from": source, "step": pred["step"]})
     out = os.path.dirname(os.path.abspath(a.prediction))
@@ -409,6 +423,24 @@ def cmd_check(a, extra: list[str]) -> int:
          + (f", {result['sigmas']:.2f} standard errors" if result["sigmas"] is not None else ""))
     _say(f"wrote {out}/check.json and {out}/check.png")
     return 0
+
+
+def _train_target(a, pred: dict, target: dict) -> tuple[float, str]:
+    """Train the predicted width with the sweep's flags (reusing a finished run) and read its loss."""
+    if not pred.get("sweep") or "width" not in target:
+        raise UsageError("without --actual-loss the prediction must come from `fit --sweep ... --target-width`")
+    sweep = _load_sweep(pred["sweep"])
+    spec, _cfg = width_spec(target["width"], sweep["hyper_parameters"], sweep["pretrain_flags"])
+    root = os.path.join(os.path.dirname(pred["sweep"]), "runs")  # same folder: an already-run width is reused
+    results = Orchestrator(root, jobs=1, threads=a.threads, retry_failed=a.retry_failed,
+                           checkpoint_interval=a.checkpoint_interval, label="check").run([spec])
+    res = results[spec.name]
+    actual = loss_at(res["metrics"], pred["step"], sweep["metric"]) if res["status"] == "ok" else None
+    source = os.path.join(root, spec.name)
+    if actual is None or not math.isfinite(actual):
+        raise UsageError(f"the target run {source} has no finite loss at step {pred['step']} "
+                         f"(status {res['status']}); see its stdout.log")
+    return actual, source
 
 
 def check_prediction(predicted: float, actual: float, stderr: float | None = None) -> dict:

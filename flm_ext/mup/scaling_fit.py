@@ -116,6 +116,22 @@ def fit_power_law(sizes, losses, *, leave_one_out: bool = True) -> PowerLawFit:
                        cov=cov, loo_params=loo)
 
 
+def law_problem(fit: PowerLawFit) -> str | None:
+    """Why `fit` is no decreasing power law to predict from, or None when it is one.
+
+    Losses that do not fall with size still get a least-squares "fit": the exponent runs to the
+    edge of the search range, a turns negative or huge and cancels against c, and the standard
+    errors come out as zero, a confident prediction with no meaning."""
+    law = f"L(N) = {fit.a:.6g} * N^{fit.b:.5f} + {fit.c:.5f}"
+    if not fit.a > 0:
+        return f"the fitted {law} does not decrease with N (a <= 0): the losses do not fall with size"
+    for bound in (B_MIN, B_MAX):
+        if abs(fit.b - bound) <= 1e-6:
+            return (f"the fitted {law} has its exponent at the edge of the range searched [{B_MIN:g}, {B_MAX:g}]: "
+                    f"the points do not follow a * N^b + c")
+    return None
+
+
 @dataclass
 class Point:
     """One run of a width series: its size, loss at the chosen step, and why it is unusable (if so)."""
