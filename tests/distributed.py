@@ -10,6 +10,8 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+import time
 import traceback
 
 import torch.multiprocessing as mp
@@ -60,19 +62,50 @@ def spawn(fn, world_size: int, out_dir, *args, timeout: float = 600.0) -> None:
         raise AssertionError(f"distributed workers failed (exit codes {[p.exitcode for p in procs]}):\n{detail}")
 
 
-def run_then_sigkill(cmd: list[str], env: dict, when) -> tuple[int, list[str]]:
-    """Start `cmd`, read its output until a line satisfies `when`, then SIGKILL its whole session.
+def run_then_sigkill(cmd: list[str], env: dict, when=None, *, until=None, timeout: float = 600.0
+                     ) -> tuple[int, list[str]]:
+    """Start `cmd` and SIGKILL its whole session at a point the caller waits for: the first output
+    line for which `when(line)` is true, or the first time `until()` (polled every 10 ms, e.g. "the
+    latest-checkpoint marker names iteration 8") is true. Returns (exit code, lines read).
 
     The session, not just the process: megatron's checkpoint writer keeps a multiprocessing
-    Manager child that would otherwise outlive the kill. Returns (exit code, lines read).
+    Manager child that would otherwise outlive the kill. A run that ends before the point, or
+    does not reach it within `timeout` seconds, fails the test (it was never killed).
     """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if when(line):
-            os.killpg(proc.pid, signal.SIGKILL)
+    lines: list[str] = []
+    killed = threading.Event()
+
+    def kill():
+        if not killed.is_set():
+            killed.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended on its own just now; the exit code tells
+                pass
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if when is not None and not killed.is_set() and when(line):
+                kill()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not killed.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        if until is not None and until():
+            kill()
             break
+        time.sleep(0.01)
+    if not killed.is_set() and proc.poll() is None:  # timed out: do not leave it running
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait(timeout=60)
+    reader.join(timeout=60)
+    assert killed.is_set(), (f"the run was not killed: it exited with {proc.returncode} or timed out before "
+                             f"the kill point:\n" + "".join(lines)[-3000:])
     return proc.returncode, lines
