@@ -121,3 +121,44 @@ def test_sigterm_to_torchrun_leaves_the_workers_time_to_save(tmp_path):
     for rank in (0, 1):
         assert sorted(os.listdir(tmp_path / "grace" / f"ckpt_{rank}")) == [f"part{i}" for i in range(10)]
         assert not (tmp_path / "short" / f"ckpt_{rank}").exists()
+
+
+def _tool_main(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(f'{{"text": "line {i}: the quick brown fox 敏捷的狐狸 {i * 7}"}}\n' for i in range(200)))
+    return path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--vocab-size", "100"], "--vocab-size 100 must exceed the 256 byte tokens"),
+    (["--min-frequency", "0"], "--min-frequency 0 must be >= 1"),
+    (["--input", "missing.jsonl"], "--input missing.jsonl does not exist"),
+])
+def test_train_tokenizer_refuses_bad_flags(tmp_path, capsys, corpus, flags, message):
+    code = _tool_main("train_tokenizer")(["--input", str(corpus), "--output", str(tmp_path / "t.json"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_train_tokenizer_output_is_readable_by_all_and_its_log_has_no_blank_lines(tmp_path, capfd, corpus):
+    previous = os.umask(0o022)  # what a login shell has; the file must follow it like every other output
+    try:
+        assert _tool_main("train_tokenizer")(["--input", str(corpus), "--output", str(tmp_path / "t.json"),
+                                              "--vocab-size", "300"]) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "t.json").stat().st_mode & 0o777 == 0o644
+    out, err = capfd.readouterr()  # the file descriptors: the tokenizers library writes there, not to sys.stdout
+    assert out.splitlines()[-1].startswith(f"train_tokenizer: wrote {tmp_path / 't.json'} in ")
+    assert all(line.strip() for line in (out + err).splitlines()), repr(out + err)

@@ -24,12 +24,21 @@ def main(argv=None) -> int:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--json-key", default="text")
     a = p.parse_args(argv)
+    problem = (f"--vocab-size {a.vocab_size} must exceed the 256 byte tokens" if a.vocab_size < 257 else
+               f"--min-frequency {a.min_frequency} must be >= 1" if a.min_frequency < 1 else
+               next((f"--input {path} does not exist" for path in a.input if not os.path.isfile(path)), None))
+    if problem:
+        print(f"train_tokenizer: error: {problem}", file=sys.stderr)
+        return 2
     print(f"train_tokenizer: training a {a.vocab_size:,}-token byte-level BPE on {len(a.input)} file(s) ...",
           flush=True)
     start = time.time()
     try:
         train_bpe(a.input, a.output, a.vocab_size, a.min_frequency, a.json_key)
-    except (ValueError, OSError) as e:
+    except ValueError as e:  # a bad line: file:line and why
+        print(f"train_tokenizer: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
         print(f"train_tokenizer: error: {e}", file=sys.stderr)
         return 1
     print(f"train_tokenizer: wrote {a.output} in {format_duration(time.time() - start)}")

@@ -306,6 +306,8 @@ def cmd_fit(a, extra: list[str]) -> int:
     if extra:
         raise UsageError(f"fit takes no pretrain flags: {' '.join(extra)}")
     size_key = "non_embedding" if a.size == "non-embedding" else "total"
+    if a.fit_first is not None and a.fit_first < 3:
+        raise UsageError(f"--fit-first {a.fit_first} must be >= 3 (a * N^b + c has 3 parameters)")
     if a.sweep:
         points, targets, step, max_loss, label = _sweep_fit_inputs(a, size_key)
     elif a.points:

@@ -92,6 +92,8 @@ class Orchestrator:
                  python: str = sys.executable, label: str = "runs"):
         if jobs < 1:
             raise SweepError(f"--jobs={jobs} must be >= 1")
+        if threads is not None and threads < 1:
+            raise SweepError(f"--threads={threads} must be >= 1")
         self.root, self.jobs, self.retry_failed = root, jobs, retry_failed
         self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
         self.checkpoint_interval, self.progress_every, self.log = checkpoint_interval, progress_every, log
