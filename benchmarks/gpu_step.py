@@ -41,10 +41,12 @@ import platform
 import statistics
 import sys
 import time
-import warnings
 
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex) .*not installed")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+
+quiet_megatron_import_warnings()
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402

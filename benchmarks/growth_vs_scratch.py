@@ -24,10 +24,12 @@ import json
 import os
 import sys
 import time
-import warnings
 
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex) .*not installed")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+
+quiet_megatron_import_warnings()
 
 from flm_ext.recipe import Runner, Stage, _metrics, default_recipe, run_recipe, train_stage  # noqa: E402
 

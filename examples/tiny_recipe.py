@@ -6,9 +6,10 @@ stage 3, evaluation; writes OUT/summary.json, OUT/loss.png and OUT/tensorboard/.
 """
 import argparse
 import sys
-import warnings
 
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex) .*not installed")
+from flm_ext import quiet_megatron_import_warnings
+
+quiet_megatron_import_warnings()
 
 
 def main(argv=None) -> int:

@@ -20,10 +20,11 @@ import argparse
 import json
 import os
 import sys
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex) .*not installed")
+from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+
+quiet_megatron_import_warnings()
 
 
 def _parser() -> argparse.ArgumentParser:
