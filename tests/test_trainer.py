@@ -3,6 +3,7 @@ resharding, crash safety of saves, non-finite steps and the 24-node launch scrip
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -66,9 +67,65 @@ def test_tiny_flm_learns_from_the_bilingual_corpus(data, runs):
     assert valid[10] > valid[20] > valid[30], valid
     assert valid[30] < valid[10] - 0.3
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "tb"))
-    log = (out / "stdout.log").read_text()
-    for field in ("loss", "lr", "grad norm", "tokens/s", "TFLOP/s/device", "MFU", "ETA", "validation loss"):
-        assert field in log
+    check_log_against_metrics_and_schedule((out / "stdout.log").read_text(), out / "metrics.jsonl",
+                                           steps=30, global_batch=8, seq=64, lr=3e-3, min_lr=3e-4, warmup_iters=2)
+
+
+STEP_LINE = re.compile(
+    r"^step +(?P<step>\d+)/(?P<total>\d+) \| samples (?P<samples>[\d,]+) \| loss (?P<loss>\S+) \| lr (?P<lr>\S+) \| "
+    r"grad norm (?P<gn>\S+) \| skipped (?P<skipped>\d+) \| (?P<tps>[\d,]+) tokens/s \| (?P<tflops>\S+) TFLOP/s/device "
+    r"\| MFU (?P<mfu>\S+) \| (?P<spt>\S+) s/step \| ETA (?P<eta>\d+m\d\ds|\d+h\d\dm)$", re.M)
+VALID_LINE = re.compile(r"^step +(?P<step>\d+) \| validation loss (?P<loss>\S+) \| ppl (?P<ppl>\S+)$", re.M)
+
+
+def megatron_cosine_lr(samples: int, lr: float, min_lr: float, warmup: int, decay: int) -> float:
+    """The schedule written out from its definition (linear warm-up from 0, then half a cosine from
+    lr to min_lr over the remaining samples), to check the logged LR against."""
+    if samples <= warmup:
+        return lr * samples / warmup
+    ratio = (samples - warmup) / (decay - warmup)
+    return min_lr + 0.5 * (math.cos(math.pi * ratio) + 1.0) * (lr - min_lr)
+
+
+def check_log_against_metrics_and_schedule(log: str, metrics: Path, *, steps: int, global_batch: int, seq: int,
+                                           lr: float, min_lr: float, warmup_iters: int) -> None:
+    """Every console step line, field by field, against the JSONL metrics (full precision), the LR
+    schedule's formula, the step's token count and the FLOPs of the model shape counted by hand."""
+    rows = {}
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        rows.setdefault(row["iteration"], {}).update(row)
+    padded_vocab = int(re.search(r"padded to (\d+)\)", log).group(1))
+    h, f, layers = 64, 256, 2  # tiny-stage1 at --num-layers 2
+    n = layers * (4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h) + 2 * h + padded_vocab * h  # tied embedding once
+    flops_per_token = 6 * n + 12 * layers * h * seq
+    tokens_per_step = global_batch * seq
+    lines = [m.groupdict() for m in STEP_LINE.finditer(log)]
+    assert [int(x["step"]) for x in lines] == list(range(1, steps + 1)), log[-3000:]
+    for x in lines:
+        step, row = int(x["step"]), rows[int(x["step"])]
+        assert int(x["total"]) == steps and int(x["samples"].replace(",", "")) == step * global_batch
+        loss = float(x["loss"])
+        assert math.isfinite(loss) and abs(loss - row["train/loss"]) <= 5e-5, (step, loss, row["train/loss"])
+        expected_lr = megatron_cosine_lr(step * global_batch, lr, min_lr, warmup_iters * global_batch,
+                                         steps * global_batch)
+        assert float(x["lr"]) == pytest.approx(expected_lr, rel=6e-4, abs=1e-12), step
+        assert row["train/lr"] == pytest.approx(expected_lr, rel=1e-9, abs=1e-15), step
+        assert abs(float(x["gn"]) - row["train/grad_norm"]) <= 5e-4 and row["train/grad_norm"] > 0
+        assert x["skipped"] == "0" and x["mfu"] == "n/a"  # a CPU has no datasheet peak
+        tps, spt = float(x["tps"].replace(",", "")), float(x["spt"])
+        assert tps > 0 and abs(tps - row["train/tokens_per_s"]) <= 0.5
+        # tokens/s x s/step = the step's tokens, within the rounding of "s/step" to 0.01
+        assert tokens_per_step / (spt + 0.005) <= row["train/tokens_per_s"] * (1 + 1e-9)
+        assert spt < 0.005 or row["train/tokens_per_s"] <= tokens_per_step / (spt - 0.005) * (1 + 1e-9)
+        assert row["train/tflops"] == pytest.approx(row["train/tokens_per_s"] * flops_per_token / 1e12, rel=1e-9)
+        assert abs(float(x["tflops"]) - row["train/tflops"]) <= 0.005
+        assert row["train/tokens"] == step * tokens_per_step
+    valid = [m.groupdict() for m in VALID_LINE.finditer(log)]
+    assert [int(v["step"]) for v in valid] == sorted(k for k, r in rows.items() if "valid/loss" in r)
+    for v in valid:
+        loss = rows[int(v["step"])]["valid/loss"]
+        assert abs(float(v["loss"]) - loss) <= 5e-5 and float(v["ppl"]) == pytest.approx(math.exp(loss), abs=0.006)
 
 
 @pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "tp1"])
