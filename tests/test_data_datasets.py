@@ -4,6 +4,7 @@ teacher samples at fixed positions, and loss masks cover exactly the label token
 The mask reference is independent of the dataset code: the label emoji are tokenized on their
 own, and label tokens are found in the sample's labels by their ids (teacher texts here contain
 no emoji, so the emoji's first token appears only in labels)."""
+import dataclasses
 import os
 import socket
 import subprocess
@@ -145,7 +146,7 @@ def test_rebuild_from_cache_is_identical(corpus, datasets, tok):
 
 
 def test_config_validation(corpus):
-    with pytest.raises(ValueError, match="teacher_data_path"):
+    with pytest.raises(ValueError, match="--teacher-data-path"):
         DataConfig(data_path=["x"], teacher_fraction=0.1)
     with pytest.raises(ValueError, match="split"):
         DataConfig(data_path=["x"], split="90,10")
@@ -164,8 +165,7 @@ def test_mismatched_mask_dataset_is_refused(corpus, tok, tmp_path):
     for ext in (".bin", ".idx"):
         shutil.copy(text + ext, o_text + ext)
         shutil.copy(str(corpus / "en_text_document") + ext, o_mask + ext)  # wrong lengths
-    cfg = _config(corpus, tmp_path / "cache")
-    cfg.teacher_data_path = other
+    cfg = dataclasses.replace(_config(corpus, tmp_path / "cache"), teacher_data_path=other)
     with pytest.raises(RuntimeError, match="loss-mask"):
         build_pretraining_datasets(cfg, tok, SEQ, GBS, TRAIN, VALID, 0, seed=1234)
 

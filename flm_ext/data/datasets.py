@@ -20,6 +20,12 @@ global_batch_size)`` positions hold teacher samples; they are spread evenly over
 (position ``j`` is a teacher slot when ``floor((j+1)t/g) > floor(jt/g)``), so every
 micro-batch and data-parallel rank gets its share, and the same positions in every batch.
 
+Checks (``checks.py``): ``check_training_data`` (the trainer calls it before building the model)
+stops with one line on data made by another tokenizer, ids outside the padded vocabulary, or a
+split asked for samples that gets no document; splits asked for no samples are not built (an
+empty one would hang megatron). The index cache key includes each file's identity, so a prefix
+preprocessed again in place is indexed afresh.
+
 ``torch.distributed``: works with no process group (single process), and under any process
 group (gloo or nccl): the builder then has rank 0 build the index cache first, a barrier, then
 the other ranks load it (megatron-core's own protocol; all ranks must call this function).
@@ -33,55 +39,60 @@ from unittest import mock
 
 import numpy
 import torch
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from flm_ext.data.preprocess import TEACHER_MASK_STREAM, TEACHER_STREAM
-
-
-def teacher_dataset_paths(prefix: str) -> Tuple[str, str]:
-    """(token ids, loss mask) dataset paths written by ``--teacher-signal --output-prefix prefix``."""
-    return f"{prefix}_{TEACHER_STREAM}_document", f"{prefix}_{TEACHER_MASK_STREAM}_document"
-
-
-@dataclasses.dataclass
-class DataConfig:
-    """Where the training data is and how it is mixed; validated once, here."""
-
-    data_path: List[str]  # Megatron form: ["0.535", "en_text_document", "0.465", "zh_text_document"] or prefixes
-    split: str = "969,30,1"  # train, valid, test shares of each dataset's documents
-    teacher_data_path: Optional[str] = None  # the --output-prefix given to --teacher-signal preprocessing
-    teacher_fraction: float = 0.0  # share of every global batch made of teacher samples
-    data_cache_path: Optional[str] = None  # megatron's index cache; default: next to each dataset
-    mmap_bin_files: bool = True
-
-    def __post_init__(self) -> None:
-        from megatron.core.datasets.utils import get_blend_from_list
-
-        if isinstance(self.data_path, str):
-            self.data_path = self.data_path.split()
-        if not self.data_path:
-            raise ValueError("data_path needs at least one dataset prefix")
-        self.blend = get_blend_from_list(list(self.data_path))
-        if self.blend[1] is not None and any(w <= 0 for w in self.blend[1]):
-            raise ValueError(f"blend weights must be positive, got {self.blend[1]}")
-        parts = self.split.replace("/", ",").split(",")
-        if len(parts) != 3 or any(not p.strip().replace(".", "", 1).isdigit() for p in parts):
-            raise ValueError(f"split must be three numbers like '969,30,1', got {self.split!r}")
-        if not 0.0 <= self.teacher_fraction < 1.0:
-            raise ValueError(f"teacher_fraction must be in [0, 1), got {self.teacher_fraction}")
-        if self.teacher_fraction > 0 and not self.teacher_data_path:
-            raise ValueError("teacher_fraction > 0 needs teacher_data_path")
+from flm_ext.data.checks import DataError, check_data_matches, check_splits, data_identity
+from flm_ext.data.config import DataConfig, teacher_dataset_paths  # noqa: F401  (re-exported)
 
 
 def teacher_slots(global_batch_size: int, teacher_fraction: float) -> int:
     """How many samples of every global batch are teacher samples."""
     n = round(teacher_fraction * global_batch_size)
     if teacher_fraction > 0 and n == 0:
-        raise ValueError(
-            f"teacher_fraction {teacher_fraction} of a global batch of {global_batch_size} rounds to 0 samples"
-        )
+        raise DataError(f"--teacher-fraction {teacher_fraction} of a --global-batch-size of {global_batch_size} "
+                        f"rounds to 0 samples: raise one of them")
     if n >= global_batch_size:
-        raise ValueError("teacher samples would fill the whole batch: lower teacher_fraction")
+        raise DataError(f"--teacher-fraction {teacher_fraction}: teacher samples would fill the whole batch")
     return n
+
+
+def _split_sizes(data_config: DataConfig, global_batch_size: int, samples: Sequence[int]) -> Tuple[int, List[int], List[int]]:
+    """(teacher slots per batch, language samples per split, teacher samples per split)."""
+    n_teacher = teacher_slots(global_batch_size, data_config.teacher_fraction) if data_config.teacher_data_path else 0
+    batches = [math.ceil(n / global_batch_size) for n in samples]
+    return n_teacher, [b * (global_batch_size - n_teacher) for b in batches], [b * n_teacher for b in batches]
+
+
+def check_training_data(data_config: DataConfig, tokenizer, padded_vocab_size: int, global_batch_size: int,
+                        samples: Sequence[int]) -> List[str]:
+    """Before any model is built: every dataset was made with ``tokenizer`` and fits the padded
+    vocabulary, and every split asked for samples has data (``samples``: train, valid, test).
+    Raises ``DataError`` (one line); returns warnings to print."""
+    n_teacher, lang_sizes, teacher_sizes = _split_sizes(data_config, global_batch_size, samples)
+    datasets = [("--data-path", p) for p in data_config.blend[0]]
+    warnings = [w for flag, p in datasets for w in check_data_matches(p, tokenizer, padded_vocab_size, flag)]
+    check_splits(datasets, data_config.split, lang_sizes)
+    if n_teacher:
+        text, mask = teacher_dataset_paths(data_config.teacher_data_path)
+        warnings += check_data_matches(text, tokenizer, padded_vocab_size, "--teacher-data-path")
+        check_splits([("--teacher-data-path", text), ("--teacher-data-path", mask)], data_config.split, teacher_sizes)
+    return warnings
+
+
+@dataclasses.dataclass
+class IdentifiedGPTDatasetConfig(GPTDatasetConfig):
+    """megatron's config plus the identity of the data files (``checks.data_identity``)."""
+
+    data_identity: Optional[Dict[str, str]] = None
+
+
+class FLMGPTDataset(GPTDataset):
+    """megatron's GPTDataset whose index cache key also covers the data files themselves, so a
+    prefix preprocessed again in place gets fresh indices instead of stale ones."""
+
+    @staticmethod
+    def _key_config_attributes() -> List[str]:
+        return GPTDataset._key_config_attributes() + ["data_identity"]
 
 
 class TeacherMixDataset(torch.utils.data.Dataset):
@@ -125,10 +136,8 @@ class TeacherMixDataset(torch.utils.data.Dataset):
         }
 
 
-def _gpt_config(data_config: DataConfig, tokenizer, seq_length: int, seed: int, blend):
-    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
-
-    return GPTDatasetConfig(
+def _gpt_config(data_config: DataConfig, tokenizer, seq_length: int, seed: int, blend, sizes: Sequence[int]):
+    config = IdentifiedGPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
         blend=blend,
@@ -140,14 +149,18 @@ def _gpt_config(data_config: DataConfig, tokenizer, seq_length: int, seed: int, 
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=False,
+        data_identity={p: data_identity(p) for p in blend[0]},
     )
+    # A split asked for no samples is not built: megatron would still count its epochs, forever
+    # when it holds no document (see checks.py).
+    config.split_matrix = [m if n > 0 else None for m, n in zip(config.split_matrix, sizes)]
+    return config
 
 
 def _build(config, sizes: Sequence[int]) -> List:
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset
 
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, list(sizes), lambda: True, config)
+    builder = BlendedMegatronDatasetBuilder(FLMGPTDataset, list(sizes), lambda: True, config)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return builder.build()
     # The one patch here: megatron-core 0.16.1's BlendedDataset asks torch.distributed.get_rank()
@@ -188,18 +201,18 @@ def build_pretraining_datasets(
     """
     if seq_length < 1 or global_batch_size < 1:
         raise ValueError("seq_length and global_batch_size must be >= 1")
-    n_teacher = teacher_slots(global_batch_size, data_config.teacher_fraction) if data_config.teacher_data_path else 0
     samples = (train_samples, valid_samples, test_samples)
-    batches = [math.ceil(n / global_batch_size) for n in samples]
-    lang_sizes = [b * (global_batch_size - n_teacher) for b in batches]
-    teacher_sizes = [b * n_teacher for b in batches]
+    n_teacher, lang_sizes, teacher_sizes = _split_sizes(data_config, global_batch_size, samples)
+    check_splits([("--data-path", p) for p in data_config.blend[0]], data_config.split, lang_sizes)
 
-    language = _build(_gpt_config(data_config, tokenizer, seq_length, seed, data_config.blend), lang_sizes)
+    language = _build(_gpt_config(data_config, tokenizer, seq_length, seed, data_config.blend, lang_sizes), lang_sizes)
     teacher_text = teacher_mask = [None, None, None]
     if n_teacher:
         text_path, mask_path = teacher_dataset_paths(data_config.teacher_data_path)
-        teacher_text = _build(_gpt_config(data_config, tokenizer, seq_length, seed, ([text_path], None)), teacher_sizes)
-        teacher_mask = _build(_gpt_config(data_config, tokenizer, seq_length, seed, ([mask_path], None)), teacher_sizes)
+        check_splits([("--teacher-data-path", p) for p in (text_path, mask_path)], data_config.split, teacher_sizes)
+        teacher_text, teacher_mask = (
+            _build(_gpt_config(data_config, tokenizer, seq_length, seed, ([path], None), teacher_sizes), teacher_sizes)
+            for path in (text_path, mask_path))
 
     out = []
     for i, split in enumerate(("train", "valid", "test")):

@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from flm_ext.config import (POSITION_EMBEDDINGS, ConfigError, FLMConfig, ParallelConfig, get_preset, pad_vocab_size,
                             validate)
+from flm_ext.data.config import DataConfig
 from flm_ext.data.tokenizers import TOKENIZER_TYPES
 from flm_ext.training.engine import OptimConfig
 
 LR_DECAY_STYLES = ("cosine", "linear", "constant")  # the styles the trainer's scheduler is tested with
+RECOMPUTE_GRANULARITIES = ("selective", "full")
+RECOMPUTE_METHODS = ("uniform", "block")
 
 # flm_ext.config names fields; the trainer's messages name the flag that sets them.
 FIELD_FLAGS = {
@@ -58,20 +61,7 @@ class ScheduleConfig:
         return math.ceil(self.train_samples / self.global_batch_size)
 
 
-@dataclass(frozen=True)
-class DataArgs:
-    data_path: list[str] = field(default_factory=list)
-    split: str = "969,30,1"
-    teacher_data_path: str | None = None
-    teacher_fraction: float = 0.0
-    data_cache_path: str | None = None
-    tokenizer_type: str | None = None
-    vocab_file: str | None = None
-    merge_file: str | None = None
-    tokenizer_model: str | None = None
-    make_vocab_size_divisible_by: int = 128
-    vocab_from_tokenizer: bool = True  # False when --vocab-size is given
-    num_workers: int = 0
+DataArgs = DataConfig  # the data flags: one config, defined and validated in the data layer
 
 
 @dataclass(frozen=True)
@@ -104,7 +94,7 @@ class TrainConfig:
     parallel: ParallelConfig
     optim: OptimConfig
     schedule: ScheduleConfig
-    data: DataArgs
+    data: DataConfig
     checkpoint: CheckpointArgs
     logging: LoggingArgs
     seed: int = 1234
@@ -149,14 +139,10 @@ class TrainConfig:
             raise ConfigError(f"--min-lr={self.optim.min_lr} must be in [0, --lr={self.optim.lr}]")
         self._validate_optimizer()
         self._validate_run()
-        if self.recompute_granularity not in (None, "selective", "full"):
-            raise ConfigError(f"--recompute-granularity={self.recompute_granularity!r} must be selective or full")
-        if self.data.teacher_fraction and not self.data.teacher_data_path:
-            raise ConfigError("--teacher-fraction needs --teacher-data-path")
-        if not self.dry_run and not self.data.data_path:
-            raise ConfigError("--data-path is required (or use --dry-run to check a configuration)")
-        if not self.dry_run and not self.data.tokenizer_type:
-            raise ConfigError("--tokenizer-type is required to train")
+        if self.recompute_granularity not in (None, *RECOMPUTE_GRANULARITIES):
+            raise ConfigError(f"--recompute-granularity={self.recompute_granularity!r} must be one of "
+                              f"{', '.join(RECOMPUTE_GRANULARITIES)}")
+        self.data.validate(train=not self.dry_run)  # the data files are checked by the trainer's first step
         ck = self.checkpoint
         if ck.save_interval is not None and ck.save_interval < 1:
             raise ConfigError(f"--save-interval={ck.save_interval} must be >= 1")
@@ -240,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--recompute-activations", action="store_true", help="selective recompute (attention core)")
-    g.add_argument("--recompute-granularity", choices=["selective", "full"], default=None)
-    g.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform")
+    g.add_argument("--recompute-granularity", choices=RECOMPUTE_GRANULARITIES, default=None)
+    g.add_argument("--recompute-method", choices=RECOMPUTE_METHODS, default="uniform")
     g.add_argument("--recompute-num-layers", type=int, default=1)
     g.add_argument("--world-size", type=int, default=None,
                    help="for --dry-run: the world size to check (default: WORLD_SIZE or NNODES x GPUS_PER_NODE)")
@@ -371,12 +357,12 @@ def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
         schedule=ScheduleConfig(micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
                                 train_samples=train_samples, lr_warmup_samples=warmup,
                                 lr_decay_samples=args.lr_decay_samples, lr_decay_style=args.lr_decay_style),
-        data=DataArgs(data_path=list(args.data_path), split=args.split, teacher_data_path=args.teacher_data_path,
-                      teacher_fraction=args.teacher_fraction, data_cache_path=args.data_cache_path,
-                      tokenizer_type=args.tokenizer_type, vocab_file=args.vocab_file, merge_file=args.merge_file,
-                      tokenizer_model=args.tokenizer_model,
-                      make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
-                      vocab_from_tokenizer=args.vocab_size is None, num_workers=args.num_workers),
+        data=DataConfig(data_path=list(args.data_path), split=args.split, teacher_data_path=args.teacher_data_path,
+                        teacher_fraction=args.teacher_fraction, data_cache_path=args.data_cache_path,
+                        tokenizer_type=args.tokenizer_type, vocab_file=args.vocab_file, merge_file=args.merge_file,
+                        tokenizer_model=args.tokenizer_model,
+                        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+                        vocab_from_tokenizer=args.vocab_size is None, num_workers=args.num_workers),
         checkpoint=CheckpointArgs(save=args.save, load=args.load, save_interval=args.save_interval,
                                   keep_last=args.keep_last or None, no_load_optim=args.no_load_optim,
                                   finetune=args.finetune, start_new_stage=args.start_new_stage,

@@ -122,6 +122,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, hooks=()):
         from flm_ext.data.tokenizers import build_tokenizer
 
+        cfg.data.check_files()  # data files and tokenizer files: one line, before any process group
         initialize_distributed(cfg.parallel, seed=cfg.seed)
         cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, world_size=dist.get_world_size()))
         self.tokenizer = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file, cfg.data.merge_file,
@@ -136,6 +137,12 @@ class Trainer:
             f"{p.pipeline_model_parallel_size} x DP {self.dp}, global batch {s.global_batch_size}, micro-batch "
             f"{s.micro_batch_size} x {self.num_micro}, {s.train_iters} steps, tokenizer {self.tokenizer.name} "
             f"({self.tokenizer.vocab_size} tokens, padded to {cfg.model.vocab_size})")
+        from flm_ext.data.datasets import check_training_data  # data errors stop the run before the model exists
+
+        valid = cfg.logging.eval_iters * s.global_batch_size if cfg.logging.eval_interval else 0
+        for warning in check_training_data(cfg.data, self.tokenizer, cfg.model.vocab_size, s.global_batch_size,
+                                           (s.train_samples, valid, 0)):
+            log(f"data: {warning}")
         dtype = torch.bfloat16 if cfg.bf16 else torch.float32
         chunks = build_model_chunks(cfg.model, p, params_dtype=dtype, **_recompute_overrides(cfg))
         self.model = wrap_ddp(chunks, use_distributed_optimizer=cfg.optim.use_distributed_optimizer)
@@ -179,15 +186,12 @@ class Trainer:
 
     # --- data --------------------------------------------------------------------------------------
     def build_data(self) -> None:
-        from flm_ext.data.datasets import DataConfig, build_pretraining_datasets
+        from flm_ext.data.datasets import build_pretraining_datasets
 
         cfg, s = self.cfg, self.cfg.schedule
         valid_samples = cfg.logging.eval_iters * s.global_batch_size if cfg.logging.eval_interval else 0
-        data_config = DataConfig(data_path=list(cfg.data.data_path), split=cfg.data.split,
-                                 teacher_data_path=cfg.data.teacher_data_path,
-                                 teacher_fraction=cfg.data.teacher_fraction, data_cache_path=cfg.data.data_cache_path)
         self.train_ds, self.valid_ds, _ = build_pretraining_datasets(
-            data_config, self.tokenizer, cfg.model.seq_length, s.global_batch_size, s.train_samples, valid_samples, 0,
+            cfg.data, self.tokenizer, cfg.model.seq_length, s.global_batch_size, s.train_samples, valid_samples, 0,
             cfg.seed)
 
     def _iterators(self, dataset, start: int, wrap: bool):
