@@ -48,7 +48,12 @@ def main(argv=None) -> int:
         print(report(config))
         print("dry run: configuration OK")
         return 0
-    if args.check_config:
+    if args.check_config:  # the launchers' check before torchrun: flags, then data and tokenizer files
+        try:
+            config.data.check_files()
+        except ConfigError as error:
+            _say_error(f"configuration error: {error}")
+            return 2
         print(f"pretrain_flm.py: configuration OK for world size {world_size}", flush=True)
         return 0
     return _train(config)

@@ -81,6 +81,16 @@ def test_the_base_flags_are_valid(main, capsys):
         main(BASE)
 
 
+def test_check_config_checks_the_data_files_too(main, capsys, tmp_path):
+    """What the launchers run before torchrun: a missing dataset stops there, not in every worker."""
+    (tmp_path / "bpe.json").write_text("{}")
+    argv = BASE + ["--check-config", "--data-path", str(tmp_path / "missing"),
+                   "--tokenizer-model", str(tmp_path / "bpe.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--data-path {tmp_path / 'missing'}: no" in err and len(err.strip().splitlines()) == 1
+
+
 def test_only_rank_0_prints_a_configuration_error(main, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert main(BASE + ["--clip-grad", "-1"]) == 2
