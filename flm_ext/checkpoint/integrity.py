@@ -112,6 +112,7 @@ _METADATA_TYPES = {
     "torch.serialization": {"_get_layout"},
     "torch": {"Size"},
     "collections": {"OrderedDict"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"},  # checkpoint ids
     "builtins": {"set", "frozenset", "slice"},
 }
 

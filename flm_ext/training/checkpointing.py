@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from flm_ext.checkpoint import (CheckpointError, CheckpointReader, iteration_dir, iterations_present, load_common,
                                 resolve, verify_checkpoint, write_latest)
@@ -116,15 +117,15 @@ def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, 
         if rank == 0:
             mine += [n for n in (".metadata", "common.pt", "metadata.json") if os.path.exists(os.path.join(partial, n))]
         files = describe_files(partial, mine)  # right after writing, by the rank that wrote them
-    except Exception as e:  # noqa: BLE001 - any write error: report it on every rank below
-        error = e
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - any write error, on every rank below
+        error = OSError(f"{_write_diagnosis(partial)}{_first_line(e)}")
     message = _collect_errors(error)
     if message is not None:
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
         dist.barrier()
-        raise CheckpointError(f"saving {final} failed: {message.strip().splitlines()[-1][:300]}; nothing was "
-                              f"written there and {_latest_text(root)} stays the latest checkpoint")
+        raise CheckpointError(f"saving {final} failed: {message}; the partial folder was removed and "
+                              f"{_latest_text(root)} stays the latest checkpoint")
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, files)
     if rank == 0:
@@ -136,6 +137,25 @@ def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, 
         _prune(root, keep, iteration)
     dist.barrier()
     return final
+
+
+def _first_line(error: BaseException) -> str:
+    """The innermost useful line of a (possibly wrapped) save error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def _write_diagnosis(folder: str) -> str:
+    """Name the OS condition behind a failed write: torch's writers report them as opaque errors."""
+    import resource
+
+    free = shutil.disk_usage(folder if os.path.exists(folder) else os.path.dirname(folder)).free
+    if free < 64 * 2 ** 20:
+        return f"disk full ({free:,} bytes free on the device of {folder}): "
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f"file too large (OSError EFBIG: the file size limit, ulimit -f, is {soft:,} bytes): "
+    return ""
 
 
 def _latest_text(root: str) -> str:
