@@ -3,8 +3,8 @@
 markdown table with the random baseline and, where the paper reports one, its FLM-101B figure.
 
 After `make demo`:
-  python tools/evaluate.py --load runs/demo/stage3 --tokenizer-type HuggingFaceTokenizer \\
-      --tokenizer-model runs/demo/data/bpe.json --tasks perplexity,teacher,iq --limit 20 \\
+  python tools/evaluate.py --load runs/demo/stage3/ckpt --tokenizer-type HuggingFaceTokenizer \\
+      --tokenizer-model runs/demo/data/bpe4096.json --tasks perplexity,teacher,iq --limit 20 \\
       --valid-data en=runs/demo/data/corpus/en_valid.jsonl zh=runs/demo/data/corpus/zh_valid.jsonl \\
       --teacher-data runs/demo/data/corpus/teacher_valid.jsonl --output eval.json --markdown eval.md
 
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     from flm_ext.evaluation.runner import evaluate_checkpoint
     from flm_ext.fileio import atomic_write, atomic_write_json
     from flm_ext.runtime import destroy_distributed
-    from flm_ext.training.checkpointing import CheckpointError
+    from flm_ext.checkpoint import CheckpointError
 
     try:
         tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model)

@@ -12,9 +12,12 @@ left-truncated to the model's sequence length + 1, the continuation's log-probab
 and `is_greedy` when every continuation token is the argmax. Batches are sorted by length and
 right-padded (a causal model never looks right, so padding changes nothing it scores).
 
-Generation (`generate_until`) is greedy and goes through `Generator`, a small interface: the
-default re-runs the whole sequence each step (no KV cache); a cached generator can be plugged in
-without touching the request handling.
+Generation (`generate_until`) is greedy and goes through a small generator interface. With a
+checkpoint path (`load=`) it is `CachedGenerator`: the export's KV-cache decoding loop
+(`flm_ext.export.generation.generate_tokens`) on the transformers model built in memory from the
+same checkpoint (one forward per new token). A model handed in directly (tests, or no export
+package) uses `Generator`, which re-runs the whole window each step; the two give the same
+greedy tokens (tests/test_evaluation_backend.py).
 """
 from __future__ import annotations
 
@@ -28,9 +31,13 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from flm_ext.progress import Progress
 
 
-def _forward(model, ids: torch.Tensor) -> torch.Tensor:
+def _forward(model, ids: torch.Tensor, vocab: int | None = None) -> torch.Tensor:
+    """Logits over the tokenizer's `vocab` real tokens: the rows megatron pads the embedding with
+    (to a multiple of 128 x TP) are no tokens, get no share of the probability and are never
+    generated, as in the exported model, which drops them."""
     positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    return model(ids, positions, None).float()
+    logits = model(ids, positions, None).float()
+    return logits[..., :vocab] if vocab else logits
 
 
 class Generator:
@@ -38,8 +45,8 @@ class Generator:
     says when the decoded text already holds a stop string. This one recomputes the full sequence
     at every step (O(n^2), fine for short answers); a KV-cache generator has the same signature."""
 
-    def __init__(self, model, max_length: int):
-        self.model, self.max_length = model, max_length
+    def __init__(self, model, max_length: int, vocab: int | None = None):
+        self.model, self.max_length, self.vocab = model, max_length, vocab
 
     @torch.no_grad()
     def __call__(self, ids: list[int], max_new: int, stop) -> list[int]:
@@ -47,8 +54,27 @@ class Generator:
         seq, new = list(ids), []
         for _ in range(max_new):
             window = torch.tensor([seq[-self.max_length:]], device=device)
-            token = int(_forward(self.model, window)[0, -1].argmax())
+            token = int(_forward(self.model, window, self.vocab)[0, -1].argmax())
             seq.append(token)
+            new.append(token)
+            if stop(new):
+                break
+        return new
+
+
+class CachedGenerator:
+    """Greedy continuation through the export's KV-cache loop, same signature as `Generator`."""
+
+    def __init__(self, load: str, tokenizer, device):
+        from flm_ext.export.generation import load_hf_model
+
+        self.model, _ = load_hf_model(load, tokenizer=tokenizer, device=device)
+
+    def __call__(self, ids: list[int], max_new: int, stop) -> list[int]:
+        from flm_ext.export.generation import generate_tokens
+
+        new = []
+        for token in generate_tokens(self.model, ids, max_new):
             new.append(token)
             if stop(new):
                 break
@@ -58,12 +84,14 @@ class Generator:
 @register_model("flm")
 class FLMLM(TemplateLM):
     """lm-eval model args: load (checkpoint root or iter_N folder), tokenizer_type, tokenizer_model,
-    vocab_file, merge_file (as pretrain_flm.py), batch_size, device, max_length."""
+    vocab_file, merge_file (as pretrain_flm.py), batch_size, device, max_length, generation
+    ("cache": the export's KV-cache loop, needs load; "recompute"; "auto": cache when load is given)."""
 
     def __init__(self, load: str | None = None, tokenizer_type: str = "HuggingFaceTokenizer",
                  tokenizer_model: str | None = None, vocab_file: str | None = None, merge_file: str | None = None,
                  batch_size: int | str = 8, device: str | None = None, max_length: int | None = None,
-                 model=None, tokenizer=None, config=None, max_batch_size: int | None = None, **unused):
+                 generation: str = "auto", model=None, tokenizer=None, config=None, max_batch_size: int | None = None,
+                 **unused):
         super().__init__()
         if model is None:
             from flm_ext.data.tokenizers import build_tokenizer
@@ -78,7 +106,21 @@ class FLMLM(TemplateLM):
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
         self.max_length = int(max_length or config.seq_length)
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
-        self.generator = Generator(self.model, self.max_length)
+        if generation not in ("auto", "cache", "recompute"):
+            raise ValueError(f"generation={generation!r}: choose auto, cache or recompute")
+        if generation == "cache" and not load:
+            raise ValueError("generation=cache needs load=CHECKPOINT")
+        self.load, self.generation = load, generation
+        self._generator = None
+
+    @property
+    def generator(self):
+        """Built on first use: evaluations without generation never build the cached model."""
+        if self._generator is None:
+            cached = self.generation == "cache" or (self.generation == "auto" and self.load)
+            self._generator = (CachedGenerator(self.load, self.tokenizer, self.device) if cached
+                               else Generator(self.model, self.max_length, self.tokenizer.vocab_size))
+        return self._generator
 
     @property
     def eot_token_id(self) -> int:
@@ -116,7 +158,7 @@ class FLMLM(TemplateLM):
                 spans.append((len(full) - 1 - len(continuation), list(continuation)))
             width = max(len(r) for r in rows)
             ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=self.device)
-            logp = F.log_softmax(_forward(self.model, ids), dim=-1)
+            logp = F.log_softmax(_forward(self.model, ids, self.tokenizer.vocab_size), dim=-1)
             for row, i, (offset, continuation) in zip(logp, batch, spans):
                 part = row[offset:offset + len(continuation)]
                 target = torch.tensor(continuation, device=part.device)

@@ -240,7 +240,7 @@ def evaluate_checkpoint(load: str, tokenizer, tasks: list[str], *, valid_files: 
 
         folder = iq_suite(iq_dir, iq_seed, iq_n, iq_langs, workdir) if iq_names else None
         includes = ([folder] if folder else []) + list(include_paths)
-        lm = FLMLM(model=model, tokenizer=tokenizer, config=config, batch_size=batch_size)
+        lm = FLMLM(load=load, model=model, tokenizer=tokenizer, config=config, batch_size=batch_size)
         raw, loaded, missing = run_lm_eval(lm, iq_names, other, includes, limit, num_fewshot, progress)
         if iq_names:
             result["iq"] = iq_rows(raw, folder, limit)
