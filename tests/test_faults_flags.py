@@ -107,27 +107,29 @@ def test_the_stage_launcher_refuses_tp_not_dividing_the_heads_before_torchrun():
     assert "torch.distributed" not in proc.stdout + proc.stderr  # torchrun never started
 
 
-def _sigterm_torchrun(tmp_path, save_seconds: float, **env) -> None:
-    """2 workers through the launchers' torchrun; SIGTERM torchrun once both are up; wait for it."""
+def _start_torchrun(out, save_seconds: float, **env) -> subprocess.Popen:
+    """2 workers through the launchers' torchrun (examples/_python.sh), each saving for save_seconds
+    after a SIGTERM."""
+    out.mkdir()
     cmd = (f'source {REPO}/examples/_python.sh && exec "${{TORCHRUN[@]}}" --nproc-per-node 2 --master-port '
-           f'{free_port()} {REPO}/tests/slow_save_worker.py {tmp_path} {save_seconds}')
-    proc = subprocess.Popen(["bash", "-c", cmd], env=dict(ENV, PYTHON=sys.executable, **env),
+           f'{free_port()} {REPO}/tests/slow_save_worker.py {out} {save_seconds}')
+    return subprocess.Popen(["bash", "-c", cmd], env=dict(ENV, PYTHON=sys.executable, **env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not all((tmp_path / f"ready_{rank}").exists() for rank in (0, 1)):
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
 
 
 def test_sigterm_to_torchrun_leaves_the_workers_time_to_save(tmp_path):
     """With the launchers' grace both saves complete; with torchrun's grace shorter than the save
     (the control: 1 s) they are killed halfway, so this test can tell the two apart."""
-    (tmp_path / "grace").mkdir()
-    (tmp_path / "short").mkdir()
-    _sigterm_torchrun(tmp_path / "grace", 3.0)
-    _sigterm_torchrun(tmp_path / "short", 3.0, TORCH_ELASTIC_SHUTDOWN_TIMEOUT="1")
+    runs = {"grace": _start_torchrun(tmp_path / "grace", 3.0),
+            "short": _start_torchrun(tmp_path / "short", 3.0, TORCH_ELASTIC_SHUTDOWN_TIMEOUT="1")}
+    deadline = time.time() + 120
+    for name, proc in runs.items():  # SIGTERM each torchrun once both of its workers are up
+        while not all((tmp_path / name / f"ready_{rank}").exists() for rank in (0, 1)):
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+    for proc in runs.values():
+        proc.communicate(timeout=120)
     for rank in (0, 1):
         assert sorted(os.listdir(tmp_path / "grace" / f"ckpt_{rank}")) == [f"part{i}" for i in range(10)]
         assert not (tmp_path / "short" / f"ckpt_{rank}").exists()
