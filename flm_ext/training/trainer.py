@@ -120,14 +120,21 @@ class Trainer:
     """One training run: built by the constructor, resumed by `resume`, run by `train`."""
 
     def __init__(self, cfg: TrainConfig, hooks=()):
+        from flm_ext.data.datasets import check_training_data
         from flm_ext.data.tokenizers import build_tokenizer
 
-        cfg.data.check_files()  # data files and tokenizer files: one line, before any process group
-        initialize_distributed(cfg.parallel, seed=cfg.seed)
-        cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, world_size=dist.get_world_size()))
+        # Data errors (files, another tokenizer, ids outside the vocabulary, a split with no data)
+        # stop the run with one line before any process group or model exists.
+        cfg.data.check_files()
         self.tokenizer = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file, cfg.data.merge_file,
                                          cfg.data.tokenizer_model)
         cfg = with_vocab(cfg, self.tokenizer.vocab_size)
+        s = cfg.schedule
+        valid = cfg.logging.eval_iters * s.global_batch_size if cfg.logging.eval_interval else 0
+        data_warnings = check_training_data(cfg.data, self.tokenizer, cfg.model.vocab_size, s.global_batch_size,
+                                            (s.train_samples, valid, 0))
+        initialize_distributed(cfg.parallel, seed=cfg.seed)
+        cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, world_size=dist.get_world_size()))
         cfg.validate()
         self.cfg, self.hooks = cfg, list(hooks)
         p, s = cfg.parallel, cfg.schedule
@@ -137,11 +144,7 @@ class Trainer:
             f"{p.pipeline_model_parallel_size} x DP {self.dp}, global batch {s.global_batch_size}, micro-batch "
             f"{s.micro_batch_size} x {self.num_micro}, {s.train_iters} steps, tokenizer {self.tokenizer.name} "
             f"({self.tokenizer.vocab_size} tokens, padded to {cfg.model.vocab_size})")
-        from flm_ext.data.datasets import check_training_data  # data errors stop the run before the model exists
-
-        valid = cfg.logging.eval_iters * s.global_batch_size if cfg.logging.eval_interval else 0
-        for warning in check_training_data(cfg.data, self.tokenizer, cfg.model.vocab_size, s.global_batch_size,
-                                           (s.train_samples, valid, 0)):
+        for warning in data_warnings:
             log(f"data: {warning}")
         dtype = torch.bfloat16 if cfg.bf16 else torch.float32
         chunks = build_model_chunks(cfg.model, p, params_dtype=dtype, **_recompute_overrides(cfg))
