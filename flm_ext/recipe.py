@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 
 from flm_ext.config import FLMConfig, get_preset, num_parameters
-from flm_ext.training.metrics import flops_per_token, format_duration
+from flm_ext.progress import format_duration
+from flm_ext.training.metrics import flops_per_token
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,6 +51,7 @@ class RecipeConfig:
     eval_interval: int = 50
     eval_iters: int = 4
     max_teacher_samples: int = 1000
+    iq_items: int = 4  # items per IQ sub-test for the final model (18 sub-tests: about half a minute)
     control_run: bool = True
     seed: int = 1234
 
@@ -64,7 +66,7 @@ def default_recipe(out: str, scale: float = 1.0) -> RecipeConfig:
         Stage("stage3", "tiny-stage3", steps(200), 1.5e-3, 1.5e-4, steps(10, 1)),
     )
     return RecipeConfig(out=out, stages=stages, growth_ramp_steps=steps(20), eval_interval=steps(50),
-                        max_teacher_samples=1000 if scale >= 1 else 60)
+                        max_teacher_samples=1000 if scale >= 1 else 60, iq_items=4 if scale >= 1 else 2)
 
 
 class Runner:
@@ -187,13 +189,16 @@ def grow(cfg: RecipeConfig, run: Runner, old: str, new: str, target: FLMConfig, 
             "wall_s": wall, "checkpoint": new}
 
 
-def evaluate(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str, label: str) -> dict:
+def evaluate(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str, label: str, iq: bool = False) -> dict:
+    """Perplexity and teacher-signal accuracy; with `iq`, also a small IQ suite (cfg.iq_items per sub-test)."""
     corpus = data["corpus"]
     path = os.path.join(cfg.out, f"eval_{label}.json")
+    tasks = ["--tasks", "perplexity,teacher,iq", "--iq-n", str(cfg.iq_items),
+             "--markdown", os.path.join(cfg.out, f"eval_{label}.md")] if iq else []
     run.run(f"evaluate {label}", [_tool("evaluate.py"), "--load", checkpoint, *data["tok"], "--valid-data",
                                   f"en={corpus}/en_valid.jsonl", f"zh={corpus}/zh_valid.jsonl",
                                   "--teacher-data", f"{corpus}/teacher_valid.jsonl", "--max-teacher-samples",
-                                  str(cfg.max_teacher_samples), "--output", path], echo=lambda line: False)
+                                  str(cfg.max_teacher_samples), *tasks, "--output", path], echo=lambda line: False)
     with open(path) as f:
         return json.load(f)
 
@@ -251,7 +256,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     control = None
     if cfg.control_run:
         control = train_stage(cfg, run, data, cfg.stages[0], load=None, label="stage1_no_teacher", teacher=False)
-    evaluation = {"final": evaluate(cfg, run, data, stages[-1]["checkpoint"], "final"),
+    evaluation = {"final": evaluate(cfg, run, data, stages[-1]["checkpoint"], "final", iq=cfg.iq_items > 0),
                   "stage1": evaluate(cfg, run, data, stages[0]["checkpoint"], "stage1")}
     if control:
         evaluation["stage1_no_teacher"] = evaluate(cfg, run, data, control["checkpoint"], "stage1_no_teacher")
@@ -287,5 +292,9 @@ def report(summary: dict) -> str:
                      f"balanced {reviews['balanced_accuracy']:.1%} (chance 50%)")
             lines.append(f"held-out reviews, {key}: {score}; perplexity en "
                          f"{ev[key]['languages']['en']['perplexity']:.1f}, zh {ev[key]['languages']['zh']['perplexity']:.1f}")
+    families = ev.get("final", {}).get("iq", {}).get("families", {})
+    if families:
+        lines.append("IQ suite, final model (score vs random baseline; a model this small is expected at chance):")
+        lines += [f"  {name:<20} {r['score']:6.1%} vs {r['random_baseline']:6.1%}" for name, r in families.items()]
     lines.append(f"wrote summary.json, loss.png, tensorboard/ in {format_duration(summary['wall_s'])}")
     return "\n".join(lines)

@@ -43,6 +43,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy
 
 from flm_ext.data import special_tokens
+from flm_ext.progress import format_duration
 from flm_ext.data.indexed_writer import SpillWriter, merge_to_indexed, token_dtype
 from flm_ext.data.sidecar import make_sidecar, sidecar_path
 from flm_ext.fileio import atomic_write_json
@@ -423,7 +424,7 @@ def _progress(tag: str, stats: Stats, t0: float, done: int, total: int) -> str:
     return (
         f"{tag}{stats.documents:,} docs, {stats.bytes / 1e6:,.1f} MB, {stats.tokens:,} tokens, "
         f"{mbs:.2f} MB/s, {stats.tokens / dt:,.0f} tokens/s, {100 * done / max(total, 1):.0f}%"
-        f", ETA {eta:.0f}s"
+        f", ETA {format_duration(eta)}"
     )
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from flm_ext.training.metrics import format_duration
+from flm_ext.progress import format_duration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRETRAIN = os.path.join(REPO, "pretrain_flm.py")
