@@ -96,7 +96,7 @@ def _masks(growth: GrowthState | None, lam: float) -> dict[str, torch.Tensor]:
                             ("qkv", growth.new_qkv_rows(), growth.num_attention_heads > growth.old_num_attention_heads),
                             ("ffn", growth.new_ffn(), growth.ffn_hidden_size > growth.old_ffn_hidden_size)):
         if grew:
-            out[name] = 1.0 - new.to(torch.float32) * (1.0 - lam)
+            out[name] = 1.0 - new.to(torch.float64) * (1.0 - lam)
     return out
 
 
@@ -115,12 +115,16 @@ _FOLD = {
 
 
 def fold(key: str, tensor: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`tensor` with the growth mask that follows it multiplied in (unchanged without one)."""
+    """`tensor` with the growth mask that follows it multiplied in (unchanged without one).
+
+    A folded tensor comes back in float64 (one rounding, when the caller casts it to its output
+    dtype), so a float64 model built from it is exact: tests measure the fold, not rounding.
+    """
     rule = _FOLD.get(key)
     if rule is None or rule[0] not in masks:
         return tensor
-    mask = masks[rule[0]].to(tensor.dtype)
-    return tensor * (mask[:, None] if rule[1] == 0 and tensor.dim() == 2 else mask)
+    mask = masks[rule[0]]
+    return tensor.to(torch.float64) * (mask[:, None] if rule[1] == 0 and tensor.dim() == 2 else mask)
 
 
 def plan_tensors(ckpt, vocab_size: int) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:

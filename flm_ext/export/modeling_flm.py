@@ -66,7 +66,7 @@ class FLMLayerNorm(nn.LayerNorm):
         self.stat_mask = None
         if config.growth_norm_mask is not None:
             old, lam = config.growth_norm_mask
-            new = (torch.arange(config.hidden_size, device="cpu") >= int(old)).to(torch.float32)
+            new = (torch.arange(config.hidden_size, device="cpu") >= int(old)).to(torch.float64)
             self.stat_mask = 1.0 - new * (1.0 - float(lam))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,63 @@
+"""Checkpoints for the export tests, saved by the trainer's own save at TP=2 and PP=2 (importable by
+spawned gloo processes) and at TP=1 inside an MSG growth ramp."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from flm_ext.config import FLMConfig, ParallelConfig
+
+# init_method_std 0.6 (greedy decoding does not settle into one repeated token) and perturbed LayerNorms / biases: logits of order 1 and every tensor matters.
+BASE = FLMConfig(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, seq_length=64,
+                 vocab_size=384, init_method_std=0.6)
+MUP = BASE.replace(use_mup=True, mup_base_width=16, mup_input_mult=1.5, mup_output_mult=3.0)
+# Width (hidden, heads, FFN) and depth (a third layer) growth of MUP, saved at lambda 0.4.
+GROWN = MUP.replace(num_layers=3, hidden_size=48, num_attention_heads=6, ffn_hidden_size=96,
+                    mup_width_mult_override=2.0, init_method_std=0.3)
+LAYOUTS = {  # name -> (config, layout)
+    "tp2_mup": (MUP, ParallelConfig(tensor_model_parallel_size=2)),
+    "pp2": (BASE, ParallelConfig(pipeline_model_parallel_size=2)),
+}
+RAMP = dict(start_iteration=0, ramp_steps=10, iteration=4)  # lambda = 4 / 10
+
+
+def perturbed_chunks(cfg: FLMConfig, layout: ParallelConfig, seed: int):
+    """This rank's model chunks with noise on every parameter (LayerNorm gains and biases included)."""
+    from flm_ext.model.flm_model import build_model_chunks
+
+    chunks = build_model_chunks(cfg, layout)
+    g = torch.Generator().manual_seed(seed + 1000 * torch.distributed.get_rank())
+    with torch.no_grad():
+        for chunk in chunks:
+            for p in chunk.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return chunks
+
+
+def save_layouts(rank, world_size, out_dir):
+    """Both parallel layouts, one after the other, each to out_dir/<name>."""
+    from megatron.core import parallel_state
+
+    from flm_ext.runtime import initialize_distributed
+    from flm_ext.training.checkpointing import common_extra, save_checkpoint
+
+    for index, (name, (cfg, layout)) in enumerate(LAYOUTS.items()):
+        if index:
+            parallel_state.destroy_model_parallel()
+        initialize_distributed(dataclasses.replace(layout, world_size=world_size), seed=7 + index)
+        chunks = perturbed_chunks(cfg, layout, seed=index)
+        save_checkpoint(os.path.join(out_dir, name), 5, chunks, None, None, extra=common_extra(cfg, 0))
+
+
+def save_ramp(root: str) -> None:
+    """A TP=1 checkpoint of GROWN inside its growth ramp (in this process's TP=PP=1 megatron state)."""
+    from flm_ext.growth import GrowthState
+    from flm_ext.training.checkpointing import common_extra, save_checkpoint
+
+    state = GrowthState(num_layers=3, hidden_size=48, old_hidden_size=32, num_attention_heads=6,
+                        old_num_attention_heads=4, head_dim=8, ffn_hidden_size=96, old_ffn_hidden_size=64,
+                        new_layers=(1,), ramp_steps=RAMP["ramp_steps"], start_iteration=RAMP["start_iteration"])
+    chunks = perturbed_chunks(GROWN, ParallelConfig(), seed=3)
+    save_checkpoint(root, RAMP["iteration"], chunks, None, None, extra=common_extra(GROWN, 0, flm_extra={"growth": state.to_dict()}))

@@ -1,0 +1,272 @@
+"""Export to transformers: logits parity with the training model (checkpoints saved at TP=2 with µP,
+PP=2 without, and inside a growth ramp), tokenizer ids for every tokenizer type, incremental
+decoding, greedy generation against transformers' generate, the import round trip, bad input."""
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import export_workers
+from distributed import spawn
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+MIXED = ("In the beginning God created the heaven and the earth. 起初，神创造天地。"
+         "这条评论是正面的。😈 😡 🎉 naïve café, 2024年12月1日!\n\tlit<|endoftext|>eral  ")
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def bpe(tmp_path_factory) -> str:
+    """A small byte-level BPE (the project's trainer) on bilingual text: 300 tokens."""
+    from flm_ext.data.train_bpe import train_bpe
+
+    d = tmp_path_factory.mktemp("bpe")
+    with open(d / "text.jsonl", "w", encoding="utf-8") as f:
+        for i in range(50):
+            f.write(json.dumps({"text": f"In the beginning God created the heaven and the earth {i}. "
+                                        f"起初，神创造天地。这条评论是正面的。😈😡"}) + "\n")
+    return train_bpe([str(d / "text.jsonl")], str(d / "bpe.json"), vocab_size=300, min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, megatron_single_process) -> dict[str, str]:
+    """name -> checkpoint root: tp2_mup and pp2 (2 gloo processes), ramp (TP=1, lambda 0.4)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    spawn(export_workers.save_layouts, 2, root)
+    export_workers.save_ramp(str(root / "ramp"))
+    return {name: str(root / name) for name in ("tp2_mup", "pp2", "ramp")}
+
+
+def export(ckpt: str, out: Path, bpe: str, **kwargs) -> Path:
+    from flm_ext.data.tokenizers import build_tokenizer
+    from flm_ext.export import open_for_export
+    from flm_ext.export.export import export_checkpoint
+
+    export_checkpoint(open_for_export(ckpt), str(out), build_tokenizer("HuggingFaceTokenizer", tokenizer_model=bpe),
+                      tokenizer_model=bpe, log=lambda m: None, **kwargs)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exports(checkpoints, bpe, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exports")
+    # Small shards for one of them: several files and the index must load the same model.
+    return {name: export(path, root / name, bpe, max_shard_bytes=20_000 if name == "pp2" else 2 ** 30)
+            for name, path in checkpoints.items()}
+
+
+def reference_logits(ckpt: str, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The training model (megatron, TP=1) loaded by megatron's own loader, growth masks at the
+    checkpoint's lambda, as flm_ext's evaluation runs it."""
+    from flm_ext.checkpoint import open_checkpoint
+    from flm_ext.checkpoint.model_state import load_model_weights
+    from flm_ext.growth import GrowthState, attach_growth
+    from flm_ext.model.flm_model import build_model_chunks
+
+    c = open_checkpoint(ckpt)
+    chunks = build_model_chunks(c.config)
+    load_model_weights(c.folder, chunks)
+    chunks[0].to(dtype)  # before attach_growth: the masks take the model's dtype
+    if c.growth_record:
+        state = GrowthState.from_dict(c.growth_record)
+        attach_growth(chunks, state, state.lambda_at(c.iteration))
+    with torch.no_grad():
+        return chunks[0].eval()(ids, torch.arange(ids.shape[1]).expand_as(ids), None)
+
+
+def auto_model(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True).eval()
+
+
+def probe(vocab: int, length: int = 48, batch: int = 2) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(11))
+
+
+@pytest.mark.parametrize("name", ["tp2_mup", "pp2", "ramp"])
+def test_exported_logits_equal_the_training_model(name, checkpoints, exports):
+    model = auto_model(exports[name])
+    assert type(model).__name__ == "FLMForCausalLM" and model.dtype == torch.float32
+    ids = probe(model.config.vocab_size)
+    ref = reference_logits(checkpoints[name], ids)
+    with torch.no_grad():
+        out = model(ids).logits
+    assert out.shape[-1] == 300 and ref.shape[-1] == 384  # padding rows dropped
+    assert ref[..., :300].abs().max() > 0.5  # logits of order 1: the comparison means something
+    assert float((out - ref[..., :300]).abs().max()) <= 1e-5
+    # In float64 the difference measures the conversion itself (key map, folded masks), not
+    # rounding: the export's tensor plan, built into a float64 model in memory.
+    from flm_ext.export import open_for_export
+    from flm_ext.export.generation import model_from_checkpoint
+
+    exact = model_from_checkpoint(open_for_export(checkpoints[name]), 300, 0, torch.float64)
+    with torch.no_grad():
+        diff64 = (exact(ids).logits - reference_logits(checkpoints[name], ids, torch.float64)[..., :300])
+    assert float(diff64.abs().max()) <= 1e-12
+    config = json.loads((exports[name] / "config.json").read_text())
+    expected = {"tp2_mup": (True, None), "pp2": (False, None), "ramp": (True, [32, 0.4])}[name]
+    assert (config["use_mup"], config["growth_norm_mask"]) == expected
+    assert config["padded_vocab_size"] == 384 and config["vocab_size"] == 300
+
+
+def test_without_the_growth_fold_the_ramp_checkpoint_would_differ(checkpoints, exports):
+    """The ramp test is sensitive: the same weights as a plain model (masks not applied) compute
+    something else, so folding the masks is what makes the parity hold."""
+    from flm_ext.export.modeling_flm import FLMForCausalLM
+
+    folder = exports["ramp"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["layer_gates"] == [1.0, 0.4, 1.0]
+    plain = FLMForCausalLM.from_pretrained(str(folder), growth_norm_mask=None, layer_gates=None).eval()
+    ids = probe(300)
+    with torch.no_grad():
+        diff = (plain(ids).logits - reference_logits(checkpoints["ramp"], ids)[..., :300]).abs().max()
+    assert diff > 1e-2
+
+
+@pytest.mark.parametrize("kind", ["CL100kTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer"])
+def test_autotokenizer_gives_the_training_ids(kind, bpe, exports, tmp_path):
+    from transformers import AutoTokenizer
+
+    from flm_ext.data.tokenizers import build_tokenizer
+    from flm_ext.export.tokenizer import write_tokenizer
+
+    if kind == "HuggingFaceTokenizer":
+        folder, training = exports["pp2"], build_tokenizer(kind, tokenizer_model=bpe)  # a complete export
+    else:
+        training = build_tokenizer(kind)
+        folder = tmp_path
+        write_tokenizer(training, str(folder), tokenizer_model=None, model_max_length=2048)
+    # trust_remote_code=False: the tokenizer needs none of the exported model code.
+    hf = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    ids = training.tokenize(MIXED)
+    assert hf(MIXED)["input_ids"] == ids
+    assert hf.decode(ids) == MIXED
+    assert hf.eos_token_id == training.eod and hf.convert_ids_to_tokens(training.eod) == "<|endoftext|>"
+    assert len(set(ids)) > 20
+
+
+def test_incremental_decoding_equals_the_full_forward(exports):
+    """64 steps with the KV cache (xPos at offset positions) against one forward over everything,
+    in the exported model and in our generation loop."""
+    from transformers.cache_utils import DynamicCache
+
+    from flm_ext.export.generation import generate_tokens
+
+    model = auto_model(exports["tp2_mup"])
+    prompt = probe(300, length=8, batch=1)
+    steps: list[torch.Tensor] = []
+    tokens = list(generate_tokens(model, prompt[0].tolist(), 64, on_logits=steps.append))
+    assert len(tokens) == 64 and len(set(tokens)) > 4
+    full_ids = torch.cat([prompt, torch.tensor([tokens])], dim=1)
+    with torch.no_grad():
+        full = model(full_ids).logits[0]
+        cache = DynamicCache()
+        pieces = [model(prompt, past_key_values=cache, use_cache=True).logits[0]]
+        for t in range(8, full_ids.shape[1]):
+            pieces.append(model(full_ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[0])
+    assert float((torch.cat(pieces) - full).abs().max()) <= 1e-5
+    ours = torch.stack(steps)  # logits that chose token i, at position 7 + i
+    assert float((ours - full[7:7 + 64]).abs().max()) <= 1e-5
+
+
+def test_greedy_generate_equals_transformers_generate(exports, bpe):
+    """Token for token over 64 tokens (in process), and the CLI prints the same text."""
+    from transformers import AutoTokenizer
+
+    from flm_ext.export.generation import generate_tokens
+
+    folder = exports["pp2"]
+    model, tok = auto_model(folder), AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    prompt = "In the beginning 起初"
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    theirs = model.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:]
+    ours = list(generate_tokens(model, ids[0].tolist(), 64))
+    assert ours == theirs.tolist() and len(set(ours)) > 4
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "generate.py"), "--load", str(folder), "--prompt",
+                           prompt, "--max-new-tokens", "64", "--greedy"], capture_output=True, text=True, env=ENV,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stop = ours.index(tok.eos_token_id) if tok.eos_token_id in ours else len(ours)
+    assert proc.stdout == prompt + tok.decode(ours[:stop]) + "\n"
+
+
+def test_generation_from_a_checkpoint_equals_the_export(checkpoints, exports, bpe):
+    """load_hf_model on a TP=2 checkpoint converts it in memory to the same model as the export."""
+    from flm_ext.data.tokenizers import build_tokenizer
+    from flm_ext.export.generation import load_hf_model
+
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=bpe)
+    direct, codec = load_hf_model(checkpoints["tp2_mup"], tokenizer=tok)
+    exported, _ = load_hf_model(str(exports["tp2_mup"]))
+    ids = probe(300)
+    with torch.no_grad():
+        assert torch.equal(direct(ids).logits, exported(ids).logits)
+    assert codec.encode(MIXED) == tok.tokenize(MIXED)
+
+
+def test_round_trip_is_bitwise(exports, bpe, tmp_path):
+    from flm_ext.export.importer import import_hf
+
+    first = exports["tp2_mup"]
+    import_hf(str(first), str(tmp_path / "ckpt"), log=lambda m: None)
+    again = export(str(tmp_path / "ckpt"), tmp_path / "again", bpe)
+    names = sorted(os.listdir(first))
+    assert names == sorted(os.listdir(again)) and len(names) == 8
+    match, mismatch, errors = filecmp.cmpfiles(first, again, names, shallow=False)
+    assert (mismatch, errors) == ([], [])
+
+
+def _run_main(tool: str, argv: list[str], capsys) -> tuple[int, str]:
+    rc = _tool(tool).main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(checkpoints, exports, bpe, tmp_path, capsys):
+    tok = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", bpe]
+    out = tmp_path / "out"
+    cases = [
+        ("export_hf", ["--load", checkpoints["pp2"], "--save", str(exports["pp2"]), *tok], "--save"),
+        ("export_hf", ["--load", str(tmp_path / "nothing"), "--save", str(out), *tok], "--load"),
+        ("export_hf", ["--load", checkpoints["pp2"], "--save", str(out), "--dtype", "float8", *tok], "--dtype"),
+        ("export_hf", ["--load", checkpoints["pp2"], "--save", str(out), "--iteration", "9", *tok], "--load"),
+        ("export_hf", ["--load", checkpoints["pp2"], "--save", str(out), "--tokenizer-type",
+                       "HuggingFaceTokenizer", "--tokenizer-model", str(tmp_path / "none.json")], "--tokenizer"),
+        ("import_hf", ["--load", str(exports["ramp"]), "--save", str(out)], "growth ramp"),
+        ("import_hf", ["--load", checkpoints["pp2"], "--save", str(out)], "config.json"),
+    ]
+    for tool, argv, needle in cases:
+        rc, err = _run_main(tool, argv, capsys)
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (tool, argv, err)
+        assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def test_incomplete_checkpoint_is_refused(checkpoints, bpe, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints["pp2"], broken)
+    folder = next(broken.glob("iter_*"))
+    shard = next(folder.glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    rc, err = _run_main("export_hf", ["--load", str(broken), "--save", str(tmp_path / "out"), "--tokenizer-type",
+                                      "HuggingFaceTokenizer", "--tokenizer-model", bpe], capsys)
+    assert rc == 2 and "--load" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
