@@ -32,7 +32,7 @@ def script(blocks: list[str]) -> str:
         for line in block.splitlines():
             if not line.strip().startswith(SETUP_LINES):
                 lines.append(line)
-        lines.append(f"echo '@@ block {i} done'")
+        lines.append(f"echo \"@@ block {i} done at $SECONDS s\"")
     return "\n".join(lines) + "\n"
 
 
@@ -62,7 +62,7 @@ def test_readme_walkthrough_runs_as_written_at_tiny_scale(tmp_path):
     proc = subprocess.run(["bash", "-c", script(blocks)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     out = proc.stdout + proc.stderr
-    done = re.findall(r"^@@ block (\d+) done$", proc.stdout, re.M)
+    done = re.findall(r"^@@ block (\d+) done at \d+ s$", proc.stdout, re.M)
     assert proc.returncode == 0, f"block {len(done)} failed:\n{out[-5000:]}"
     assert done == [str(i) for i in range(len(blocks))]
 

@@ -1,0 +1,50 @@
+"""The trainer's growth-ramp hook warns, in one line at load time, when a grown checkpoint's mask
+ramp outlasts the stage that trains it (the new layers / dimensions would stay mostly off)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from flm_ext.growth import GrowthState
+from flm_ext.growth.ramp import GrowthRamp
+
+
+def grown_common(ramp_steps: int, start_iteration: int = 0) -> dict:
+    """The common state of a depth-grown checkpoint (4 -> 8 layers), as the growth tool records it."""
+    state = GrowthState(num_layers=8, hidden_size=128, old_hidden_size=128, num_attention_heads=8,
+                        old_num_attention_heads=8, head_dim=16, ffn_hidden_size=512, old_ffn_hidden_size=512,
+                        new_layers=(4, 5, 6, 7), ramp_steps=ramp_steps, start_iteration=start_iteration)
+    return {"iteration": start_iteration, "flm": {"growth": state.to_dict()}}
+
+
+def load(capsys, common: dict, *, train_iters: int, restart: bool, override: int | None = None) -> list[str]:
+    GrowthRamp(override).on_load(common, restart=restart, train_iters=train_iters)
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
+
+
+@pytest.mark.parametrize("ramp, start, stage, restart, final_lambda", [
+    (1000, 0, 200, True, 200 / 1000),  # the growth tool's default ramp on a 200-step stage
+    (1000, 300, 200, True, 200 / 1000),  # a new stage counts from its own iteration 0
+    (100, 150, 200, False, (200 - 150) / 100),  # resumed mid-ramp: 50 of 100 steps left at the end
+])
+def test_a_ramp_longer_than_the_stage_warns_with_both_lengths(capsys, ramp, start, stage, restart, final_lambda):
+    warnings = load(capsys, grown_common(ramp, start), train_iters=stage, restart=restart)
+    assert len(warnings) == 1, warnings
+    numbers = set(re.findall(r"\d+(?:\.\d+)?", warnings[0]))
+    assert str(stage) in numbers and f"{final_lambda:.2f}" in numbers, warnings[0]
+    assert str((0 if restart else start) + ramp) in numbers, warnings[0]  # where the ramp would end
+
+
+@pytest.mark.parametrize("ramp, stage, override", [
+    (20, 200, None),  # the walk-through's ramp
+    (200, 200, None),  # the masks reach 1 exactly at the end
+    (1000, 200, 100),  # --growth-ramp-steps shortens the recorded ramp
+    (1000, 200, 0),  # no ramp at all
+])
+def test_a_ramp_within_the_stage_does_not_warn(capsys, ramp, stage, override):
+    assert load(capsys, grown_common(ramp), train_iters=stage, restart=True, override=override) == []
+
+
+def test_a_checkpoint_without_growth_does_not_warn(capsys):
+    assert load(capsys, {"iteration": 5, "flm": {}}, train_iters=1, restart=True) == []
