@@ -200,65 +200,9 @@ class TrainConfig:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pretrain_flm.py", description="Pre-train an FLM model on megatron-core.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model-preset", default=None, help="flm-16b, flm-51b, flm-101b, tiny-*; flags below override it")
-    g.add_argument("--num-layers", type=int)
-    g.add_argument("--hidden-size", type=int)
-    g.add_argument("--num-attention-heads", type=int)
-    g.add_argument("--ffn-hidden-size", type=int)
-    g.add_argument("--seq-length", type=int)
-    g.add_argument("--position-embedding-type", choices=POSITION_EMBEDDINGS, dest="position_embedding")
-    g.add_argument("--rotary-base", type=int)
-    g.add_argument("--xpos-scale-base", type=int)
-    g.add_argument("--init-method-std", type=float)
-    g.add_argument("--hidden-dropout", type=float)
-    g.add_argument("--attention-dropout", type=float)
-    g.add_argument("--use-mup", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--mup-base-width", type=int)
-    g.add_argument("--mup-input-mult", type=float)
-    g.add_argument("--mup-output-mult", type=float)
-    g.add_argument("--vocab-size", type=int, help="padded vocabulary size (default: from the tokenizer)")
-
-    g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
-    g.add_argument("--sequence-parallel", action="store_true")
-    g.add_argument("--use-distributed-optimizer", action="store_true")
-    g.add_argument("--recompute-activations", action="store_true", help="selective recompute (attention core)")
-    g.add_argument("--recompute-granularity", choices=RECOMPUTE_GRANULARITIES, default=None)
-    g.add_argument("--recompute-method", choices=RECOMPUTE_METHODS, default="uniform")
-    g.add_argument("--recompute-num-layers", type=int, default=1)
-    g.add_argument("--world-size", type=int, default=None,
-                   help="for --dry-run: the world size to check (default: WORLD_SIZE or NNODES x GPUS_PER_NODE)")
-
-    g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=1)
-    g.add_argument("--global-batch-size", type=int, default=None)
-    g.add_argument("--train-samples", type=int, default=None)
-    g.add_argument("--train-iters", type=int, default=None)
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--min-lr", type=float, default=0.0)
-    g.add_argument("--lr-decay-style", default="cosine", choices=LR_DECAY_STYLES)
-    g.add_argument("--lr-warmup-samples", type=int, default=0)
-    g.add_argument("--lr-warmup-iters", type=int, default=None)
-    g.add_argument("--lr-decay-samples", type=int, default=None)
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--clip-grad", type=float, default=1.0)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--bf16", action="store_true")
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--max-consecutive-skips", type=int, default=5,
-                   help="stop after this many steps in a row with a non-finite loss or gradient norm")
-    g.add_argument("--growth-ramp-steps", type=int, default=None,
-                   help="override the mask ramp length recorded in a grown checkpoint")
-    g.add_argument("--dry-run", action="store_true",
-                   help="check the configuration for the world size, print layout, size and memory, exit")
-    g.add_argument("--check-config", action="store_true",
-                   help="check every flag as for training, for the world size, and exit (the launchers run "
-                        "this once before torchrun)")
+    _add_model_flags(p.add_argument_group("model"))
+    _add_parallel_flags(p.add_argument_group("parallelism"))
+    _add_training_flags(p.add_argument_group("training"))
 
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="*", default=[], help="[weight] prefix [weight] prefix ...")
@@ -290,7 +234,78 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load weights and optimizer moments (e.g. a grown checkpoint), but restart the iteration, "
                         "data position and LR schedule at 0: the next FLM stage")
 
-    g = p.add_argument_group("logging")
+    _add_logging_flags(p.add_argument_group("logging"))
+    return p
+
+
+def _add_model_flags(g) -> None:
+    """Architecture: a preset and the flags that override it."""
+    g.add_argument("--model-preset", default=None, help="flm-16b, flm-51b, flm-101b, tiny-*; flags below override it")
+    g.add_argument("--num-layers", type=int)
+    g.add_argument("--hidden-size", type=int)
+    g.add_argument("--num-attention-heads", type=int)
+    g.add_argument("--ffn-hidden-size", type=int)
+    g.add_argument("--seq-length", type=int)
+    g.add_argument("--position-embedding-type", choices=POSITION_EMBEDDINGS, dest="position_embedding")
+    g.add_argument("--rotary-base", type=int)
+    g.add_argument("--xpos-scale-base", type=int)
+    g.add_argument("--init-method-std", type=float)
+    g.add_argument("--hidden-dropout", type=float)
+    g.add_argument("--attention-dropout", type=float)
+    g.add_argument("--use-mup", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--mup-base-width", type=int)
+    g.add_argument("--mup-input-mult", type=float)
+    g.add_argument("--mup-output-mult", type=float)
+    g.add_argument("--vocab-size", type=int, help="padded vocabulary size (default: from the tokenizer)")
+
+
+def _add_parallel_flags(g) -> None:
+    """Layout and memory: TP/PP/VPP/SP, distributed optimizer, recompute, world size."""
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--recompute-activations", action="store_true", help="selective recompute (attention core)")
+    g.add_argument("--recompute-granularity", choices=RECOMPUTE_GRANULARITIES, default=None)
+    g.add_argument("--recompute-method", choices=RECOMPUTE_METHODS, default="uniform")
+    g.add_argument("--recompute-num-layers", type=int, default=1)
+    g.add_argument("--world-size", type=int, default=None,
+                   help="for --dry-run: the world size to check (default: WORLD_SIZE or NNODES x GPUS_PER_NODE)")
+
+
+def _add_training_flags(g) -> None:
+    """Batch, schedule, optimizer, precision and run control."""
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--global-batch-size", type=int, default=None)
+    g.add_argument("--train-samples", type=int, default=None)
+    g.add_argument("--train-iters", type=int, default=None)
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", default="cosine", choices=LR_DECAY_STYLES)
+    g.add_argument("--lr-warmup-samples", type=int, default=0)
+    g.add_argument("--lr-warmup-iters", type=int, default=None)
+    g.add_argument("--lr-decay-samples", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--max-consecutive-skips", type=int, default=5,
+                   help="stop after this many steps in a row with a non-finite loss or gradient norm")
+    g.add_argument("--growth-ramp-steps", type=int, default=None,
+                   help="override the mask ramp length recorded in a grown checkpoint")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check the configuration for the world size, print layout, size and memory, exit")
+    g.add_argument("--check-config", action="store_true",
+                   help="check every flag as for training, for the world size, and exit (the launchers run "
+                        "this once before torchrun)")
+
+
+def _add_logging_flags(g) -> None:
+    """Console, TensorBoard and JSONL metrics; evaluation."""
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--eval-interval", type=int, default=None)
     g.add_argument("--eval-iters", type=int, default=10)
@@ -299,7 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exit-interval", type=int, default=None)
     g.add_argument("--metrics-jsonl", default=None,
                    help="append a JSON line per logged step and evaluation (full-precision losses) to this file")
-    return p
 
 
 MODEL_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "seq_length",
