@@ -4,6 +4,7 @@
     python pretrain_flm.py --model-preset flm-101b --tensor-model-parallel-size 4 \\
         --pipeline-model-parallel-size 4 --world-size 192 --global-batch-size 2160 --train-iters 1 --dry-run
 """
+import importlib.util
 import os
 import sys
 
@@ -22,9 +23,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if _is_rank0() and not {"-h", "--help"} & set(argv):
         print("pretrain_flm.py: loading torch and megatron-core ...", flush=True)  # the imports take seconds
-    try:
-        import torch  # noqa: F401
-    except ModuleNotFoundError:
+    if importlib.util.find_spec("torch") is None:
         _say_error(f"torch is not installed for {sys.executable}: run `make setup` and use .venv/bin/python "
                    "(or set PYTHON for the launchers)")
         return 2
