@@ -185,3 +185,14 @@ def check_splits(prefixes: Sequence[Tuple[str, str]], split: str, samples: Seque
                 raise DataError(f"--split {split}: the {name} split of {prefix} ({flag}) gets {what}, but "
                                 f"{asked} {name} samples are asked; give the {name} split a larger share or use "
                                 f"more data (megatron would loop forever on an empty split)")
+
+
+def epochs_note(prefix: str, split: str, samples: int, seq_length: int) -> Optional[str]:
+    """One line when the train split of ``prefix`` is read more than once for ``samples`` samples
+    (megatron repeats it, reshuffled, as often as needed), else None."""
+    count, tokens = split_counts(check_indexed(prefix, "--data-path"), split)[0]
+    needed = samples * seq_length + 1
+    if not samples or not tokens or needed <= tokens:
+        return None
+    return (f"the train split of {prefix} ({count} documents, {tokens:,} tokens) is read {-(-needed // tokens)} "
+            f"times for the {samples:,} samples of {seq_length} tokens asked")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 from unittest import mock
 
@@ -41,7 +42,7 @@ import numpy
 import torch
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from flm_ext.data.checks import DataError, check_data_matches, check_splits, data_identity
+from flm_ext.data.checks import DataError, check_data_matches, check_indexed, check_splits, data_identity, epochs_note
 from flm_ext.data.config import DataConfig, teacher_dataset_paths  # noqa: F401  (re-exported)
 
 
@@ -64,19 +65,36 @@ def _split_sizes(data_config: DataConfig, global_batch_size: int, samples: Seque
 
 
 def check_training_data(data_config: DataConfig, tokenizer, padded_vocab_size: int, global_batch_size: int,
-                        samples: Sequence[int]) -> List[str]:
+                        samples: Sequence[int], seq_length: Optional[int] = None) -> List[str]:
     """Before any model is built: every dataset was made with ``tokenizer`` and fits the padded
     vocabulary, and every split asked for samples has data (``samples``: train, valid, test).
-    Raises ``DataError`` (one line); returns warnings to print."""
+    Raises ``DataError`` (one line); returns lines to print (unverifiable data; with
+    ``seq_length``, training data read more than once)."""
     n_teacher, lang_sizes, teacher_sizes = _split_sizes(data_config, global_batch_size, samples)
-    datasets = [("--data-path", p) for p in data_config.blend[0]]
-    warnings = [w for flag, p in datasets for w in check_data_matches(p, tokenizer, padded_vocab_size, flag)]
+    prefixes, weights = weighted_blend(data_config.blend)
+    datasets = [("--data-path", p) for p in prefixes]
+    notes = [w for flag, p in datasets for w in check_data_matches(p, tokenizer, padded_vocab_size, flag)]
     check_splits(datasets, data_config.split, lang_sizes)
+    shares = [w / sum(weights) for w in weights] if weights else [1.0]
+    asked = [(p, math.ceil(lang_sizes[0] * share)) for p, share in zip(prefixes, shares)]
     if n_teacher:
         text, mask = teacher_dataset_paths(data_config.teacher_data_path)
-        warnings += check_data_matches(text, tokenizer, padded_vocab_size, "--teacher-data-path")
+        notes += check_data_matches(text, tokenizer, padded_vocab_size, "--teacher-data-path")
         check_splits([("--teacher-data-path", text), ("--teacher-data-path", mask)], data_config.split, teacher_sizes)
-    return warnings
+        asked.append((text, teacher_sizes[0]))
+    if seq_length:
+        notes += [n for p, k in asked for n in [epochs_note(p, data_config.split, k, seq_length)] if n]
+    return notes
+
+
+def weighted_blend(blend: Tuple[List[str], Optional[List[float]]]) -> Tuple[List[str], Optional[List[float]]]:
+    """Several prefixes without weights: weighted by their token counts. megatron would build one
+    epoch of each and cap the blend there, fewer samples than asked (an IndexError mid-run)."""
+    prefixes, weights = blend
+    if weights is not None or len(prefixes) == 1:
+        return blend
+    infos = [check_indexed(p, "--data-path") for p in prefixes]
+    return prefixes, [float(max(1, os.path.getsize(p + ".bin") // i.dtype.itemsize)) for p, i in zip(prefixes, infos)]
 
 
 @dataclasses.dataclass
@@ -205,7 +223,8 @@ def build_pretraining_datasets(
     n_teacher, lang_sizes, teacher_sizes = _split_sizes(data_config, global_batch_size, samples)
     check_splits([("--data-path", p) for p in data_config.blend[0]], data_config.split, lang_sizes)
 
-    language = _build(_gpt_config(data_config, tokenizer, seq_length, seed, data_config.blend, lang_sizes), lang_sizes)
+    blend = weighted_blend(data_config.blend)
+    language = _build(_gpt_config(data_config, tokenizer, seq_length, seed, blend, lang_sizes), lang_sizes)
     teacher_text = teacher_mask = [None, None, None]
     if n_teacher:
         text_path, mask_path = teacher_dataset_paths(data_config.teacher_data_path)

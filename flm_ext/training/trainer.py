@@ -132,7 +132,7 @@ class Trainer:
         s = cfg.schedule
         valid = cfg.logging.eval_iters * s.global_batch_size if cfg.logging.eval_interval else 0
         data_warnings = check_training_data(cfg.data, self.tokenizer, cfg.model.vocab_size, s.global_batch_size,
-                                            (s.train_samples, valid, 0))
+                                            (s.train_samples, valid, 0), cfg.model.seq_length)
         initialize_distributed(cfg.parallel, seed=cfg.seed)
         cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, world_size=dist.get_world_size()))
         cfg.validate()

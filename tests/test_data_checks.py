@@ -1,0 +1,63 @@
+"""The data checks' parts: the sidecar against megatron-core's reader, the vocabulary fingerprint,
+data without a sidecar, an unweighted blend of several prefixes, and the repetition note."""
+import json
+import os
+import shutil
+
+import numpy
+
+from data_testutils import read_indexed
+from flm_ext.data.checks import check_data_matches
+from flm_ext.data.datasets import DataConfig, build_pretraining_datasets, check_training_data
+from flm_ext.data.tokenizers import build_tokenizer
+
+
+def test_sidecar_describes_the_files(data):
+    docs, ds = read_indexed(data["en"])
+    side = json.load(open(data["en"] + ".json"))
+    flat = [t for d in docs for t in d]
+    assert (side["documents"], side["sequences"], side["tokens"]) == (len(ds.document_indices) - 1, len(docs), len(flat))
+    assert side["max_token_id"] == max(flat) and side["dtype"] == "uint16"
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=data["tokenizer"])
+    assert side["tokenizer"]["vocab_fingerprint"] == tok.vocab_fingerprint
+    assert side["flags"]["append_eod"] is True and side["inputs"][0]["path"].endswith("en.jsonl")
+
+
+def test_fingerprint_is_the_vocabulary_not_the_file(data, tmp_path):
+    model = json.load(open(data["tokenizer"], encoding="utf-8"))
+    reformatted = tmp_path / "same.json"
+    reformatted.write_text(json.dumps(model, indent=0), encoding="utf-8")
+    changed = dict(model, model=dict(model["model"], vocab=dict(model["model"]["vocab"])))
+    vocab = changed["model"]["vocab"]
+    a, b = (next(t for t, i in vocab.items() if i == k) for k in (500, 501))
+    vocab[a], vocab[b] = 501, 500  # two ids swapped: the same tokens, other meanings of the ids
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(changed), encoding="utf-8")
+    fp = [build_tokenizer("HuggingFaceTokenizer", tokenizer_model=str(p)).vocab_fingerprint
+          for p in (data["tokenizer"], reformatted, other)]
+    assert fp[0] == fp[1] != fp[2]
+    assert build_tokenizer("GPT2BPETokenizer").vocab_fingerprint != fp[0]
+
+
+def test_data_without_a_sidecar_is_sampled(data, tmp_path):
+    prefix = str(tmp_path / "plain_text_document")
+    for ext in (".bin", ".idx"):
+        shutil.copy(data["en"] + ext, prefix + ext)
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=data["tokenizer"])
+    largest = int(numpy.fromfile(prefix + ".bin", dtype=numpy.uint16).max())  # the reference: every id
+    [warning] = check_data_matches(prefix, tok, 1024)
+    assert "cannot be verified" in warning and f"is {largest} (vocabulary 1024)" in warning
+    assert check_data_matches(data["en"], tok, 1024) == []
+
+
+def test_unweighted_blend_gives_every_sample_asked(data, tmp_path):
+    """megatron builds one epoch of each prefix of an unweighted blend and caps it there; the
+    trainer asks for more here, so the prefixes are weighted by their token counts instead."""
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=data["tokenizer"])
+    cfg = DataConfig(data_path=[data["en"], data["zh"]], split="90,10,0", data_cache_path=str(tmp_path / "c"))
+    train, _, _ = build_pretraining_datasets(cfg, tok, 64, 8, 8000, 0, 0, seed=1)
+    assert len(train.language) >= 8000 and train[7999]["tokens"].shape == (64,)
+    notes = check_training_data(cfg, tok, 1024, 8, (8000, 0, 0), seq_length=64)
+    en_tokens = os.path.getsize(data["en"] + ".bin") // 2
+    assert len(notes) == 2 and f"the train split of {data['en']}" in notes[0] and "is read 2 times" in notes[0]
+    assert en_tokens > 100_000  # so one read holds ~1,700 samples and 8000 x 0.48 needs two
