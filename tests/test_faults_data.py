@@ -77,12 +77,51 @@ def _subprocess(data, bad, nproc=1, data_path=None, **flags):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def _preprocess_empty(tmp_path):
+def _preprocess_empty(data, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     r = run_tool("preprocess_data.py", "--input", tmp_path / "empty.jsonl", "--output-prefix", tmp_path / "o" / "x",
                  "--tokenizer-type", "GPT2BPETokenizer")
     assert not (tmp_path / "o").exists()  # nothing left behind, not even the folder
     return r.returncode, r.stderr
+
+
+def _stale_index(data, tmp_path):
+    """A prefix preprocessed again in place with fewer documents: the cached sample index must be
+    rebuilt (megatron's key is the configuration only: before, IndexError: index ... out of bounds)."""
+    from flm_ext.data.datasets import DataConfig, build_pretraining_datasets
+    from flm_ext.data.tokenizers import build_tokenizer
+
+    src = os.path.join(os.path.dirname(data["en"]), "en.jsonl")
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=data["tokenizer"])
+    prefix = str(tmp_path / "re")
+
+    def build(cache):
+        cfg = DataConfig(data_path=[prefix + "_text_document"], split="90,10,0", data_cache_path=str(cache))
+        train, _, _ = build_pretraining_datasets(cfg, tok, 64, 8, 400, 0, 0, seed=1)
+        return [train[i]["tokens"].tolist() for i in range(len(train))]
+
+    _preprocess(src, prefix, model=data["tokenizer"], lines=120)
+    first = build(tmp_path / "cache")
+    _preprocess(src, prefix, model=data["tokenizer"], lines=30)
+    again = build(tmp_path / "cache")  # the same cache folder and configuration
+    assert again == build(tmp_path / "fresh_cache") and again != first  # reference: a cache never used
+    indices = len(os.listdir(tmp_path / "cache")) // len(os.listdir(tmp_path / "fresh_cache"))
+    return 0, f"{len(again)} samples from {indices} indices"
+
+
+def _tiny_default_split(data, tmp_path):
+    """20 documents, --split 969,30,1: the test share rounds to 0 documents, which megatron looped
+    on forever even for 0 test samples; now the unused splits are not built and train works."""
+    from flm_ext.data.datasets import DataConfig, build_pretraining_datasets
+    from flm_ext.data.tokenizers import build_tokenizer
+
+    src = os.path.join(os.path.dirname(data["en"]), "en.jsonl")
+    prefix = _preprocess(src, str(tmp_path / "t"), model=data["tokenizer"], lines=20)
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=data["tokenizer"])
+    cfg = DataConfig(data_path=[prefix], data_cache_path=str(tmp_path / "cache"))
+    train, valid, test = build_pretraining_datasets(cfg, tok, 64, 8, 64, 0, 0, seed=1)
+    assert valid is None and test is None and train[63]["tokens"].shape == (64,)
+    return 0, f"{len(train)} train samples"
 
 
 # (row id, how: "in" (main() here) | "sub" (subprocess) | "tp2" (torchrun) | a callable, what to
@@ -110,6 +149,8 @@ ROWS = [
     ("teacher_fraction_negative", "in", dict(teacher_fraction=-0.1), "--teacher-fraction -0.1: must be in [0, 1)", 2),
     ("num_workers_negative", "in", dict(num_workers=-1), "--num-workers -1: must be >= 0", 2),
     ("empty_preprocess_input", _preprocess_empty, {}, "the file is empty", 2),
+    ("stale_index_after_preprocessing_again", _stale_index, {}, "400 samples from 2 indices", 0),
+    ("tiny_default_split_trains", _tiny_default_split, {}, "64 train samples", 0),
 ]
 
 
@@ -124,53 +165,15 @@ def _resolve(bad, change):
 
 
 @pytest.mark.parametrize("row, how, change, message, code", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_data_is_one_line(data, bad, tmp_path, monkeypatch, capsys, row, how, change, message, code):
+def test_data_fault(data, bad, tmp_path, monkeypatch, capsys, row, how, change, message, code):
     change = _resolve(bad, change)
     if callable(how):
-        got, out = how(tmp_path)
+        got, out = how(data, tmp_path)
     elif how == "in":
         got, out = _in_process(data, bad, monkeypatch, capsys, **change)
     else:
         got, out = _subprocess(data, bad, nproc=2 if how == "tp2" else 1, **change)
     assert got == code and message in out, out[-3000:]
-    if how != "tp2":  # torchrun adds its own report of a failed worker
+    if code and how != "tp2":  # torchrun adds its own report of a failed worker
         assert "Traceback" not in out
         assert len([line for line in out.splitlines() if "error" in line.lower()]) == 1, out[-3000:]
-
-
-def test_stale_index_after_preprocessing_again(data, tmp_path):
-    """A prefix preprocessed again in place with fewer documents: the cached sample index must be
-    rebuilt (megatron's key is the configuration only: before, IndexError: index ... out of bounds)."""
-    from flm_ext.data.datasets import DataConfig, build_pretraining_datasets
-    from flm_ext.data.tokenizers import build_tokenizer
-
-    src = os.path.join(os.path.dirname(data["en"]), "en.jsonl")
-    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=data["tokenizer"])
-    prefix = str(tmp_path / "re")
-
-    def build(cache):
-        cfg = DataConfig(data_path=[prefix + "_text_document"], split="90,10,0", data_cache_path=str(cache))
-        train, _, _ = build_pretraining_datasets(cfg, tok, 64, 8, 400, 0, 0, seed=1)
-        return [train[i]["tokens"].tolist() for i in range(len(train))]
-
-    _preprocess(src, prefix, model=data["tokenizer"], lines=120)
-    first = build(tmp_path / "cache")
-    _preprocess(src, prefix, model=data["tokenizer"], lines=30)
-    again = build(tmp_path / "cache")  # the same cache folder and configuration
-    assert again == build(tmp_path / "fresh_cache") and again != first
-    assert len(os.listdir(tmp_path / "cache")) > len(os.listdir(tmp_path / "fresh_cache"))  # a second index
-
-
-def test_tiny_data_with_the_default_split_builds(data, tmp_path):
-    """20 documents, --split 969,30,1: the test share rounds to 0 documents, which megatron looped
-    on forever even for 0 test samples; now the unused splits are not built and train works."""
-    from flm_ext.data.datasets import DataConfig, build_pretraining_datasets
-    from flm_ext.data.tokenizers import build_tokenizer
-
-    src = os.path.join(os.path.dirname(data["en"]), "en.jsonl")
-    prefix = _preprocess(src, str(tmp_path / "t"), model=data["tokenizer"], lines=20)
-    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=data["tokenizer"])
-    cfg = DataConfig(data_path=[prefix], data_cache_path=str(tmp_path / "cache"))
-    train, valid, test = build_pretraining_datasets(cfg, tok, 64, 8, 64, 0, 0, seed=1)
-    assert len(train) == 64 and valid is None and test is None
-    assert train[63]["tokens"].shape == (64,)
