@@ -203,6 +203,30 @@ def evaluate(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str, label:
         return json.load(f)
 
 
+EXPORT_PROMPTS = {"en": "In the beginning", "zh": "起初，"}
+
+
+def export_final(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str) -> dict:
+    """Export the final model to transformers (--verify: its logits against the training model's),
+    then continue an English and a Chinese prompt greedily with the export (AutoModelForCausalLM)."""
+    folder = os.path.join(cfg.out, "export")
+    if os.path.exists(folder):
+        import shutil
+
+        shutil.rmtree(folder)
+    output = run.run("export", [_tool("export_hf.py"), "--load", checkpoint, "--save", folder, *data["tok"],
+                                "--verify"])
+    match = re.search(r"max abs logit diff: ([0-9.eE+-]+|nan|inf)", output)
+    if not match:
+        raise RuntimeError("export: export_hf.py printed no 'max abs logit diff' line")
+    greedy = {}
+    for lang, prompt in EXPORT_PROMPTS.items():
+        text = run.run(f"generate {lang}", [_tool("generate.py"), "--load", folder, "--prompt", prompt, "--greedy",
+                                            "--max-new-tokens", "32", "--device", "cpu"])
+        greedy[lang] = text.rstrip("\n")
+    return {"folder": folder, "max_abs_logit_diff": float(match.group(1)), "greedy": greedy}
+
+
 def plot(summary: dict, path: str) -> None:
     """Training and validation loss over cumulative FLOPs, growth points marked."""
     import matplotlib
@@ -262,9 +286,11 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         evaluation["stage1_no_teacher"] = evaluate(cfg, run, data, control["checkpoint"], "stage1_no_teacher")
     if control:
         control["parameters"], control["flops"] = stages[0]["parameters"], stages[0]["flops"]
+    export = export_final(cfg, run, data, stages[-1]["checkpoint"])
     # The teacher signal's effect side by side: held-out review accuracy with and without teacher data.
     teacher_signal = {key: result["zero_shot"].get("reviews") for key, result in evaluation.items()}
     summary = {"stages": stages, "growth": growth, "control_no_teacher": control, "evaluation": evaluation,
+               "export": export,
                "teacher_signal_held_out_reviews": teacher_signal,
                "data": {k: v for k, v in data.items() if k != "tok"},
                "total_flops": sum(s["flops"] for s in stages), "wall_s": time.time() - run.start}
@@ -296,5 +322,10 @@ def report(summary: dict) -> str:
     if families:
         lines.append("IQ suite, final model (score vs random baseline; a model this small is expected at chance):")
         lines += [f"  {name:<20} {r['score']:6.1%} vs {r['random_baseline']:6.1%}" for name, r in families.items()]
+    export = summary.get("export")
+    if export:
+        lines.append(f"transformers export {export['folder']}: max abs logit diff {export['max_abs_logit_diff']:.2e} "
+                     f"vs the training model; greedy continuations:")
+        lines += [f"  {lang}: {text!r}" for lang, text in export["greedy"].items()]
     lines.append(f"wrote summary.json, loss.png, tensorboard/ in {format_duration(summary['wall_s'])}")
     return "\n".join(lines)

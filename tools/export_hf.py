@@ -7,7 +7,9 @@
 The folder loads with AutoTokenizer.from_pretrained(OUT) and
 AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True). The tokenizer is not stored in a
 checkpoint: give the --tokenizer-* flags the model was trained with. Reads tensor by tensor (memory:
-about the largest tensor), builds OUT.partial/ and renames it when complete. See flm_ext/export.
+about the largest tensor), builds OUT.partial/ and renames it when complete. --verify then loads the
+export with AutoModelForCausalLM and prints `max abs logit diff: <value>` against the training model
+(exit 1 above --tolerance). See flm_ext/export.
 """
 import argparse
 import os
@@ -38,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     p.add_argument("--max-shard-mb", type=int, default=4096, help="largest safetensors shard")
     p.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
+    p.add_argument("--verify", action="store_true", help="load the export with AutoModelForCausalLM and compare its "
+                                                         "logits with the training model's on a probe batch")
+    p.add_argument("--tolerance", type=float, default=1e-5)
     add_tokenizer_flags(p)
     return p.parse_args(argv)
 
@@ -49,13 +54,22 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    from flm_ext.export import ExportError, export_from_flags
+    from flm_ext.export import ExportError, export_from_flags, open_for_export
 
     try:
         export_from_flags(args)
     except ExportError as e:
         print(f"export_hf: error: {e}", file=sys.stderr, flush=True)
         return 2
+    if args.verify:
+        from flm_ext.export.verify import verify_export
+
+        diff = verify_export(open_for_export(args.load, args.iteration), args.save)
+        print(f"max abs logit diff: {diff:.3e}", flush=True)
+        if not diff <= args.tolerance:
+            print(f"export_hf: error: the export's logits differ from the training model's by {diff:.3e} > "
+                  f"--tolerance {args.tolerance:g}", file=sys.stderr, flush=True)
+            return 1
     return 0
 
 

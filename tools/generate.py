@@ -26,7 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="exported folder, checkpoint root or iter_N folder")
     p.add_argument("--iteration", type=int, default=None, help="checkpoint iteration (default: the latest)")
-    p.add_argument("--prompt", default=None, help="text to continue (or --interactive)")
+    p.add_argument("--prompt", action="append", default=None, help="text to continue (repeat for several; or "
+                                                                      "--interactive)")
     p.add_argument("--interactive", action="store_true", help="read prompts from standard input, one per line")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--greedy", action="store_true", help="argmax decoding (the default without --temperature)")

@@ -82,11 +82,10 @@ def load_hf_model(path: str, *, tokenizer=None, iteration: int | None = None, dt
     """(model, Codec) from an exported folder or a checkpoint (then `tokenizer`, the training
     tokenizer, gives the true vocabulary and the text codec; without it ids only, full embedding)."""
     if is_export_folder(path):
-        from transformers import AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from flm_ext.export.modeling_flm import FLMForCausalLM
-
-        model = FLMForCausalLM.from_pretrained(path, dtype=dtype).eval()
+        # As users load it: the folder's own copy of modeling_flm.py.
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=True).eval()
         # config=: AutoTokenizer would otherwise load config.json through AutoConfig, which asks
         # before running custom code even though the tokenizer needs none.
         codec = Codec.from_hf(AutoTokenizer.from_pretrained(path, config=model.config))
@@ -233,7 +232,7 @@ def run_cli(args) -> int:
                                      device=device)
     except (ExportError, OSError, ValueError) as e:
         return _fail(str(e))
-    prompts = [args.prompt] if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    prompts = args.prompt if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     for prompt in prompts:
         if not prompt:
             continue
