@@ -130,6 +130,8 @@ def test_cli_flags(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"creating the folder {tmp_path / 'new'}" in r.stdout
     assert os.path.exists(tmp_path / "new" / "x_text_sentence.idx")
+    r = run_tool("preprocess_data.py", *base, "--output-prefix", tmp_path / "new" / "x", "--split-sentences")
+    assert r.returncode == 0 and f"overwriting the existing {tmp_path / 'new' / 'x_text_sentence'}.bin/.idx" in r.stdout
     r = run_tool("preprocess_data.py", *base, "--output-prefix", tmp_path / "x", "--keep-newlines")
     assert r.returncode == 2 and "--keep-newlines only applies with --split-sentences" in r.stderr
     assert not any(n.startswith("x_") for n in os.listdir(tmp_path))

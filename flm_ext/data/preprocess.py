@@ -15,7 +15,8 @@ unless ``skip_bad_lines``: then they are skipped and counted by reason.
 
 Sentence mode (``split_sentences``, Megatron-LM's ``--split-sentences``): every sentence
 (``flm_ext.data.sentences``) is its own sequence and the ``.idx`` document index groups each
-document's sentences; EOD (with ``append_eod``) ends the last sentence; the output is
+document's sentences (megatron-core's GPTDataset, like Megatron-LM's, then shuffles and splits
+sentences, not documents: the mode is meant for sentence-level objectives); EOD (with ``append_eod``) ends the last sentence; the output is
 ``<prefix>_<key>_sentence``. Each output dataset gets a sidecar ``<dataset>.json``
 (``flm_ext.data.sidecar``). An input with no document at all is an error.
 
@@ -499,7 +500,10 @@ def output_notes(cfg: PreprocessConfig) -> List[str]:
         return [f"--output-prefix {cfg.output_prefix}: creating the folder {out_dir}"]
     existing = [cfg.output_path(s) for s in cfg.streams if os.path.exists(cfg.output_path(s) + ".bin")
                 or os.path.exists(cfg.output_path(s) + ".idx")]
-    return [f"--output-prefix {cfg.output_prefix}: overwriting the existing {p}.bin/.idx" for p in existing]
+    if not existing:
+        return []
+    return [f"--output-prefix {cfg.output_prefix}: overwriting the existing "
+            + ", ".join(f"{p}.bin/.idx" for p in existing)]
 
 
 def _make_dirs(out_dir: str) -> List[str]:
