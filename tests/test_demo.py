@@ -33,6 +33,9 @@ def test_recipe_in_miniature_runs_end_to_end(tmp_path):
         assert 0.0 <= reviews["accuracy"] <= 1.0 and reviews["samples"] == 60
         assert 0.5 <= reviews["majority_baseline"] <= 1.0 and 0.0 <= reviews["balanced_accuracy"] <= 1.0
     assert summary["teacher_signal_held_out_reviews"] == {k: v["zero_shot"]["reviews"] for k, v in evaluation.items()}
+    export = summary["export"]  # the final model as a transformers folder, checked against the training model
+    assert 0.0 <= export["max_abs_logit_diff"] <= 1e-5 and (Path(export["folder"]) / "config.json").is_file()
+    assert export["greedy"]["en"].startswith("In the beginning") and export["greedy"]["zh"].startswith("起初")
     assert (out / "loss.png").stat().st_size > 10_000
     assert any((out / "tensorboard" / "stage3").iterdir())
     assert "[demo" in proc.stdout and "max abs logit diff" in proc.stdout
