@@ -223,7 +223,7 @@ def export_final(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str) ->
     for lang, prompt in EXPORT_PROMPTS.items():
         text = run.run(f"generate {lang}", [_tool("generate.py"), "--load", folder, "--prompt", prompt, "--greedy",
                                             "--max-new-tokens", "32", "--device", "cpu"])
-        greedy[lang] = text.rstrip("\n")
+        greedy[lang] = text[max(text.find(prompt), 0):].rstrip("\n")  # from the prompt on (no log lines)
     return {"folder": folder, "max_abs_logit_diff": float(match.group(1)), "greedy": greedy}
 
 
