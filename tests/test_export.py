@@ -270,3 +270,83 @@ def test_incomplete_checkpoint_is_refused(checkpoints, bpe, tmp_path, capsys):
                                       "HuggingFaceTokenizer", "--tokenizer-model", bpe], capsys)
     assert rc == 2 and "--load" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_model_code_is_standalone_and_copied(exports):
+    """configuration_flm.py / modeling_flm.py import only torch and transformers (and each other),
+    and every export carries this package's copies."""
+    import ast
+
+    for name in ("configuration_flm.py", "modeling_flm.py"):
+        source = (REPO / "flm_ext" / "export" / name).read_text()
+        assert (exports["pp2"] / name).read_text() == source
+        modules = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                modules.add("." if node.level else node.module.split(".")[0])
+        assert modules <= {"__future__", "torch", "transformers", "."}, modules
+
+
+def test_bfloat16_export(checkpoints, exports, bpe, tmp_path):
+    """--dtype bfloat16: every tensor is the float32 export's, rounded to bf16; it loads and runs."""
+    from safetensors.torch import load_file
+
+    folder = export(checkpoints["pp2"], tmp_path / "bf16", bpe, dtype=torch.bfloat16)
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+
+    def tensors(path: Path) -> dict:
+        out = {}
+        for shard in sorted(path.glob("*.safetensors")):
+            out.update(load_file(str(shard)))
+        return out
+
+    half, full = tensors(folder), tensors(exports["pp2"])
+    assert half.keys() == full.keys() and len(half) == 27
+    assert all(half[k].dtype == torch.bfloat16 and torch.equal(half[k], full[k].to(torch.bfloat16)) for k in half)
+    model = auto_model(folder)
+    assert model.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.isfinite(model(probe(300)).logits).all()
+
+
+def test_sampling_and_streaming():
+    from flm_ext.data.tokenizers import build_tokenizer
+    from flm_ext.export.generation import Codec, Sampling, StreamDecoder, pick
+
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(0))
+    best = int(logits.argmax())
+    assert pick(logits, Sampling(greedy=False, top_k=1)) == best
+    assert pick(logits, Sampling(greedy=False, top_p=1e-6)) == best
+    draws = [pick(logits, Sampling(greedy=False, temperature=0.7, top_k=5), torch.Generator().manual_seed(s))
+             for s in range(40)]
+    assert set(draws) <= set(torch.topk(logits, 5).indices.tolist()) and len(set(draws)) > 1
+    again = [pick(logits, Sampling(greedy=False, temperature=0.7, top_k=5), torch.Generator().manual_seed(s))
+             for s in range(40)]
+    assert draws == again
+    gpt2 = build_tokenizer("GPT2BPETokenizer")
+    ids = gpt2.tokenize(MIXED)
+    decoder = StreamDecoder(Codec.from_training(gpt2))
+    pieces = [decoder.push(t) for t in ids] + [decoder.flush()]
+    assert "".join(pieces) == MIXED and not any("\ufffd" in p for p in pieces)
+    assert sum(1 for p in pieces if p == "") > 3  # emoji and CJK bytes held back until complete
+
+
+def test_generate_cli_interactive_and_bad_flags(exports, checkpoints, monkeypatch, capsys):
+    import io
+
+    tool = _tool("generate")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("In the beginning\n起初\n"))
+    assert tool.main(["--load", str(exports["tp2_mup"]), "--interactive", "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("In the beginning") and "\n起初" in out and out.endswith("\n")
+    for argv, needle in [(["--prompt", "x", "--greedy", "--temperature", "1"], "--greedy"),
+                         (["--prompt", "x", "--temperature", "0.7", "--top-p", "2"], "--top-p"),
+                         ([], "--prompt"), (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens")]:
+        assert tool.main(["--load", str(exports["tp2_mup"]), *argv]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert tool.main(["--load", checkpoints["pp2"], "--prompt", "x"]) == 2  # a checkpoint needs its tokenizer
+    err = capsys.readouterr().err
+    assert "--tokenizer-type" in err and len(err.strip().splitlines()) == 1

@@ -121,6 +121,12 @@ def export_checkpoint(ckpt, save: str, tokenizer, *, tokenizer_model: str | None
     if vocab > cfg.vocab_size:
         raise ExportError(f"the tokenizer has {vocab} tokens but the checkpoint's embedding only "
                           f"{cfg.vocab_size} rows: wrong --tokenizer-* flags for this checkpoint?")
+    from flm_ext.config import pad_vocab_size
+
+    if cfg.vocab_size not in {pad_vocab_size(vocab, tp) for tp in (1, 2, 4, 8, 16, 32)}:
+        log(f"export: warning: the tokenizer's {vocab} tokens do not pad to the checkpoint's {cfg.vocab_size} "
+            f"embedding rows at any usual TP (the trainer pads to a multiple of 128 x TP): check the --tokenizer-* "
+            f"flags unless training set --vocab-size")
     growth, lam = growth_of(ckpt)
     config = hf_config(cfg, vocab, tokenizer.eod, dtype, ckpt.iteration, growth, lam)
     items = list(plan_tensors(ckpt, vocab))
