@@ -127,7 +127,7 @@ def _tiny_default_split(data, tmp_path):
 # (row id, how: "in" (main() here) | "sub" (subprocess) | "tp2" (torchrun) | a callable, what to
 # change (data_path key or list, flags), expected message fragment, expected exit code)
 ROWS = [
-    ("vocab_mismatch_tp1", "sub", dict(data_path=["cl100k"]), "tokenized with CL100kTokenizer", 2),
+    ("vocab_mismatch_tp1", "in", dict(data_path=["cl100k"]), "tokenized with CL100kTokenizer", 2),
     ("vocab_mismatch_tp2", "tp2", dict(data_path=["cl100k"], tensor_model_parallel_size=2),
      "but training uses HuggingFaceTokenizer (1024 tokens", 1),  # torchrun reports a failed worker as 1
     ("ids_outside_vocab_no_sidecar", "in", dict(data_path=["no_sidecar"]), "outside the model's vocabulary of 1024", 2),
