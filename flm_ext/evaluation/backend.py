@@ -12,12 +12,12 @@ left-truncated to the model's sequence length + 1, the continuation's log-probab
 and `is_greedy` when every continuation token is the argmax. Batches are sorted by length and
 right-padded (a causal model never looks right, so padding changes nothing it scores).
 
-Generation (`generate_until`) is greedy and goes through a small generator interface. With a
-checkpoint path (`load=`) it is `CachedGenerator`: the export's KV-cache decoding loop
-(`flm_ext.export.generation.generate_tokens`) on the transformers model built in memory from the
-same checkpoint (one forward per new token). A model handed in directly (tests, or no export
-package) uses `Generator`, which re-runs the whole window each step; the two give the same
-greedy tokens (tests/test_evaluation_backend.py).
+Generation (`generate_until`) is greedy, batched, through a small generator interface. With a
+checkpoint path (`load=`) it is `CachedGenerator`: the transformers model of the export
+(`flm_ext.export`) built in memory from the same checkpoint, decoding a left-padded batch over a
+KV cache (one forward per new token for the whole batch). A model handed in directly uses
+`Generator`, which re-runs each sequence at every step; the two give the same greedy tokens
+(tests/test_evaluation_backend.py).
 """
 from __future__ import annotations
 
@@ -41,44 +41,63 @@ def _forward(model, ids: torch.Tensor, vocab: int | None = None) -> torch.Tensor
 
 
 class Generator:
-    """Greedy continuation of one prompt: `__call__(ids, max_new, stop) -> new ids`. `stop(new)`
-    says when the decoded text already holds a stop string. This one recomputes the full sequence
-    at every step (O(n^2), fine for short answers); a KV-cache generator has the same signature."""
+    """Greedy continuations of a batch of prompts: `batch(prompts, max_new, stop) -> new ids per
+    prompt`; `stop(new)` says when a row's decoded text already holds a stop string. This one
+    re-runs each prompt's whole sequence at every step on the model it is given (no cache; the
+    reference for `CachedGenerator`)."""
 
-    def __init__(self, model, max_length: int, vocab: int | None = None):
-        self.model, self.max_length, self.vocab = model, max_length, vocab
+    def __init__(self, model, vocab: int | None = None):
+        self.model, self.vocab = model, vocab
 
     @torch.no_grad()
-    def __call__(self, ids: list[int], max_new: int, stop) -> list[int]:
+    def batch(self, prompts: list[list[int]], max_new: int, stop) -> list[list[int]]:
         device = next(self.model.parameters()).device
-        seq, new = list(ids), []
-        for _ in range(max_new):
-            window = torch.tensor([seq[-self.max_length:]], device=device)
-            token = int(_forward(self.model, window, self.vocab)[0, -1].argmax())
-            seq.append(token)
-            new.append(token)
-            if stop(new):
-                break
-        return new
+        out = []
+        for ids in prompts:
+            seq, new = list(ids), []
+            for _ in range(max_new):
+                token = int(_forward(self.model, torch.tensor([seq], device=device), self.vocab)[0, -1].argmax())
+                seq.append(token)
+                new.append(token)
+                if stop(new):
+                    break
+            out.append(new)
+        return out
 
 
 class CachedGenerator:
-    """Greedy continuation through the export's KV-cache loop, same signature as `Generator`."""
+    """The same greedy decoding on the transformers model built in memory from the checkpoint (the
+    export's model code), over a KV cache: prompts left-padded and masked, one forward per step
+    for the whole batch. xPos makes q.k depend only on relative positions, so padding on the left
+    does not change what a row computes (tests compare with `Generator`)."""
 
     def __init__(self, load: str, tokenizer, device):
         from flm_ext.export.generation import load_hf_model
 
         self.model, _ = load_hf_model(load, tokenizer=tokenizer, device=device)
+        self.vocab = tokenizer.vocab_size
 
-    def __call__(self, ids: list[int], max_new: int, stop) -> list[int]:
-        from flm_ext.export.generation import generate_tokens
+    @torch.no_grad()
+    def batch(self, prompts: list[list[int]], max_new: int, stop) -> list[list[int]]:
+        from transformers.cache_utils import DynamicCache
 
-        new = []
-        for token in generate_tokens(self.model, ids, max_new):
-            new.append(token)
-            if stop(new):
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        cache, out, done = DynamicCache(), [[] for _ in prompts], [False] * len(prompts)
+        for _ in range(max_new):
+            logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                                logits_to_keep=1).logits[:, -1, :self.vocab]
+            tokens = logits.argmax(-1)
+            for row, token in enumerate(tokens.tolist()):
+                if not done[row]:
+                    out[row].append(token)
+                    done[row] = stop(out[row])
+            if all(done):
                 break
-        return new
+            ids, mask = tokens[:, None], torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        return out
 
 
 @register_model("flm")
@@ -119,7 +138,7 @@ class FLMLM(TemplateLM):
         if self._generator is None:
             cached = self.generation == "cache" or (self.generation == "auto" and self.load)
             self._generator = (CachedGenerator(self.load, self.tokenizer, self.device) if cached
-                               else Generator(self.model, self.max_length, self.tokenizer.vocab_size))
+                               else Generator(self.model, self.tokenizer.vocab_size))
         return self._generator
 
     @property
@@ -164,7 +183,7 @@ class FLMLM(TemplateLM):
                 target = torch.tensor(continuation, device=part.device)
                 score = part.gather(-1, target[:, None]).sum().item()
                 results[i] = (score, bool((part.argmax(-1) == target).all()))
-                if self.cache_hook is not None and requests[i][0] is not None:
+                if requests[i][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
             if not disable_tqdm:
                 progress.update(len(batch))
@@ -182,25 +201,33 @@ class FLMLM(TemplateLM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy text after each context, cut at the first stop string (default: end of document)."""
-        out = []
-        progress = Progress(len(requests), "generation", unit="requests", interval=10.0)
-        for request in requests:
+        """Greedy text after each context, cut at the first stop string (default: end of document).
+        Requests with the same stop strings and length limit are decoded together, longest first;
+        a context keeps its last max_length - max_gen_toks tokens (as lm-eval's hf backend)."""
+        eod_text = self.tok_decode([self.eot_token_id])
+        groups: dict = {}
+        for i, request in enumerate(requests):
             context, kwargs = request.args
             kwargs = dict(kwargs or {})
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kwargs.pop("max_gen_toks", 256))
-            eod_text = self.tok_decode([self.eot_token_id])
-            stops = until + [eod_text]
-            ids = self.tok_encode(context)[-(self.max_length - 1):]
-            new = self.generator(ids, max_new, lambda toks: any(s in self.tok_decode(toks) for s in stops))
-            text = self.tok_decode(new)
-            for s in stops:
-                text = text.split(s)[0]
-            out.append(text)
-            if self.cache_hook is not None:
-                self.cache_hook.add_partial("generate_until", (context, request.args[1]), text)
-            if not disable_tqdm:
-                progress.update(1)
+            ids = self.tok_encode(context)[-max(1, self.max_length - max_new):]
+            groups.setdefault((tuple(until + [eod_text]), max_new), []).append((i, ids))
+        out: list = [None] * len(requests)
+        progress = Progress(len(requests), "generation", unit="requests", interval=10.0)
+        for (stops, max_new), items in groups.items():
+            items.sort(key=lambda item: -len(item[1]))
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                news = self.generator.batch([ids for _, ids in chunk], max_new,
+                                            lambda toks: any(s in self.tok_decode(toks) for s in stops))
+                for (i, _), new in zip(chunk, news):
+                    text = self.tok_decode(new)
+                    for stop in stops:
+                        text = text.split(stop)[0]
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                if not disable_tqdm:
+                    progress.update(len(chunk))
         return out

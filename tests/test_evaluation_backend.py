@@ -1,0 +1,161 @@
+"""The lm-eval backend `flm` on a checkpoint saved at PP=2: the same per-request log-likelihoods
+and accuracy as lm-eval's own `hf` backend on the exported model, KV-cache generation equal to
+recomputed generation, the lm-eval CLI wrapper, and tools/evaluate.py end to end (with a task
+whose data is missing)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distributed import spawn
+from evaluation_workers import save_checkpoint_worker, train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+os.environ.update(OFFLINE)
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+TASKS = ["iq_symbolic_nli_en", "iq_symbolic_sentiment_zh", "iq_multikey_zh", "iq_two_facts_en"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 600-token BPE, a random tiny model saved at PP=2, its transformers export, an IQ suite."""
+    from flm_ext.config import pad_vocab_size
+    from flm_ext.data.tokenizers import build_tokenizer
+    from flm_ext.evaluation.iq import suite
+
+    out = tmp_path_factory.mktemp("backend")
+    bpe = train_tokenizer(str(out))
+    vocab = pad_vocab_size(build_tokenizer("HuggingFaceTokenizer", tokenizer_model=bpe).vocab_size, 2)
+    spawn(save_checkpoint_worker, 2, out, 1, 2, vocab)
+    ckpt, export = out / "ckpt", out / "hf"
+    tok = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", bpe]
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "export_hf.py"), "--load", str(ckpt), "--save",
+                           str(export), *tok], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    suite.write_suite(str(out / "iq"), seed=5, n=8)
+    return {"out": out, "ckpt": str(ckpt), "export": str(export), "bpe": bpe, "tok": tok, "iq": str(out / "iq")}
+
+
+@pytest.fixture(scope="module")
+def flm_lm(run, megatron_single_process):
+    from flm_ext.evaluation.backend import FLMLM
+
+    return FLMLM(load=run["ckpt"], tokenizer_model=run["bpe"], batch_size=4)
+
+
+def _evaluate(lm, run, tasks, limit=None):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=run["iq"], include_defaults=False)
+    return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=tm, limit=limit, log_samples=True,
+                                   bootstrap_iters=0)
+
+
+def test_flm_and_hf_backends_agree_per_request(run, flm_lm):
+    from lm_eval.models.huggingface import HFLM
+
+    hf = HFLM(pretrained=run["export"], trust_remote_code=True, dtype="float32", batch_size=4,
+              max_length=flm_lm.max_length, device="cpu")
+    ours, theirs = _evaluate(flm_lm, run, TASKS), _evaluate(hf, run, TASKS)
+    compared = 0
+    for task in TASKS:
+        assert ours["results"][task]["acc,none"] == theirs["results"][task]["acc,none"], task
+        for a, b in zip(ours["samples"][task], theirs["samples"][task], strict=True):
+            assert a["doc_id"] == b["doc_id"] and len(a["resps"]) == len(b["resps"]) >= 2
+            for (la, ga), (lb, gb) in zip((r[0] for r in a["resps"]), (r[0] for r in b["resps"])):
+                assert abs(float(la) - float(lb)) <= 1e-4, (task, a["doc_id"], la, lb)
+                assert bool(ga) == bool(gb)
+                compared += 1
+    assert compared >= 8 * 2 * 2 + 8 * 4 * 2
+    # the log-likelihoods are not all alike (a model near uniform would agree trivially)
+    lls = [float(r[0][0]) for s in ours["samples"]["iq_multikey_zh"] for r in s["resps"]]
+    assert max(lls) - min(lls) > 1.0
+
+
+def test_rolling_log_likelihood_equals_the_per_token_sum(run, flm_lm):
+    """loglikelihood_rolling over a text longer than two windows equals a per-token sum computed here:
+    each block of max_length tokens predicted from the max_length tokens before its last one."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    text = " ".join(f"item {i} of the list" for i in range(120))
+    [got] = flm_lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    seq, size = [flm_lm.eot_token_id] + flm_lm.tok_encode(text), flm_lm.max_length
+    assert len(seq) > 2 * size
+    total = 0.0
+    for begin in range(1, len(seq), size):
+        end = min(begin + size, len(seq))
+        low = max(0, end - 1 - size)
+        x = torch.tensor([seq[low:end - 1]])
+        with torch.no_grad():
+            logits = flm_lm.model(x, torch.arange(x.shape[1])[None], None)[0].double()
+        logp = torch.log_softmax(logits[:, :flm_lm.tokenizer.vocab_size], -1)  # real tokens, not padding
+        total += sum(logp[t - 1 - low, seq[t]].item() for t in range(begin, end))
+    assert got == pytest.approx(total, abs=1e-3)
+
+
+def test_kv_cache_generation_equals_recomputed_generation(run, flm_lm):
+    from flm_ext.evaluation.backend import FLMLM
+
+    assert type(flm_lm.generator).__name__ == "CachedGenerator"
+    recompute = FLMLM(model=flm_lm.model, tokenizer=flm_lm.tokenizer, config=flm_lm.config, generation="recompute")
+    tasks = ["iq_counting_en", "iq_counting_zh"]  # short prompts of different lengths: left padding in a batch
+    a, b = _evaluate(flm_lm, run, tasks, limit=6), _evaluate(recompute, run, tasks, limit=6)
+    texts = [s["resps"] for t in tasks for s in a["samples"][t]]
+    assert texts == [s["resps"] for t in tasks for s in b["samples"][t]]
+    assert any(r[0][0] for r in texts)  # something was generated
+
+
+def test_lm_eval_cli_wrapper_runs_the_flm_model(run, tmp_path):
+    args = f"load={run['ckpt']},tokenizer_type=HuggingFaceTokenizer,tokenizer_model={run['bpe']}"
+    proc = subprocess.run([sys.executable, "-m", "flm_ext.evaluation.lm_eval_cli", "--model", "flm", "--model_args",
+                           args, "--tasks", "iq_multikey_en", "--include_path", run["iq"], "--limit", "4", "--batch_size", "4",
+                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, env=ENV,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result] = list((tmp_path / "out").rglob("results_*.json"))
+    assert json.loads(result.read_text())["results"]["iq_multikey_en"]["acc,none"] in (0, 0.25, 0.5, 0.75, 1)
+
+
+def test_evaluate_tool_end_to_end(run, tmp_path):
+    teacher = tmp_path / "teacher.jsonl"
+    teacher.write_text("".join(json.dumps({"text": f"review {i}", "proposition": "这条评论是正面的。",
+                                           "label": i % 2 == 0}) + "\n" for i in range(6)))
+    valid = tmp_path / "en.jsonl"
+    valid.write_text("".join(json.dumps({"text": f"Input: a b c {i}\nOutput: a c"}) + "\n" for i in range(80)))
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, str(REPO / "tools" / "evaluate.py"), "--load", run["ckpt"], *run["tok"],
+           "--tasks", "perplexity,teacher,iq_pattern_mining,arc_challenge", "--valid-data", f"en={valid}",
+           "--teacher-data", str(teacher), "--iq-dir", run["iq"], "--limit", "3", "--output", str(out),
+           "--markdown", str(tmp_path / "eval.md")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.startswith("evaluate.py: loading")
+    assert "ETA" in proc.stderr
+    result = json.loads(out.read_text())
+    assert result["languages"]["en"]["perplexity"] > 1 and result["zero_shot"]["all"]["samples"] == 6
+    assert set(result["iq"]["subtests"]) == {"iq_head_tail", "iq_full_repeating", "iq_head_slicing"}
+    assert result["iq"]["families"]["pattern_mining"]["paper_flm101b"] == pytest.approx(0.6467)
+    missing = result["lm_eval"]["missing"]["arc_challenge"]
+    assert "allenai/ai2_arc" in missing and "--include-path" in missing and missing in proc.stderr
+    table = (tmp_path / "eval.md").read_text()
+    assert "| **pattern_mining** |" in table and "| arc_challenge | - | missing data | - | 39.76 |" in table
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--tasks", "perplexity"], "--tasks perplexity needs --valid-data"),
+    (["--tasks", "iq", "--iq-dir", "/nonexistent"], "--iq-dir"),
+    (["--valid-data", "en"], "--valid-data"),
+])
+def test_evaluate_tool_refuses_bad_flags_in_one_line(args, flag):
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--load", str(REPO),
+                           "--tokenizer-type", "GPT2BPETokenizer", *args], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"evaluate.py: error: {flag}")
