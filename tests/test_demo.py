@@ -36,6 +36,10 @@ def test_recipe_in_miniature_runs_end_to_end(tmp_path):
     export = summary["export"]  # the final model as a transformers folder, checked against the training model
     assert 0.0 <= export["max_abs_logit_diff"] <= 1e-5 and (Path(export["folder"]) / "config.json").is_file()
     assert export["greedy"]["en"].startswith("In the beginning") and export["greedy"]["zh"].startswith("起初")
+    iq = evaluation["final"]["iq"]  # the final model on a small IQ suite, each score beside its baseline
+    assert set(iq["families"]) == {"symbolic_mapping", "rule_understanding", "pattern_mining", "anti_interference"}
+    assert all(0 <= r["score"] <= 1 and 0 < r["random_baseline"] < 1 for r in iq["subtests"].values())
+    assert "IQ suite, final model" in proc.stdout
     assert (out / "loss.png").stat().st_size > 10_000
     assert any((out / "tensorboard" / "stage3").iterdir())
     assert "[demo" in proc.stdout and "max abs logit diff" in proc.stdout
