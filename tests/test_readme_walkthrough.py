@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Walk-through"
 SETUP_LINES = ("make setup", "source .venv/bin/activate")  # done already: the test runs in that venv
@@ -53,6 +55,7 @@ def test_readme_blocks_parse_and_start_with_the_setup():
     assert text.count("--growth-ramp-steps $RAMP") == 2
 
 
+@pytest.mark.timeout(1200)  # above the script's own 900 s limit
 def test_readme_walkthrough_runs_as_written_at_tiny_scale(tmp_path):
     w = tmp_path / "w"
     env = dict(os.environ, W=str(w), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
