@@ -219,11 +219,12 @@ def export_final(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str) ->
     match = re.search(r"max abs logit diff: ([0-9.eE+-]+|nan|inf)", output)
     if not match:
         raise RuntimeError("export: export_hf.py printed no 'max abs logit diff' line")
-    greedy = {}
-    for lang, prompt in EXPORT_PROMPTS.items():
-        text = run.run(f"generate {lang}", [_tool("generate.py"), "--load", folder, "--prompt", prompt, "--greedy",
-                                            "--max-new-tokens", "32", "--device", "cpu"])
-        greedy[lang] = text[max(text.find(prompt), 0):].rstrip("\n")  # from the prompt on (no log lines)
+    prompts = list(EXPORT_PROMPTS.values())
+    text = run.run("generate", [_tool("generate.py"), "--load", folder, "--greedy", "--max-new-tokens", "32",
+                                "--device", "cpu", *sum((["--prompt", p] for p in prompts), [])])
+    starts = [max(text.find(prompts[0]), 0)]  # each continuation is printed after its prompt, in order
+    starts.append(text.find(prompts[1], starts[0] + len(prompts[0])))
+    greedy = {lang: text[a:b].rstrip("\n") for lang, a, b in zip(EXPORT_PROMPTS, starts, starts[1:] + [len(text)])}
     return {"folder": folder, "max_abs_logit_diff": float(match.group(1)), "greedy": greedy}
 
 
