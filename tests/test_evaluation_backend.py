@@ -124,29 +124,54 @@ def test_lm_eval_cli_wrapper_runs_the_flm_model(run, tmp_path):
     assert json.loads(result.read_text())["results"]["iq_multikey_en"]["acc,none"] in (0, 0.25, 0.5, 0.75, 1)
 
 
+def _local_choice_task(folder: Path) -> None:
+    """An lm-eval task on local files, as a user would write one for a downloaded benchmark."""
+    folder.mkdir()
+    docs = [{"q": f"{a} plus {b} is", "choices": [str(a + b), str(a + b + 1), str(a * b + 7)], "gold": 0}
+            for a, b in ((1, 2), (3, 4), (2, 5))]
+    (folder / "local.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "local_mc.yaml").write_text(
+        "task: local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {folder / 'local.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n")
+
+
 def test_evaluate_tool_end_to_end(run, tmp_path):
+    """All of our task kinds, the whole IQ suite, an lm-eval task on local files and one whose data
+    set is missing, in one run of the tool."""
     teacher = tmp_path / "teacher.jsonl"
     teacher.write_text("".join(json.dumps({"text": f"review {i}", "proposition": "这条评论是正面的。",
                                            "label": i % 2 == 0}) + "\n" for i in range(6)))
     valid = tmp_path / "en.jsonl"
     valid.write_text("".join(json.dumps({"text": f"Input: a b c {i}\nOutput: a c"}) + "\n" for i in range(80)))
+    _local_choice_task(tmp_path / "local")
     out = tmp_path / "eval.json"
     cmd = [sys.executable, str(REPO / "tools" / "evaluate.py"), "--load", run["ckpt"], *run["tok"],
-           "--tasks", "perplexity,teacher,iq_pattern_mining,arc_challenge", "--valid-data", f"en={valid}",
-           "--teacher-data", str(teacher), "--iq-dir", run["iq"], "--limit", "3", "--output", str(out),
-           "--markdown", str(tmp_path / "eval.md")]
+           "--tasks", "perplexity,teacher,iq,local_mc,arc_challenge", "--valid-data", f"en={valid}",
+           "--teacher-data", str(teacher), "--iq-dir", run["iq"], "--include-path", str(tmp_path / "local"),
+           "--limit", "2", "--output", str(out), "--markdown", str(tmp_path / "eval.md")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.startswith("evaluate.py: loading")
     assert "ETA" in proc.stderr
     result = json.loads(out.read_text())
     assert result["languages"]["en"]["perplexity"] > 1 and result["zero_shot"]["all"]["samples"] == 6
-    assert set(result["iq"]["subtests"]) == {"iq_head_tail", "iq_full_repeating", "iq_head_slicing"}
+    assert set(result["iq"]["subtests"]) == set(suite_names())
+    assert all(r["items"] == 2 for r in result["iq"]["subtests"].values())
     assert result["iq"]["families"]["pattern_mining"]["paper_flm101b"] == pytest.approx(0.6467)
+    local = result["lm_eval"]["tasks"]["local_mc"]
+    assert local["metric"] == "acc,none" and local["random_baseline"] == pytest.approx(1 / 3) and local["items"] == 2
     missing = result["lm_eval"]["missing"]["arc_challenge"]
     assert "allenai/ai2_arc" in missing and "--include-path" in missing and missing in proc.stderr
     table = (tmp_path / "eval.md").read_text()
     assert "| **pattern_mining** |" in table and "| arc_challenge | - | missing data | - | 39.76 |" in table
+    assert "| local_mc | acc,none |" in table
+
+
+def suite_names() -> list[str]:
+    from flm_ext.evaluation.iq import suite
+
+    return [t.name for t in suite.SUBTESTS]
 
 
 @pytest.mark.parametrize("args, flag", [

@@ -7,7 +7,8 @@
 lm-eval 0.4.13 finds models only in its registry (its built-in table, or classes registered by
 code that has run); it reads no package entry points, so a plain `lm_eval --model flm` cannot
 see ours. This wrapper imports the backend (which registers `flm`) and hands over to lm-eval's
-CLI unchanged: every lm-eval flag works as documented upstream.
+CLI unchanged: every lm-eval flag works as documented upstream. `--model iq-oracle` (the IQ
+solvers) and `--model iq-constant` check a suite without any model.
 """
 import sys
 
@@ -15,6 +16,7 @@ import sys
 def main() -> None:
     print("loading lm-eval and megatron-core ...", file=sys.stderr, flush=True)
     import flm_ext.evaluation.backend  # noqa: F401  (registers "flm")
+    import flm_ext.evaluation.iq.oracle  # noqa: F401  (registers "iq-oracle" and "iq-constant")
     from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()
