@@ -116,7 +116,8 @@ def test_kv_cache_generation_equals_recomputed_generation(run, flm_lm):
 def test_lm_eval_cli_wrapper_runs_the_flm_model(run, tmp_path):
     args = f"load={run['ckpt']},tokenizer_type=HuggingFaceTokenizer,tokenizer_model={run['bpe']}"
     proc = subprocess.run([sys.executable, "-m", "flm_ext.evaluation.lm_eval_cli", "--model", "flm", "--model_args",
-                           args, "--tasks", "iq_multikey_en", "--include_path", run["iq"], "--limit", "4", "--batch_size", "4",
+                           args, "--tasks", "iq_multikey_en", "--include_path", run["iq"], "--limit", "4",
+                           "--batch_size", "4",
                            "--output_path", str(tmp_path / "out")], capture_output=True, text=True, env=ENV,
                           cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]

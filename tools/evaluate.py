@@ -17,7 +17,6 @@ truthfulqa_mc2, ceval-valid, ...; run at the paper's shot count unless --num-few
 --load takes a checkpoint root (its latest checkpoint) or an iter_N folder.
 """
 import argparse
-import json
 import os
 import sys
 

@@ -8,7 +8,8 @@ per family (iq_symbolic_mapping, iq_rule_understanding, iq_pattern_mining,
 iq_anti_interference), the group `iq`, and manifest.json with each sub-test's random baseline.
 Every item is checked against an independent solver before anything is written. Use with
   python tools/evaluate.py --load CKPT ... --tasks iq --iq-dir runs/iq_tasks
-  python -m flm_ext.evaluation.lm_eval_cli --model flm --model_args load=CKPT,... --tasks iq --include_path runs/iq_tasks
+  python -m flm_ext.evaluation.lm_eval_cli --model flm --model_args load=CKPT,... --tasks iq \\
+      --include_path runs/iq_tasks
 """
 import argparse
 import os

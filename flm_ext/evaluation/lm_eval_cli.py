@@ -1,8 +1,8 @@
 """lm-eval's own command line with the `flm` model registered:
 
-    python -m flm_ext.evaluation.lm_eval_cli --model flm \\
-        --model_args load=runs/demo/stage3/ckpt,tokenizer_type=HuggingFaceTokenizer,tokenizer_model=runs/demo/data/bpe4096.json \\
-        --tasks iq --include_path runs/iq_tasks      # after: python tools/make_iq_tasks.py --out runs/iq_tasks
+    python tools/make_iq_tasks.py --out runs/iq_tasks
+    ARGS=load=runs/demo/stage3/ckpt,tokenizer_type=HuggingFaceTokenizer,tokenizer_model=runs/demo/data/bpe4096.json
+    python -m flm_ext.evaluation.lm_eval_cli --model flm --model_args $ARGS --tasks iq --include_path runs/iq_tasks
 
 lm-eval 0.4.13 finds models only in its registry (its built-in table, or classes registered by
 code that has run); it reads no package entry points, so a plain `lm_eval --model flm` cannot

@@ -35,7 +35,8 @@ def iq_suite(folder: str | None, seed: int, n: int, langs, workdir: str | None) 
     """An IQ suite folder: the given one, or one generated now (a fraction of a second)."""
     if folder:
         return folder
-    target = os.path.join(workdir or tempfile.mkdtemp(prefix="flm_iq_"), f"iq_tasks_seed{seed}_n{n}")
+    name = f"iq_tasks_seed{seed}_n{n}_{'-'.join(langs)}"  # the same generator inputs, the same files
+    target = os.path.join(workdir or tempfile.mkdtemp(prefix="flm_iq_"), name)
     if not os.path.exists(os.path.join(target, "manifest.json")):
         suite.write_suite(target, seed=seed, n=n, langs=langs)
     return target
@@ -229,8 +230,8 @@ def evaluate_checkpoint(load: str, tokenizer, tasks: list[str], *, valid_files: 
     progress.update(1, f"loaded {load} (iteration {common['iteration']})")
     result = {"checkpoint": load, "iteration": common["iteration"], "model": describe(config)}
     if "perplexity" in ours:
-        result["languages"] = {lang: {**language_loss(model, config, tokenizer, path), "vocab_size": tokenizer.vocab_size}
-                               for lang, path in valid_files.items()}
+        result["languages"] = {lang: dict(language_loss(model, config, tokenizer, path),
+                                          vocab_size=tokenizer.vocab_size) for lang, path in valid_files.items()}
         progress.update(1, "perplexity")
     if "teacher" in ours:
         result["zero_shot"] = zero_shot_accuracy(model, config, tokenizer, teacher_file, max_teacher_samples)

@@ -185,7 +185,7 @@ def _events(lines: list[str], lang: str) -> list[tuple[str, dict]]:
 
 def _single_fact(prompt: str, lang: str) -> str:
     lines, question = _story(prompt, lang)
-    person = question.removeprefix("Where is ").removesuffix("?") if lang == "en" else question.removesuffix("在哪里？")
+    person = question.removeprefix("Where is ").removesuffix("?") if lang == "en" else question[:-len("在哪里？")]
     places = [f["l"] for kind, f in _events(lines, lang) if kind == "move" and f["p"] == person]
     if not places:
         raise Ambiguous(f"{person} never moves")
@@ -194,7 +194,7 @@ def _single_fact(prompt: str, lang: str) -> str:
 
 def _two_facts(prompt: str, lang: str) -> str:
     lines, question = _story(prompt, lang)
-    thing = question.removeprefix("Where is the ").removesuffix("?") if lang == "en" else question.removesuffix("在哪里？")
+    thing = question.removeprefix("Where is the ").removesuffix("?") if lang == "en" else question[:-len("在哪里？")]
     where, holder, placed = {}, {}, {}
     for kind, f in _events(lines, lang):
         if kind == "move":
