@@ -185,3 +185,11 @@ def test_evaluate_tool_refuses_bad_flags_in_one_line(args, flag):
                            "--tokenizer-type", "GPT2BPETokenizer", *args], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"evaluate.py: error: {flag}")
+
+
+def test_evaluate_tool_names_a_folder_without_checkpoint(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--load", str(tmp_path),
+                           "--tokenizer-type", "GPT2BPETokenizer", "--tasks", "iq_counting_en"],
+                          capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"evaluate.py: --load {tmp_path}: ")

@@ -106,8 +106,8 @@ def main(argv=None) -> int:
             num_fewshot=args.num_fewshot, batch_size=args.batch_size,
             workdir=os.path.dirname(os.path.abspath(args.output)) if args.output else None)
     except CheckpointError as error:
-        print(f"evaluate.py: {error}", file=sys.stderr)
-        return 1
+        print(f"evaluate.py: --load {args.load}: {error}", file=sys.stderr)
+        return 2
     except KeyError as error:
         print(f"evaluate.py: {error.args[0]}", file=sys.stderr)
         return 2
