@@ -12,7 +12,7 @@ import numpy
 import pytest
 import torch
 
-from data_testutils import read_indexed, run_tool, write_jsonl
+from data_testutils import REPO, read_indexed, run_tool, write_jsonl
 from flm_ext.data.preprocess import PreprocessConfig, preprocess
 from flm_ext.data.sentences import PUNKT_PARAMS, split_chinese
 from flm_ext.data.tokenizers import build_tokenizer
@@ -132,6 +132,20 @@ def test_cli_flags(tmp_path):
     assert os.path.exists(tmp_path / "new" / "x_text_sentence.idx")
     r = run_tool("preprocess_data.py", *base, "--output-prefix", tmp_path / "new" / "x", "--split-sentences")
     assert r.returncode == 0 and f"overwriting the existing {tmp_path / 'new' / 'x_text_sentence'}.bin/.idx" in r.stdout
-    r = run_tool("preprocess_data.py", *base, "--output-prefix", tmp_path / "x", "--keep-newlines")
-    assert r.returncode == 2 and "--keep-newlines only applies with --split-sentences" in r.stderr
-    assert not any(n.startswith("x_") for n in os.listdir(tmp_path))
+
+
+
+def test_sentence_flags_need_split_sentences(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("preprocess_data", os.path.join(REPO, "tools", "preprocess_data.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    inp = write_jsonl(str(tmp_path / "in.jsonl"), [{"text": t} for t in EN])
+    for flags, message in ((["--keep-newlines"], "--keep-newlines only applies with --split-sentences"),
+                           (["--lang", "zh"], "--lang only applies with --split-sentences")):
+        with pytest.raises(SystemExit) as exit:
+            tool.main(["--input", inp, "--tokenizer-type", "GPT2BPETokenizer", "--output-prefix",
+                       str(tmp_path / "x"), *flags])
+        assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["in.jsonl"]
