@@ -120,6 +120,8 @@ def test_exported_logits_equal_the_training_model(name, checkpoints, exports):
     with torch.no_grad():
         diff64 = (exact(ids).logits - reference_logits(checkpoints[name], ids, torch.float64)[..., :300])
     assert float(diff64.abs().max()) <= 1e-12
+    print(f"{name}: max abs logit diff fp32 {float((out - ref[..., :300]).abs().max()):.2e}, "
+          f"float64 {float(diff64.abs().max()):.2e}")
     config = json.loads((exports[name] / "config.json").read_text())
     expected = {"tp2_mup": (True, None), "pp2": (False, None), "ramp": (True, [32, 0.4])}[name]
     assert (config["use_mup"], config["growth_norm_mask"]) == expected
@@ -350,3 +352,20 @@ def test_generate_cli_interactive_and_bad_flags(exports, checkpoints, monkeypatc
     assert tool.main(["--load", checkpoints["pp2"], "--prompt", "x"]) == 2  # a checkpoint needs its tokenizer
     err = capsys.readouterr().err
     assert "--tokenizer-type" in err and len(err.strip().splitlines()) == 1
+
+
+def test_left_padded_batches_equal_single_sequences(exports):
+    """Batched scoring and generation (as evaluation harnesses batch prompts): left padding with an
+    attention mask gives each row the logits and greedy tokens it gets alone."""
+    model = auto_model(exports["tp2_mup"])
+    long, short = probe(300, length=12, batch=1)[0], probe(300, length=5, batch=1)[0] + 1
+    batch = torch.stack([long, torch.cat([torch.zeros(7, dtype=torch.long), short])])
+    mask = torch.tensor([[1] * 12, [0] * 7 + [1] * 5])
+    with torch.no_grad():
+        both = model(batch, attention_mask=mask).logits
+        assert float((both[0] - model(long[None]).logits[0]).abs().max()) <= 1e-5
+        assert float((both[1, 7:] - model(short[None]).logits[0]).abs().max()) <= 1e-5
+        batched = model.generate(batch, attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[:, 12:]
+        alone = model.generate(short[None], max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert batched[1].tolist() == alone[0, 5:].tolist()
