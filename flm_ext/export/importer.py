@@ -103,9 +103,6 @@ class _Tensors:
             raise ExportError(f"the export has no tensor {name!r}")
         return tuple(self.where[name].get_slice(name).get_shape())
 
-    def dtype(self, name: str) -> torch.dtype:
-        return self.get(name).dtype if name in self.where else torch.float32
-
 
 def _plan(cfg: FLMConfig, tensors: _Tensors):
     """flm_ext.checkpoint Chunks of the checkpoint, and a function producing each one."""
