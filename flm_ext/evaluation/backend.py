@@ -104,13 +104,14 @@ class CachedGenerator:
 class FLMLM(TemplateLM):
     """lm-eval model args: load (checkpoint root or iter_N folder), tokenizer_type, tokenizer_model,
     vocab_file, merge_file (as pretrain_flm.py), batch_size, device, max_length, generation
-    ("cache": the export's KV-cache loop, needs load; "recompute"; "auto": cache when load is given)."""
+    ("cache": batched KV-cache decoding on the export's model, needs load; "recompute"; "auto":
+    cache when load is given), generation_batch_size (default 4 x batch_size)."""
 
     def __init__(self, load: str | None = None, tokenizer_type: str = "HuggingFaceTokenizer",
                  tokenizer_model: str | None = None, vocab_file: str | None = None, merge_file: str | None = None,
                  batch_size: int | str = 8, device: str | None = None, max_length: int | None = None,
-                 generation: str = "auto", model=None, tokenizer=None, config=None, max_batch_size: int | None = None,
-                 **unused):
+                 generation: str = "auto", generation_batch_size: int | None = None, model=None, tokenizer=None,
+                 config=None, max_batch_size: int | None = None, **unused):
         super().__init__()
         if model is None:
             from flm_ext.data.tokenizers import build_tokenizer
@@ -125,6 +126,8 @@ class FLMLM(TemplateLM):
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
         self.max_length = int(max_length or config.seq_length)
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        # decoding is one token per step for the whole batch: wider batches cost little more per step
+        self.generation_batch_size = int(generation_batch_size or 4 * self.batch_size)
         if generation not in ("auto", "cache", "recompute"):
             raise ValueError(f"generation={generation!r}: choose auto, cache or recompute")
         if generation == "cache" and not load:
@@ -218,8 +221,8 @@ class FLMLM(TemplateLM):
         progress = Progress(len(requests), "generation", unit="requests", interval=10.0)
         for (stops, max_new), items in groups.items():
             items.sort(key=lambda item: -len(item[1]))
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start:start + self.batch_size]
+            for start in range(0, len(items), self.generation_batch_size):
+                chunk = items[start:start + self.generation_batch_size]
                 news = self.generator.batch([ids for _, ids in chunk], max_new,
                                             lambda toks: any(s in self.tok_decode(toks) for s in stops))
                 for (i, _), new in zip(chunk, news):
