@@ -135,11 +135,17 @@ def _local_choice_task(folder: Path) -> None:
         "task: local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {folder / 'local.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
         "doc_to_text: q\ndoc_to_choice: choices\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n")
+    # a task whose data set would come from the hub (not cached here; offline)
+    (folder / "hub_mc.yaml").write_text(
+        "task: hub_mc\ndataset_path: allenai/ai2_arc\ndataset_name: ARC-Challenge\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: question\ndoc_to_choice: '{{choices.text}}'\n"
+        "doc_to_target: 0\nmetric_list:\n  - metric: acc\n")
 
 
 def test_evaluate_tool_end_to_end(run, tmp_path):
     """All of our task kinds, the whole IQ suite, an lm-eval task on local files and one whose data
-    set is missing, in one run of the tool."""
+    set is missing, in one run of the tool (task YAMLs from --iq-dir / --include-path only: lm-eval's
+    own index is not needed, so it is not built)."""
     teacher = tmp_path / "teacher.jsonl"
     teacher.write_text("".join(json.dumps({"text": f"review {i}", "proposition": "这条评论是正面的。",
                                            "label": i % 2 == 0}) + "\n" for i in range(6)))
@@ -148,7 +154,7 @@ def test_evaluate_tool_end_to_end(run, tmp_path):
     _local_choice_task(tmp_path / "local")
     out = tmp_path / "eval.json"
     cmd = [sys.executable, str(REPO / "tools" / "evaluate.py"), "--load", run["ckpt"], *run["tok"],
-           "--tasks", "perplexity,teacher,iq,local_mc,arc_challenge", "--valid-data", f"en={valid}",
+           "--tasks", "perplexity,teacher,iq,local_mc,hub_mc", "--valid-data", f"en={valid}",
            "--teacher-data", str(teacher), "--iq-dir", run["iq"], "--include-path", str(tmp_path / "local"),
            "--limit", "2", "--output", str(out), "--markdown", str(tmp_path / "eval.md")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
@@ -162,11 +168,19 @@ def test_evaluate_tool_end_to_end(run, tmp_path):
     assert result["iq"]["families"]["pattern_mining"]["paper_flm101b"] == pytest.approx(0.6467)
     local = result["lm_eval"]["tasks"]["local_mc"]
     assert local["metric"] == "acc,none" and local["random_baseline"] == pytest.approx(1 / 3) and local["items"] == 2
-    missing = result["lm_eval"]["missing"]["arc_challenge"]
-    assert "allenai/ai2_arc" in missing and "--include-path" in missing and missing in proc.stderr
+    missing = result["lm_eval"]["missing"]["hub_mc"]
+    assert "allenai/ai2_arc (ARC-Challenge)" in missing and "--include-path" in missing and missing in proc.stderr
     table = (tmp_path / "eval.md").read_text()
-    assert "| **pattern_mining** |" in table and "| arc_challenge | - | missing data | - | 39.76 |" in table
+    assert "| **pattern_mining** |" in table and "| hub_mc | - | missing data | - | - |" in table
     assert "| local_mc | acc,none |" in table
+
+
+def test_table_puts_the_papers_figure_beside_a_knowledge_score():
+    from flm_ext.evaluation.runner import markdown_table
+
+    row = {"metric": "acc_norm,none", "score": 0.31, "random_baseline": 0.25, "items": 1172}
+    table = markdown_table({"lm_eval": {"tasks": {"arc_challenge": row}, "missing": {}}})
+    assert "| arc_challenge | acc_norm,none | 31.00 | 25.00 | 39.76 | 1172 |" in table.splitlines()
 
 
 def suite_names() -> list[str]:

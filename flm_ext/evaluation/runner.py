@@ -74,11 +74,14 @@ def _choice_baseline(tasks: dict, limit: int | None) -> float | None:
     return mean(values) if values else None
 
 
-def load_lm_eval_tasks(names: list[str], include_paths: list[str], need_defaults: bool):
-    """(TaskManager, {name: loaded task dict}, {name: missing-data line}); unknown names raise."""
+def load_lm_eval_tasks(names: list[str], include_paths: list[str]):
+    """(TaskManager, {name: loaded task dict}, {name: missing-data line}); unknown names raise.
+    lm-eval's own task index (~10 s to build) is read only when a name is not in `include_paths`."""
     from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=include_paths or None, include_defaults=need_defaults)
+    tm = TaskManager(include_path=include_paths or None, include_defaults=not include_paths)
+    if include_paths and any(name not in tm.all_tasks for name in names):
+        tm = TaskManager(include_path=include_paths, include_defaults=True)
     loaded, missing = {}, {}
     for name in names:
         if name not in tm.all_tasks:
@@ -200,7 +203,7 @@ def run_lm_eval(lm, iq_names: list[str], other: list[str], include_paths: list[s
     import logging
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    tm, loaded, missing = load_lm_eval_tasks(iq_names + other, include_paths, need_defaults=bool(other))
+    tm, loaded, missing = load_lm_eval_tasks(iq_names + other, include_paths)
     results: dict = {}
     runnable_iq = [n for n in iq_names if n in loaded]
     if runnable_iq:
