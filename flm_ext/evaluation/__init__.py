@@ -2,9 +2,11 @@
 
 - `core`: held-out perplexity per language and FreeLM teacher-signal zero-shot accuracy, and
   `load_model` (a TP=1 model from a checkpoint saved at any TP/PP, growth masks applied).
-- `backend`: the lm-eval model `flm` (log-likelihoods and generation on the training code path).
+- `backend`: the lm-eval model `flm` (log-likelihoods on the training code path, batched KV-cache
+  generation); `lm_eval_cli`: lm-eval's CLI with it registered.
 - `iq`: offline, seeded generators and independent solvers for the paper's IQ-style tests.
-- `runner`: what `tools/evaluate.py` runs: our tasks and any lm-eval task, one results table.
+- `runner`: what `tools/evaluate.py` runs: our tasks and any lm-eval task, one results table;
+  `paper`: the paper's figures placed beside ours.
 
 The names below are imported by the recipe, the tests and the benchmarks; lm-eval is imported
 only by `backend`, `runner` and `lm_eval_cli`, so training-side users never pay for it.

@@ -21,6 +21,8 @@ KV cache (one forward per new token for the whole batch). A model handed in dire
 """
 from __future__ import annotations
 
+import sys
+
 import lm_eval.models  # noqa: F401  (fills lm-eval's registry first: it lazy-loads only when empty)
 import torch
 import torch.nn.functional as F
@@ -113,6 +115,8 @@ class FLMLM(TemplateLM):
                  generation: str = "auto", generation_batch_size: int | None = None, model=None, tokenizer=None,
                  config=None, max_batch_size: int | None = None, **unused):
         super().__init__()
+        if unused:
+            print(f"flm: ignoring unknown model_args {sorted(unused)}", file=sys.stderr, flush=True)
         if model is None:
             from flm_ext.data.tokenizers import build_tokenizer
             from flm_ext.evaluation.core import load_model
