@@ -6,7 +6,9 @@
 Writes, per sub-test, a jsonl of items and an lm-eval task YAML (dataset_path: json), one group
 per family (iq_symbolic_mapping, iq_rule_understanding, iq_pattern_mining,
 iq_anti_interference), the group `iq`, and manifest.json with each sub-test's random baseline.
-Every item is checked against an independent solver before anything is written. Use with
+Every item is checked against an independent solver before anything is written. The YAMLs name
+their jsonl files by absolute path (lm-eval resolves data_files from the working directory): to
+use a suite elsewhere, regenerate it there (same seed, same items) rather than moving it. Use with
   python tools/evaluate.py --load CKPT ... --tasks iq --iq-dir runs/iq_tasks
   python -m flm_ext.evaluation.lm_eval_cli --model flm --model_args load=CKPT,... --tasks iq \\
       --include_path runs/iq_tasks
