@@ -8,9 +8,10 @@ loop against transformers' `generate`.
    RSS is that process's ru_maxrss (os.wait4). Streaming means it should follow the largest tensor
    (the embedding), not the checkpoint.
 2. Decoding: one exported model (--decode-layers x 512, GPT-2 vocabulary), the same prompt; greedy,
-   --new-tokens tokens, eos ignored, one thread... as many threads as torch uses by default. Ours is
+   --new-tokens tokens, eos ignored, torch's default thread count. Ours is
    what tools/generate.py runs (`generate_text`: KV-cache loop + streaming text decoding); theirs is
-   `model.generate(do_sample=False)` on the same model object. Runs alternate, best of --repeats.
+   `model.generate(do_sample=False)` on the same model object. Runs alternate, best of --repeats;
+   CPU ms per token (process time) is less sensitive than wall time to other load on the machine.
 
   python benchmarks/export_generate.py --workdir /tmp/export_bench --layers 2 8 24
 
@@ -18,6 +19,7 @@ prints markdown tables (docs/BENCHMARKS.md has the numbers from this machine).
 """
 import argparse
 import os
+import re
 import platform
 import shutil
 import subprocess
@@ -31,8 +33,8 @@ GPT2 = ["--tokenizer-type", "GPT2BPETokenizer"]
 PROMPT = "In the beginning God created the heaven and the earth. And the earth was without form, and void;"
 
 
-def run(cmd: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MiB, output) of one child process."""
+def run(cmd: list[str]) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS in MiB, output, CPU seconds) of one child process."""
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1"))
@@ -40,7 +42,7 @@ def run(cmd: list[str]) -> tuple[float, float, str]:
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status):
         raise RuntimeError(f"{cmd} failed:\n{output[-3000:]}")
-    return time.time() - start, usage.ru_maxrss / 1024, output
+    return time.time() - start, usage.ru_maxrss / 1024, output, usage.ru_utime + usage.ru_stime
 
 
 def du(path: str) -> int:
@@ -62,11 +64,14 @@ def export_rows(workdir: str, layer_counts: list[int]) -> list[dict]:
     for layers in layer_counts:
         src, dst = os.path.join(workdir, f"ckpt_{layers}"), os.path.join(workdir, f"hf_{layers}")
         synthetic(src, layers, WIDE)
-        seconds, rss, _ = run([sys.executable, tool, "--load", src, "--save", dst, "--progress-interval", "60", *GPT2])
-        row = dict(layers=layers, ckpt_gb=du(src) / 2 ** 30, out_gb=du(dst) / 2 ** 30, seconds=seconds, rss=rss)
+        seconds, rss, out, cpu = run([sys.executable, tool, "--load", src, "--save", dst, "--progress-interval", "60",
+                                      *GPT2])
+        writing = float(re.search(r"export: wrote .* in ([0-9.]+)s", out).group(1))
+        row = dict(layers=layers, ckpt_gb=du(src) / 2 ** 30, out_gb=du(dst) / 2 ** 30, seconds=seconds, rss=rss,
+                   cpu=cpu, writing=writing)
         rows.append(row)
         print(f"layers {layers}: checkpoint {row['ckpt_gb']:.2f} GiB -> export {row['out_gb']:.2f} GiB in "
-              f"{seconds:.1f}s, peak RSS {rss:.0f} MiB", flush=True)
+              f"{seconds:.1f}s ({cpu:.1f} CPU s; writing {writing:.1f}s), peak RSS {rss:.0f} MiB", flush=True)
         shutil.rmtree(src)
         shutil.rmtree(dst)
     return rows
@@ -85,21 +90,24 @@ def decode_speed(workdir: str, layers: int, new_tokens: int, repeats: int) -> di
     model, codec = load_hf_model(dst)
     codec.eos = None  # both sides produce exactly new_tokens tokens
     ids = torch.tensor([codec.encode(PROMPT)])
-    ours, theirs = [], []
+    ours, theirs, ours_cpu, theirs_cpu = [], [], [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         generate_text(model, codec, PROMPT, new_tokens, Sampling(greedy=True), on_text=lambda piece: None)
         ours.append(new_tokens / (time.perf_counter() - start))
-        start = time.perf_counter()
+        ours_cpu.append(1e3 * (time.process_time() - cpu) / new_tokens)
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert out.shape[1] == ids.shape[1] + new_tokens
         theirs.append(new_tokens / (time.perf_counter() - start))
+        theirs_cpu.append(1e3 * (time.process_time() - cpu) / new_tokens)
     params = sum(p.numel() for p in model.parameters())
     shutil.rmtree(src)
     shutil.rmtree(dst)
     return dict(layers=layers, params=params, prompt=ids.shape[1], new=new_tokens, ours=max(ours),
-                theirs=max(theirs), threads=torch.get_num_threads())
+                theirs=max(theirs), ours_cpu=min(ours_cpu), theirs_cpu=min(theirs_cpu),
+                threads=torch.get_num_threads())
 
 
 def main() -> int:
@@ -112,22 +120,24 @@ def main() -> int:
     args = p.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
-    _, baseline, _ = run([sys.executable, "-c", "import flm_ext.export.export, transformers"])
+    _, baseline, _, _ = run([sys.executable, "-c", "import flm_ext.export.export, transformers"])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
           f"import-only RSS {baseline:.0f} MiB", flush=True)
     rows = export_rows(args.workdir, args.layers)
     speed = decode_speed(args.workdir, args.decode_layers, args.new_tokens, args.repeats)
-    print("\n| layers | checkpoint (weights + Adam) | export (fp32) | largest tensor | export time | peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("\n| layers | checkpoint (weights + Adam) | export (fp32) | largest tensor | export wall (CPU) | "
+          "of which reading + writing | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     embedding_mib = WIDE["vocab_size"] * WIDE["hidden_size"] * 4 / 2 ** 20
     for r in rows:
         print(f"| {r['layers']} | {r['ckpt_gb']:.2f} GiB | {r['out_gb']:.2f} GiB | embedding {embedding_mib:.0f} MiB | "
-              f"{r['seconds']:.1f} s | {r['rss']:.0f} MiB |")
+              f"{r['seconds']:.1f} s ({r['cpu']:.1f} s) | {r['writing']:.1f} s | {r['rss']:.0f} MiB |")
     s = speed
-    print(f"\n| model | prompt | new tokens | tools/generate.py loop | transformers generate | threads |")
+    print("\n| model | prompt | new tokens | tools/generate.py loop | transformers generate | threads |")
     print("|---|---|---|---|---|---|")
     print(f"| {s['layers']} x 512, {s['params'] / 1e6:.1f}M params, fp32 | {s['prompt']} tokens | {s['new']} | "
-          f"{s['ours']:.1f} tokens/s | {s['theirs']:.1f} tokens/s | {s['threads']} |")
+          f"{s['ours']:.1f} tokens/s ({s['ours_cpu']:.0f} CPU ms/token) | {s['theirs']:.1f} tokens/s "
+          f"({s['theirs_cpu']:.0f} CPU ms/token) | {s['threads']} |")
     return 0
 
 
