@@ -66,9 +66,10 @@ def export(ckpt: str, out: Path, bpe: str, **kwargs) -> Path:
 @pytest.fixture(scope="session")
 def exports(checkpoints, bpe, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("exports")
-    # Small shards for one of them: several files and the index must load the same model.
-    return {name: export(path, root / name, bpe, max_shard_bytes=20_000 if name == "pp2" else 2 ** 30)
-            for name, path in checkpoints.items()}
+    # Small shards and read blocks for two of them: several files and the index, and tensors read
+    # and folded in row blocks, must give the same model.
+    small = {"pp2": dict(max_shard_bytes=20_000, block_bytes=3_000), "ramp": dict(block_bytes=5_000)}
+    return {name: export(path, root / name, bpe, **small.get(name, {})) for name, path in checkpoints.items()}
 
 
 def reference_logits(ckpt: str, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -3,9 +3,10 @@
 Used by the export (flm_ext/export/export.py, streaming to safetensors), the in-memory loader
 (flm_ext/export/generation.py `load_hf_model`) and the import (flm_ext/export/importer.py).
 
-Each HF tensor is produced on its own from global slices of the checkpoint (one layer of one
-stacked tensor at a time, read with flm_ext.checkpoint's reader at any saved TP/PP), so peak
-memory is about the largest tensor (the embedding), not the model.
+Each HF tensor is produced on its own from global slices of the checkpoint (row blocks of one
+layer of one stacked tensor at a time, read with flm_ext.checkpoint's reader at any saved TP/PP),
+so peak memory is one block (at most 512 MiB by default) plus the stored chunk it is cut from,
+not the model or its largest tensor.
 
 Growth ramps: a checkpoint saved while MSG masks ramp (flm_ext/growth/masks.py) is exported as the
 function it computes at its iteration. Scaling masks are folded into the weights they follow:
@@ -18,6 +19,7 @@ rows. What is not a weight scaling stays a config field: mask-weighted LayerNorm
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Callable, Iterator
 
@@ -114,8 +116,9 @@ _FOLD = {
 }
 
 
-def fold(key: str, tensor: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`tensor` with the growth mask that follows it multiplied in (unchanged without one).
+def fold(key: str, tensor: torch.Tensor, masks: dict[str, torch.Tensor], row: int = 0) -> torch.Tensor:
+    """`tensor` (rows `row`.. of the whole tensor) with the growth mask that follows it multiplied
+    in (unchanged without one).
 
     A folded tensor comes back in float64 (one rounding, when the caller casts it to its output
     dtype), so a float64 model built from it is exact: tests measure the fold, not rounding.
@@ -124,35 +127,54 @@ def fold(key: str, tensor: torch.Tensor, masks: dict[str, torch.Tensor]) -> torc
     if rule is None or rule[0] not in masks:
         return tensor
     mask = masks[rule[0]]
-    return tensor.to(torch.float64) * (mask[:, None] if rule[1] == 0 and tensor.dim() == 2 else mask)
+    if rule[1] == 0:  # the mask runs along the rows: this block's part of it
+        mask = mask[row:row + tensor.shape[0]]
+        mask = mask[:, None] if tensor.dim() == 2 else mask
+    return tensor.to(torch.float64) * mask
 
 
-def plan_tensors(ckpt, vocab_size: int) -> Iterator[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
-    """(HF name, shape, produce) for every exported tensor, in file order; `produce` reads and folds
-    one tensor when called. `ckpt` is an open flm_ext.checkpoint Checkpoint."""
+# torch's checkpoint reader loads each stored chunk whole to cut a slice from it, so smaller blocks
+# save little memory below the stored chunk size and re-read chunks: blocks only split tensors
+# bigger than this (at 101B: the 3.9 GiB embedding, the 1.6 GiB FFN layers).
+DEFAULT_BLOCK_BYTES = 512 * 2 ** 20
+Blocks = Callable[[], Iterator[torch.Tensor]]
+
+
+def plan_tensors(ckpt, vocab_size: int, block_bytes: int = DEFAULT_BLOCK_BYTES
+                 ) -> Iterator[tuple[str, tuple[int, ...], Blocks]]:
+    """(HF name, shape, blocks) for every exported tensor, in file order. `blocks()` reads the
+    tensor from the checkpoint in row blocks of about `block_bytes` (folding growth masks in),
+    so memory stays at one block whatever the tensor's size. `ckpt` is an open
+    flm_ext.checkpoint Checkpoint."""
     cfg, reader = ckpt.config, ckpt.reader
     masks = _masks(*growth_of(ckpt))
     missing = [k for k in [EMBEDDING, *LAYER_KEYS, "decoder.final_layernorm.weight"] if k not in reader.tensors]
     if missing:
         raise ExportError(f"{ckpt.folder}: no tensor {missing[0]!r}; not an FLM model checkpoint")
 
-    def whole(key: str):
-        def produce():
-            t = reader.read(key, None, (vocab_size, cfg.hidden_size)) if key in VOCAB_KEYS else reader.read(key)
-            return fold(key, t, masks)
+    def blocks(key: str, shape: tuple[int, ...], layer: int | None) -> Blocks:
+        row_bytes = reader.tensors[key].properties.dtype.itemsize * max(1, math.prod(shape[1:]))
+        step = max(1, block_bytes // row_bytes)
+        lead = () if layer is None else (layer,)
+
+        def produce() -> Iterator[torch.Tensor]:
+            for r in range(0, shape[0], step):
+                n = min(step, shape[0] - r)
+                offsets = lead + (r,) + (0,) * (len(shape) - 1)
+                block = reader.read(key, offsets, (1,) * len(lead) + (n,) + tuple(shape[1:]))
+                yield fold(key, block[0] if lead else block, masks, r)
         return produce
 
-    def layer(key: str, i: int):
-        return lambda: fold(key, reader.read_layer(key, i), masks)
-
-    yield OTHER_KEYS[EMBEDDING], (vocab_size, cfg.hidden_size), whole(EMBEDDING)
+    shape = (vocab_size, cfg.hidden_size)
+    yield OTHER_KEYS[EMBEDDING], shape, blocks(EMBEDDING, shape, None)
     for i in range(cfg.num_layers):
         for key, name in LAYER_KEYS.items():
-            yield name.format(i=i), tuple(reader.tensors[key].size[1:]), layer(key, i)
+            layer_shape = tuple(reader.tensors[key].size[1:])
+            yield name.format(i=i), layer_shape, blocks(key, layer_shape, i)
     for key in ("decoder.final_layernorm.weight", "decoder.final_layernorm.bias"):
-        yield OTHER_KEYS[key], tuple(reader.tensors[key].size), whole(key)
+        yield OTHER_KEYS[key], tuple(reader.tensors[key].size), blocks(key, tuple(reader.tensors[key].size), None)
     if not cfg.share_embeddings_and_output_weights:
-        yield OTHER_KEYS[OUTPUT], (vocab_size, cfg.hidden_size), whole(OUTPUT)
+        yield OTHER_KEYS[OUTPUT], shape, blocks(OUTPUT, shape, None)
 
 
 def growth_of(ckpt) -> tuple[GrowthState | None, float]:

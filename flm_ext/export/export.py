@@ -5,8 +5,8 @@ configuration_flm.py / modeling_flm.py (copied from this package), tokenizer.jso
 tokenizer_config.json. Built in `<save>.partial/` and renamed when complete.
 
 The shards are written by a small streaming safetensors writer: the header is planned from shapes
-alone, then each tensor is produced (read from the checkpoint, folded, cast), written and freed,
-so peak memory is one tensor, not a shard. The files are deterministic (no time stamps or paths),
+alone, then each tensor is produced in row blocks (read from the checkpoint, folded, cast),
+written and freed, so peak memory is one block, not a tensor or a shard. The files are deterministic (no time stamps or paths),
 so export -> import -> export reproduces them byte for byte.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from flm_ext.export.convert import ExportError, growth_of, hf_config, plan_tensors
+from flm_ext.export.convert import DEFAULT_BLOCK_BYTES, ExportError, growth_of, hf_config, plan_tensors
 from flm_ext.fileio import building
 from flm_ext.progress import Progress
 
@@ -52,9 +52,10 @@ def shard_plan(entries: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, m
     return shards
 
 
-def write_safetensors(path: str, items: list[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]],
-                      dtype: torch.dtype, on_tensor: Callable[[str, int], None] | None = None) -> None:
-    """One safetensors file, each tensor produced and written in turn (never all in memory)."""
+def write_safetensors(path: str, items: list, dtype: torch.dtype,
+                      on_tensor: Callable[[str, int], None] | None = None) -> None:
+    """One safetensors file from (name, shape, blocks) items, each tensor's row blocks produced and
+    written in turn (never a whole tensor in memory)."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape, _ in items:
         size = _nbytes(shape, dtype)
@@ -65,15 +66,17 @@ def write_safetensors(path: str, items: list[tuple[str, tuple[int, ...], Callabl
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
-        for name, shape, produce in items:
-            tensor = produce().to(dtype).contiguous()
-            if tuple(tensor.shape) != tuple(shape):
-                raise ExportError(f"{name}: produced shape {tuple(tensor.shape)}, planned {tuple(shape)}")
-            data = tensor.reshape(-1).view(torch.uint8).numpy()
-            f.write(memoryview(data))
-            if on_tensor is not None:
-                on_tensor(name, data.nbytes)
-            del tensor, data
+        for name, shape, blocks in items:
+            written = 0
+            for block in blocks():  # row blocks: never the whole tensor in memory
+                data = block.to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy()
+                f.write(memoryview(data))
+                written += data.nbytes
+                if on_tensor is not None:
+                    on_tensor(name, data.nbytes)
+                del block, data
+            if written != _nbytes(shape, dtype):
+                raise ExportError(f"{name}: wrote {written} bytes, planned {_nbytes(shape, dtype)} for {tuple(shape)}")
 
 
 def write_weights(out: str, items: list, dtype: torch.dtype, max_shard_bytes: int, progress: Progress | None) -> int:
@@ -112,7 +115,8 @@ def write_model_files(out: str, config: dict) -> None:
 
 def export_checkpoint(ckpt, save: str, tokenizer, *, tokenizer_model: str | None = None,
                       dtype: torch.dtype = torch.float32, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                      log: Callable[[str], None] = print, progress_interval: float = 5.0) -> dict:
+                      block_bytes: int = DEFAULT_BLOCK_BYTES, log: Callable[[str], None] = print,
+                      progress_interval: float = 5.0) -> dict:
     """Write the transformers folder `save` for an open checkpoint; returns its config.json dict."""
     from flm_ext.export.tokenizer import write_tokenizer
 
@@ -129,7 +133,7 @@ def export_checkpoint(ckpt, save: str, tokenizer, *, tokenizer_model: str | None
             f"flags unless training set --vocab-size")
     growth, lam = growth_of(ckpt)
     config = hf_config(cfg, vocab, tokenizer.eod, dtype, ckpt.iteration, growth, lam)
-    items = list(plan_tensors(ckpt, vocab))
+    items = list(plan_tensors(ckpt, vocab, block_bytes))
     total = sum(_nbytes(s, dtype) for _, s, _ in items)
     log(f"export: {ckpt.folder} (iteration {ckpt.iteration}) -> {save}: {len(items)} tensors, "
         f"{total / 2 ** 30:.2f} GiB {str(dtype).removeprefix('torch.')}, vocabulary {vocab} "

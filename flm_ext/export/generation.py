@@ -67,7 +67,7 @@ def model_from_checkpoint(ckpt, vocab_size: int, eos: int | None, dtype: torch.d
     fields.pop("dtype")
     with torch.device("meta"):
         model = FLMForCausalLM(FLMConfig(**fields))
-    state = {name: produce().to(dtype) for name, _, produce in plan_tensors(ckpt, vocab_size)}
+    state = {name: torch.cat([b.to(dtype) for b in blocks()]) for name, _, blocks in plan_tensors(ckpt, vocab_size)}
     model.load_state_dict(state, strict=False, assign=True)
     if ckpt.config.share_embeddings_and_output_weights:
         model.lm_head.weight = model.model.embed_tokens.weight
