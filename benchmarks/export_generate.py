@@ -58,17 +58,17 @@ def synthetic(root: str, layers: int, shape: dict, optimizer: bool = True) -> No
     run([sys.executable, "-c", make])
 
 
-def export_rows(workdir: str, layer_counts: list[int]) -> list[dict]:
+def export_rows(workdir: str, layer_counts: list[int], block_mb: int) -> list[dict]:
     tool = os.path.join(REPO, "tools", "export_hf.py")
     rows = []
     for layers in layer_counts:
         src, dst = os.path.join(workdir, f"ckpt_{layers}"), os.path.join(workdir, f"hf_{layers}")
         synthetic(src, layers, WIDE)
         seconds, rss, out, cpu = run([sys.executable, tool, "--load", src, "--save", dst, "--progress-interval", "60",
-                                      *GPT2])
+                                      "--block-mb", str(block_mb), *GPT2])
         writing = float(re.search(r"export: wrote .* in ([0-9.]+)s", out).group(1))
         row = dict(layers=layers, ckpt_gb=du(src) / 2 ** 30, out_gb=du(dst) / 2 ** 30, seconds=seconds, rss=rss,
-                   cpu=cpu, writing=writing)
+                   cpu=cpu, writing=writing, block_mb=block_mb)
         rows.append(row)
         print(f"layers {layers}: checkpoint {row['ckpt_gb']:.2f} GiB -> export {row['out_gb']:.2f} GiB in "
               f"{seconds:.1f}s ({cpu:.1f} CPU s; writing {writing:.1f}s), peak RSS {rss:.0f} MiB", flush=True)
@@ -117,22 +117,25 @@ def main() -> int:
     p.add_argument("--decode-layers", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--block-mb", type=int, nargs="+", default=[512], help="export_hf.py --block-mb values to run")
+    p.add_argument("--no-decode", action="store_true", help="only the export table")
     args = p.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
     _, baseline, _, _ = run([sys.executable, "-c", "import flm_ext.export.export, transformers"])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
           f"import-only RSS {baseline:.0f} MiB", flush=True)
-    rows = export_rows(args.workdir, args.layers)
-    speed = decode_speed(args.workdir, args.decode_layers, args.new_tokens, args.repeats)
-    print("\n| layers | checkpoint (weights + Adam) | export (fp32) | largest tensor | export wall (CPU) | "
+    rows = [row for block in args.block_mb for row in export_rows(args.workdir, args.layers, block)]
+    print("\n| layers | checkpoint (weights + Adam) | export (fp32) | largest tensor | --block-mb | export wall (CPU) | "
           "of which reading + writing | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     embedding_mib = WIDE["vocab_size"] * WIDE["hidden_size"] * 4 / 2 ** 20
     for r in rows:
         print(f"| {r['layers']} | {r['ckpt_gb']:.2f} GiB | {r['out_gb']:.2f} GiB | embedding {embedding_mib:.0f} MiB | "
-              f"{r['seconds']:.1f} s ({r['cpu']:.1f} s) | {r['writing']:.1f} s | {r['rss']:.0f} MiB |")
-    s = speed
+              f"{r['block_mb']} | {r['seconds']:.1f} s ({r['cpu']:.1f} s) | {r['writing']:.1f} s | {r['rss']:.0f} MiB |")
+    if args.no_decode:
+        return 0
+    s = decode_speed(args.workdir, args.decode_layers, args.new_tokens, args.repeats)
     print("\n| model | prompt | new tokens | tools/generate.py loop | transformers generate | threads |")
     print("|---|---|---|---|---|---|")
     print(f"| {s['layers']} x 512, {s['params'] / 1e6:.1f}M params, fp32 | {s['prompt']} tokens | {s['new']} | "

@@ -250,6 +250,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(checkpoints, exports, bpe, tmp
         ("export_hf", ["--load", str(tmp_path / "nothing"), "--save", str(out), *tok], "--load"),
         ("export_hf", ["--load", checkpoints["pp2"], "--save", str(out), "--dtype", "float8", *tok], "--dtype"),
         ("export_hf", ["--load", checkpoints["pp2"], "--save", str(out), "--iteration", "9", *tok], "--load"),
+        ("export_hf", ["--load", checkpoints["pp2"], "--save", str(out), "--block-mb", "0", *tok], "--block-mb"),
         ("export_hf", ["--load", checkpoints["pp2"], "--save", str(out), "--tokenizer-type",
                        "HuggingFaceTokenizer", "--tokenizer-model", str(tmp_path / "none.json")], "--tokenizer"),
         ("import_hf", ["--load", str(exports["ramp"]), "--save", str(out)], "growth ramp"),

@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iteration", type=int, default=None, help="iteration to export (default: the latest)")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     p.add_argument("--max-shard-mb", type=int, default=4096, help="largest safetensors shard")
+    p.add_argument("--block-mb", type=int, default=512, help="tensors above this are read and written in row "
+                                                             "blocks of this size (bounds memory)")
     p.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
     p.add_argument("--verify", action="store_true", help="load the export with AutoModelForCausalLM and compare its "
                                                          "logits with the training model's on a probe batch")

@@ -47,12 +47,14 @@ def export_from_flags(args) -> dict:
     save = os.path.normpath(args.save)
     if os.path.lexists(save):
         raise ExportError(f"--save {save} already exists; choose a new path (nothing was written)")
-    if args.max_shard_mb < 1:
-        raise ExportError(f"--max-shard-mb {args.max_shard_mb} must be >= 1")
+    for flag in ("max_shard_mb", "block_mb"):
+        if getattr(args, flag) < 1:
+            raise ExportError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")
     ckpt = open_for_export(args.load, args.iteration)
     tokenizer = build_tokenizer_from_flags(args)
     return export_checkpoint(ckpt, save, tokenizer, tokenizer_model=args.tokenizer_model,
                              dtype=DTYPES[args.dtype], max_shard_bytes=args.max_shard_mb * 2 ** 20,
+                             block_bytes=args.block_mb * 2 ** 20,
                              log=lambda m: print(m, flush=True), progress_interval=args.progress_interval)
 
 
