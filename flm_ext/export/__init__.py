@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from flm_ext.export.convert import ExportError
+from flm_ext.export.errors import ExportError
 
 
 def build_tokenizer_from_flags(args):

@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import torch
 
 from flm_ext.config import FLMConfig
+from flm_ext.export.errors import ExportError
 from flm_ext.growth.masks import GrowthState
 
 # megatron checkpoint key -> HF name ({i}: layer index). Layer keys are stacked [L, ...].
@@ -52,10 +53,6 @@ OTHER_KEYS = {
     OUTPUT: "lm_head.weight",
 }
 VOCAB_KEYS = (EMBEDDING, OUTPUT)
-
-
-class ExportError(ValueError):
-    """An export or import that cannot be done; the message names the flag or path."""
 
 
 def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.dtype, iteration: int,
