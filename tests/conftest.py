@@ -2,23 +2,40 @@
 tiny bilingual training set (built once per session, not once per module that trains on it)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from distributed import free_port
+_megatron = {"wanted": False}
+
+
+def _ensure_megatron_state() -> None:
+    from megatron.core import parallel_state
+    import torch.distributed as dist
+
+    from flm_ext.runtime import init_single_process
+
+    if not (dist.is_initialized() and parallel_state.model_parallel_is_initialized()):
+        init_single_process(seed=1234)  # an in-process store: no port to take, none left in os.environ
 
 
 @pytest.fixture(scope="session")
 def megatron_single_process():
     """torch.distributed (gloo, world size 1) + megatron TP=PP=1, set up once per test session."""
-    from flm_ext.config import ParallelConfig
-    from flm_ext.runtime import destroy_distributed, initialize_distributed
+    from flm_ext.runtime import destroy_distributed
 
-    os.environ["MASTER_PORT"] = str(free_port())
-    initialize_distributed(ParallelConfig(), seed=1234, rank=0, world_size=1)
+    _ensure_megatron_state()
+    _megatron["wanted"] = True
     yield
+    _megatron["wanted"] = False
     destroy_distributed()
+
+
+@pytest.fixture(autouse=True)
+def _restore_megatron_state():
+    """Tests that run a tool's main() in this process end with its destroy_distributed(), which
+    would leave the session's state torn down under the next in-process test: set it up again."""
+    yield
+    if _megatron["wanted"]:
+        _ensure_megatron_state()
 
 
 @pytest.fixture(scope="session")

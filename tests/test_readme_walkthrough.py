@@ -58,9 +58,10 @@ def test_readme_blocks_parse_and_start_with_the_setup():
 @pytest.mark.timeout(1200)  # above the script's own 900 s limit
 def test_readme_walkthrough_runs_as_written_at_tiny_scale(tmp_path):
     w = tmp_path / "w"
-    env = dict(os.environ, W=str(w), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-               **{k: str(v) for k, v in STEPS.items()})
+    rendezvous = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")  # a user's shell has none
+    env = {**{k: v for k, v in os.environ.items() if k not in rendezvous}, "W": str(w), "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+           **{k: str(v) for k, v in STEPS.items()}}
     blocks = walkthrough_blocks((REPO / "README.md").read_text())
     proc = subprocess.run(["bash", "-c", script(blocks)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)

@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+# A child's rendezvous is its own (or torchrun's): none of this process's torch.distributed variables.
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+ENV = {**{k: v for k, v in os.environ.items() if k not in RENDEZVOUS}, "PYTHONWARNINGS": "ignore",
+       "OMP_NUM_THREADS": "1"}
 
 
 def _head(src: str, dst: str, lines: int) -> None:
