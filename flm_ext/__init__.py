@@ -1,6 +1,6 @@
-"""FLM-101B on megatron-core: configs, CPU runtime, model, data, training and growth."""
+"""FLM-101B on megatron-core: configs, CPU runtime, model, data, checkpoints, training, growth, export and evaluation."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def quiet_megatron_import_warnings() -> None:
