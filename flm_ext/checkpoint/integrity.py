@@ -117,10 +117,26 @@ _METADATA_TYPES = {
 }
 
 
+def _enum_member(cls, name):
+    """`getattr` as some Python versions pickle enum members (getattr(Enum class, member name)), but
+    only for the admitted enum classes and their members: nothing else can be reached through it."""
+    import enum
+
+    if not (isinstance(cls, type) and issubclass(cls, enum.Enum)
+            and cls.__name__ in _METADATA_TYPES.get(cls.__module__, ())):
+        raise pickle.UnpicklingError(f"getattr on {cls!r} is not a checkpoint-metadata enum member")
+    if not isinstance(name, str) or name not in cls.__members__:
+        raise pickle.UnpicklingError(f"{cls.__name__}.{name} is not a member of that enum")
+    return cls.__members__[name]
+
+
 class _MetadataUnpickler(pickle.Unpickler):
-    """Admits the checkpoint-metadata classes, torch.Size and torch dtypes/layouts/memory formats."""
+    """Admits the checkpoint-metadata classes, their enum members, torch.Size and torch
+    dtypes / layouts / memory formats."""
 
     def find_class(self, module, name):
+        if (module, name) == ("builtins", "getattr"):
+            return _enum_member
         if name in _METADATA_TYPES.get(module, ()):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
