@@ -26,17 +26,20 @@ from flm_ext.fileio import atomic_write_json
 
 MANIFEST = "manifest.json"
 ALGORITHM = "xxh3_64"
-_BLOCK = 8 * 2 ** 20
+_BLOCK = 4 * 2 ** 20
 
 
 def file_checksum(path: str) -> str:
+    """xxh3-64 of a file, read into one reused buffer (no allocation per block)."""
     h = xxhash.xxh3_64()
-    with open(path, "rb") as f:
+    buffer = bytearray(_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
         while True:
-            block = f.read(_BLOCK)
-            if not block:
+            n = f.readinto(buffer)
+            if not n:
                 break
-            h.update(block)
+            h.update(view[:n])
     return h.hexdigest()
 
 
