@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from flm_ext.checkpoint import manifest_for_tree
+
 from distributed import free_port, run_then_sigkill
 from tiny_data import train  # `data`, the tiny bilingual set, is a session fixture (conftest.py)
 
@@ -72,7 +74,7 @@ def test_width_growth_preserves_the_logits_and_reports_progress(wide):
     out, stdout = wide
     diff = float(re.search(r"^max abs logit diff: (\S+)$", stdout, re.M).group(1))
     assert diff <= 1e-10  # float64: exact up to rounding
-    assert re.search(r"grow: chunk \d+/\d+ .* MiB/s .* ETA", stdout)
+    assert re.search(r"grow: [\d.]+/[\d.]+ GiB \(\d+%\) \| [\d.]+ MiB/s \| .* ETA .* \| chunk \d+/\d+ ", stdout)
     assert (out / "latest_checkpointed_iteration.txt").read_text() == str(GROWN_AT)
     assert not os.path.exists(str(out) + ".partial")
     common = torch.load(out / f"iter_{GROWN_AT:07d}" / "common.pt", weights_only=False)
@@ -122,6 +124,7 @@ def test_depth_growth_preserves_logits_and_the_next_loss(data, runs, old, next_l
     common = torch.load(common_pt, weights_only=False)
     common["flm"]["growth"]["new_layers"] = []
     torch.save(common, common_pt)
+    manifest_for_tree(str(common_pt.parent))  # a consistent (wrong) checkpoint, not a damaged one
     assert verify_growth(str(old), str(bad)) > 1e-3
 
 
@@ -156,12 +159,12 @@ def test_bad_input_and_existing_output_are_refused(runs, old, wide):
     with pytest.raises(GrowCheckpointError, match="no such file"):
         grow(runs / "missing", runs / "x1")
     (runs / "empty").mkdir()
-    with pytest.raises(GrowCheckpointError, match=r"empty: not a complete checkpoint .*no latest_checkpointed"):
+    with pytest.raises(GrowCheckpointError, match=r"empty holds no checkpoint \(no latest_checkpointed"):
         grow(runs / "empty", runs / "x2")
     broken = runs / "broken"
     shutil.copytree(old, broken)
     os.remove(broken / f"iter_{GROWN_AT:07d}" / ".metadata")
-    with pytest.raises(GrowCheckpointError, match=r"not a complete checkpoint .* has no \.metadata"):
+    with pytest.raises(GrowCheckpointError, match=r"iter_0000004 is incomplete \(no \.metadata\)"):
         grow(broken, runs / "x3")
     existing = runs / "existing"
     existing.mkdir()
@@ -206,7 +209,7 @@ def test_a_killed_growth_leaves_no_checkpoint_and_the_rerun_succeeds(tmp_path):
     write_synthetic_checkpoint(str(src), cfg, iteration=7)
     args = [sys.executable, TOOL, "--load", str(src), "--save", str(out), "--num-layers", "8",
             "--progress-interval", "0", "--bucket-mb", "4"]
-    returncode, _ = run_then_sigkill(args, ENV, lambda line: line.startswith("grow: chunk 20/"))
+    returncode, _ = run_then_sigkill(args, ENV, lambda line: "| chunk 20/" in line)
     assert returncode == -signal.SIGKILL
     assert not out.exists() and Path(str(out) + ".partial").is_dir()
     rerun = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)

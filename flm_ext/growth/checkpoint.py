@@ -174,12 +174,16 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
     if os.path.lexists(save + ".partial"):
         log(f"grow: removing {save}.partial left by an interrupted run")
     progress = Progress(total, "grow", unit="B", interval=progress_interval, emit=log)
+    done = iter(range(1, len(chunks) + 1))
+
+    def on_chunk(c: Chunk) -> None:
+        where = c.key + (f" [layer {c.layer}]" if c.layer is not None else "")
+        progress.update(c.nbytes, f"chunk {next(done)}/{len(chunks)} {where}")
+
     with building(save) as partial:
         out_dir = iteration_dir(partial, iteration)
         os.makedirs(out_dir)
-        write_chunks(out_dir, chunks, _grower(ckpt.reader, plan), bucket_bytes=bucket_bytes,
-                     on_chunk=lambda c: progress.update(c.nbytes, c.key + (f" [layer {c.layer}]"
-                                                                           if c.layer is not None else "")))
+        write_chunks(out_dir, chunks, _grower(ckpt.reader, plan), bucket_bytes=bucket_bytes, on_chunk=on_chunk)
         finish_iteration_folder(out_dir, grown_common(ckpt.common, plan, ramp_steps, iteration, load))
         write_latest(partial, iteration)
     log(f"grow: wrote {save} ({total / 2 ** 30:.2f} GiB in {progress.elapsed:.1f}s)")

@@ -22,8 +22,9 @@ def ramp_warning(state: GrowthState, train_iters: int) -> str | None:
     if end <= train_iters:
         return None
     lam = state.lambda_at(train_iters)
+    how = "mostly switched off" if lam < 0.5 else "not yet fully switched on"
     return (f"warning: the growth ramp ends at iteration {end} but this stage stops at {train_iters}: the new "
-            f"layers / dimensions end the stage at lambda {lam:.2f} (mostly switched off); pass "
+            f"layers / dimensions end the stage at lambda {lam:.2f} ({how}); pass "
             f"--growth-ramp-steps {max(1, (train_iters - state.start_iteration) // 2)} or train longer")
 
 
