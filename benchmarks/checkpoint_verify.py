@@ -87,6 +87,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for what, a, b in (("save", "save_plain", "save_manifest"), ("load", "load_plain", "load_verified")):
         print(f"| {what} | {med[a]:.2f} s | {med[b]:.2f} s | {100 * (med[b] - med[a]) / med[a]:+.1f}% |")
+    print("all runs (s): " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items()))
     print(f"checksums alone (xxh3 of every file, {size / 2 ** 30:.2f} GiB): {med['checksums']:.3f} s = "
           f"{100 * med['checksums'] / med['load_plain']:.1f}% of a load without checksums "
           f"({size / 2 ** 30 / med['checksums']:.1f} GiB/s)")
