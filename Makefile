@@ -19,7 +19,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 demo: setup
 	$(BIN)/python examples/tiny_recipe.py --out runs/demo
