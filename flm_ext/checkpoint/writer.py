@@ -115,6 +115,21 @@ class _LazySavePlanner(SavePlanner):
         return data
 
 
+def group_by_size(sizes: list[int], max_bytes: int) -> list[list[int]]:
+    """Consecutive indices in groups of at most `max_bytes` (a bigger item gets a group of its own):
+    the files of a checkpoint bucket, the shards of an export."""
+    groups, current, used = [], [], 0
+    for index, size in enumerate(sizes):
+        if current and used + size > max_bytes:
+            groups.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += size
+    if current:
+        groups.append(current)
+    return groups
+
+
 class _BucketedWriter(FileSystemWriter):
     """One file per bucket of at most `bucket_bytes` (or one chunk), written one bucket at a time."""
 
@@ -128,16 +143,8 @@ class _BucketedWriter(FileSystemWriter):
         return None
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
-        buckets, current, used = [], [], 0
-        for item in plan.items:
-            size = self.sizes.get(item.index, 0)
-            if current and used + size > self.bucket_bytes:
-                buckets.append(current)
-                current, used = [], 0
-            current.append(item)
-            used += size
-        if current:
-            buckets.append(current)
+        groups = group_by_size([self.sizes.get(item.index, 0) for item in plan.items], self.bucket_bytes)
+        buckets = [[plan.items[i] for i in group] for group in groups]
         results = []
         prefix = plan.storage_data.prefix
         for b, items in enumerate(buckets):

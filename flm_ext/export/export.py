@@ -39,17 +39,9 @@ def _nbytes(shape, dtype: torch.dtype) -> int:
 
 def shard_plan(entries: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, max_bytes: int) -> list[list[int]]:
     """Group tensor indices into shards of at most `max_bytes` (a bigger tensor gets a shard of its own)."""
-    shards, current, used = [], [], 0
-    for index, (_, shape) in enumerate(entries):
-        size = _nbytes(shape, dtype)
-        if current and used + size > max_bytes:
-            shards.append(current)
-            current, used = [], 0
-        current.append(index)
-        used += size
-    if current:
-        shards.append(current)
-    return shards
+    from flm_ext.checkpoint.writer import group_by_size
+
+    return group_by_size([_nbytes(shape, dtype) for _, shape in entries], max_bytes)
 
 
 def write_safetensors(path: str, items: list, dtype: torch.dtype,

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from flm_ext.checkpoint import LATEST, CheckpointError, holds_checkpoint, load_common, resolve
+from flm_ext.checkpoint import LATEST, CheckpointError, holds_checkpoint, iteration_of, load_common, resolve
 from flm_ext.config import describe
 from flm_ext.model.flm_model import build_model_chunks
 from flm_ext.progress import format_duration
@@ -130,9 +130,10 @@ class Trainer:
                                          cfg.data.tokenizer_model)
         cfg = with_vocab(cfg, self.tokenizer.vocab_size)
         s = cfg.schedule
-        valid = cfg.logging.eval_iters * s.global_batch_size if cfg.logging.eval_interval else 0
+        self.split_samples = (s.train_samples, cfg.logging.eval_iters * s.global_batch_size
+                              if cfg.logging.eval_interval else 0, 0)  # train, validation, test
         data_warnings = check_training_data(cfg.data, self.tokenizer, cfg.model.vocab_size, s.global_batch_size,
-                                            (s.train_samples, valid, 0), cfg.model.seq_length)
+                                            self.split_samples, cfg.model.seq_length)
         initialize_distributed(cfg.parallel, seed=cfg.seed)
         cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, world_size=dist.get_world_size()))
         cfg.validate()
@@ -160,8 +161,7 @@ class Trainer:
         if not ck.load:
             return
         same_as_save = os.path.abspath(ck.load) == os.path.abspath(ck.save or "")
-        if not holds_checkpoint(ck.load) and ck.ckpt_step is None and not os.path.basename(
-                os.path.normpath(ck.load)).startswith("iter_"):
+        if not holds_checkpoint(ck.load) and ck.ckpt_step is None and iteration_of(ck.load) is None:
             if same_as_save:
                 log(f"--load {ck.load} holds no checkpoint yet (no iter_* folder): starting from scratch")
                 return
@@ -192,10 +192,8 @@ class Trainer:
         from flm_ext.data.datasets import build_pretraining_datasets
 
         cfg, s = self.cfg, self.cfg.schedule
-        valid_samples = cfg.logging.eval_iters * s.global_batch_size if cfg.logging.eval_interval else 0
         self.train_ds, self.valid_ds, _ = build_pretraining_datasets(
-            cfg.data, self.tokenizer, cfg.model.seq_length, s.global_batch_size, s.train_samples, valid_samples, 0,
-            cfg.seed)
+            cfg.data, self.tokenizer, cfg.model.seq_length, s.global_batch_size, *self.split_samples, cfg.seed)
 
     def _iterators(self, dataset, start: int, wrap: bool):
         """One iterator, or with interleaved PP one per model chunk over the same micro-batches
