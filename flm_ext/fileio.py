@@ -78,3 +78,14 @@ def building(final: str):
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def stop_cleanly_on_sigterm(tool: str) -> None:
+    """Turn SIGTERM into SystemExit, so a tool writing through `building` removes its partial output
+    (the default SIGTERM action would leave it behind) and says why it stopped."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(f"{tool}: stopped by signal {signum}; nothing was written at the --save path")
+
+    signal.signal(signal.SIGTERM, stop)

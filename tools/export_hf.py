@@ -13,12 +13,12 @@ export with AutoModelForCausalLM and prints `max abs logit diff: <value>` agains
 """
 import argparse
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+from flm_ext.fileio import stop_cleanly_on_sigterm  # noqa: E402
 
 quiet_megatron_import_warnings()
 from flm_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
@@ -49,13 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _interrupt(signum, frame):
-    raise SystemExit(f"export_hf: stopped by signal {signum}; nothing was written at the --save path")
-
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_cleanly_on_sigterm("export_hf")
     from flm_ext.export import ExportError, export_from_flags, open_for_export
 
     try:

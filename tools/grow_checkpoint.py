@@ -13,12 +13,12 @@ tensor by tensor (memory: a few of the largest tensors, not the model). Sizes no
 """
 import argparse
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+from flm_ext.fileio import stop_cleanly_on_sigterm  # noqa: E402
 
 quiet_megatron_import_warnings()
 from flm_ext.config import ConfigError  # noqa: E402
@@ -51,13 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _interrupt(signum, frame):
-    raise SystemExit(f"grow: stopped by signal {signum}; nothing was written at the --save path")
-
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_cleanly_on_sigterm("grow")
     sizes = dict(num_layers=args.num_layers, hidden_size=args.hidden_size,
                  num_attention_heads=args.num_attention_heads, ffn_hidden_size=args.ffn_hidden_size)
     log = lambda message: print(message, flush=True)  # noqa: E731

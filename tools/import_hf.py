@@ -9,12 +9,12 @@ Export -> import -> export reproduces the export byte for byte. See flm_ext/expo
 """
 import argparse
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+from flm_ext.fileio import stop_cleanly_on_sigterm  # noqa: E402
 
 quiet_megatron_import_warnings()
 
@@ -26,13 +26,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _interrupt(signum, frame):
-    raise SystemExit(f"import_hf: stopped by signal {signum}; nothing was written at the --save path")
-
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_cleanly_on_sigterm("import_hf")
     from flm_ext.export import ExportError
     from flm_ext.export.importer import import_hf
 
