@@ -208,3 +208,24 @@ def test_non_finite_weights_are_never_saved(base, data, tmp_path, megatron_singl
     with pytest.raises(TrainingError, match="weights are not finite at iteration 3: not saving them"):
         trainer.save("test")
     assert _latest(ckpt) == 3 and not (ckpt / "iter_0000003.partial").exists()
+
+
+def test_another_tokenizer_of_the_same_size_is_refused(base, data, tmp_path):
+    """Same vocabulary size, different vocabulary: evaluation and export would otherwise run and report
+    plausible but meaningless numbers. The trainer records its tokenizer's fingerprint in every save."""
+    held_out = Path(data["en"]).parent / "zh.jsonl"
+    other = tmp_path / "other_bpe.json"
+    made = subprocess.run([sys.executable, str(REPO / "tools" / "train_tokenizer.py"), "--input", str(held_out),
+                           "--vocab-size", "1024", "--output", str(other)], capture_output=True, text=True,
+                          env=tiny_data.ENV, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    tok = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(other)]
+    for tool, args in (("evaluate", ["--load", str(base), *tok, "--valid-data", f"zh={held_out}"]),
+                       ("export_hf", ["--load", str(base), "--save", str(tmp_path / "hf"), *tok])):
+        proc = subprocess.run([sys.executable, str(REPO / "tools" / f"{tool}.py"), *args], capture_output=True,
+                              text=True, env=tiny_data.ENV, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, out[-3000:]
+        assert "was trained with another tokenizer (HuggingFaceTokenizer, 1024 tokens" in out, out[-3000:]
+        assert "Traceback" not in out
+    assert not (tmp_path / "hf").exists()

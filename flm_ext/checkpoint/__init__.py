@@ -11,12 +11,13 @@ from flm_ext.checkpoint.integrity import MANIFEST, load_common, load_metadata, m
 from flm_ext.checkpoint.layout import (LATEST, CheckpointError, complete_iterations, holds_checkpoint,
                                        iteration_dir, iteration_of, iterations_present, read_latest, resolve,
                                        write_latest)
-from flm_ext.checkpoint.reader import (Checkpoint, CheckpointReader, config_from_common, open_checkpoint,
-                                       verify_checkpoint)
+from flm_ext.checkpoint.reader import (Checkpoint, CheckpointReader, check_tokenizer, config_from_common,
+                                       open_checkpoint, tokenizer_record, verify_checkpoint)
 from flm_ext.checkpoint.writer import (DEFAULT_BUCKET_BYTES, Chunk, finish_iteration_folder, tensor_chunks,
                                        write_chunks)
 
-__all__ = ["LATEST", "MANIFEST", "CheckpointError", "Checkpoint", "CheckpointReader", "Chunk",
+__all__ = ["LATEST", "MANIFEST", "CheckpointError", "Checkpoint", "CheckpointReader", "Chunk", "check_tokenizer",
+           "tokenizer_record",
            "DEFAULT_BUCKET_BYTES", "complete_iterations", "config_from_common", "finish_iteration_folder",
            "holds_checkpoint", "iteration_dir", "iteration_of", "iterations_present", "load_common",
            "load_metadata", "manifest_for_tree", "open_checkpoint", "read_latest", "resolve", "tensor_chunks",

@@ -136,6 +136,26 @@ def config_from_common(common: dict, where: str) -> FLMConfig:
     return config
 
 
+def tokenizer_record(tokenizer, tokenizer_type: str | None) -> dict:
+    """What the trainer stores about its tokenizer, so tools can refuse another one."""
+    return {"type": tokenizer_type, "name": tokenizer.name, "vocab_size": tokenizer.vocab_size,
+            "fingerprint": tokenizer.vocab_fingerprint}
+
+
+def check_tokenizer(common: dict, tokenizer, where: str) -> None:
+    """Refuse a tokenizer other than the one the checkpoint was trained with: the same vocabulary
+    size is not enough (another BPE of that size gives plausible but meaningless perplexities).
+    Checkpoints that predate the record are not checked."""
+    saved = common.get("flm", {}).get("tokenizer")
+    if not saved or saved.get("fingerprint") == tokenizer.vocab_fingerprint:
+        return
+    raise CheckpointError(f"{where} was trained with another tokenizer ({saved.get('type') or saved.get('name')}, "
+                          f"{saved.get('vocab_size')} tokens, vocabulary {str(saved.get('fingerprint'))[:12]}) than the "
+                          f"one given ({tokenizer.name}, {tokenizer.vocab_size} tokens, vocabulary "
+                          f"{tokenizer.vocab_fingerprint[:12]}): pass the training run's --tokenizer-type / "
+                          f"--tokenizer-model / --vocab-file")
+
+
 @dataclasses.dataclass
 class Checkpoint:
     """One verified iteration folder, read lazily through `reader`."""

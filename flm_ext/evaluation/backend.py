@@ -123,8 +123,11 @@ class FLMLM(TemplateLM):
 
             if not load:
                 raise ValueError("the flm model needs load=CHECKPOINT in --model_args")
+            from flm_ext.checkpoint import check_tokenizer
+
             tokenizer = build_tokenizer(tokenizer_type, vocab_file, merge_file, tokenizer_model)
-            model, config, _ = load_model(load)
+            model, config, common = load_model(load)
+            check_tokenizer(common, tokenizer, load)
         if device:
             model = model.to(device)
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config

@@ -139,7 +139,10 @@ def zero_shot_accuracy(model, config: FLMConfig, tokenizer, path: str, max_sampl
 
 def evaluate(path: str, tokenizer, language_files: dict[str, str], teacher_file: str | None,
              max_teacher_samples: int = 1000) -> dict:
+    from flm_ext.checkpoint import check_tokenizer
+
     model, config, common = load_model(path)
+    check_tokenizer(common, tokenizer, path)
     result = {"checkpoint": path, "iteration": common["iteration"], "model": describe(config),
               "languages": {lang: language_loss(model, config, tokenizer, file)
                             for lang, file in language_files.items()}}

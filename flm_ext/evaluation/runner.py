@@ -223,6 +223,7 @@ def evaluate_checkpoint(load: str, tokenizer, tasks: list[str], *, valid_files: 
     """Load the checkpoint once and run every requested task on it; the results dict holds the
     markdown table under "table"."""
     from flm_ext.config import describe
+    from flm_ext.checkpoint import check_tokenizer
     from flm_ext.evaluation.core import language_loss, load_model, zero_shot_accuracy
     from flm_ext.progress import Progress
 
@@ -230,6 +231,7 @@ def evaluate_checkpoint(load: str, tokenizer, tasks: list[str], *, valid_files: 
     stages = len(ours) + bool(iq_names) + len(other)
     progress = Progress(stages + 1, "evaluate", unit="stages", interval=0.0)
     model, config, common = load_model(load)
+    check_tokenizer(common, tokenizer, load)
     progress.update(1, f"loaded {load} (iteration {common['iteration']})")
     result = {"checkpoint": load, "iteration": common["iteration"], "model": describe(config)}
     if "perplexity" in ours:

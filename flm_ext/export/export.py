@@ -112,6 +112,12 @@ def export_checkpoint(ckpt, save: str, tokenizer, *, tokenizer_model: str | None
     """Write the transformers folder `save` for an open checkpoint; returns its config.json dict."""
     from flm_ext.export.tokenizer import write_tokenizer
 
+    from flm_ext.checkpoint import CheckpointError, check_tokenizer
+
+    try:
+        check_tokenizer(ckpt.common, tokenizer, ckpt.folder)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
     cfg = ckpt.config
     vocab = tokenizer.vocab_size
     if vocab > cfg.vocab_size:

@@ -22,7 +22,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from flm_ext.checkpoint import LATEST, CheckpointError, holds_checkpoint, iteration_of, load_common, resolve
+from flm_ext.checkpoint import (LATEST, CheckpointError, check_tokenizer, holds_checkpoint, iteration_of, load_common,
+                                resolve, tokenizer_record)
 from flm_ext.config import describe
 from flm_ext.model.flm_model import build_model_chunks
 from flm_ext.progress import format_duration
@@ -170,6 +171,8 @@ class Trainer:
         folder, _ = resolve(ck.load, ck.ckpt_step)
         check_checkpoint_shape(folder, self.cfg.model)
         restart = ck.finetune or ck.start_new_stage
+        if not restart:  # a new stage or fine-tune may change tokenizers on purpose; a resume may not
+            check_tokenizer(load_common(folder), self.tokenizer, f"--load {folder}")
         load_optim = not (ck.no_load_optim or ck.finetune)
         common = checkpointing.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
                                                load_optimizer=load_optim, load_scheduler=not restart,
@@ -215,7 +218,7 @@ class Trainer:
             raise TrainingError(f"the weights are not finite at iteration {self.iteration}: not saving them; the "
                                 f"latest checkpoint in {ck.save} is unchanged. Resume from it with a lower --lr "
                                 f"or check the data")
-        flm_extra = {}
+        flm_extra = {"tokenizer": tokenizer_record(self.tokenizer, self.cfg.data.tokenizer_type)}
         for hook in self.hooks:
             flm_extra.update(hook.checkpoint_state())
         extra = checkpointing.common_extra(self.cfg.model, self.consumed, self.optimizer, flm_extra)
