@@ -24,13 +24,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flm_ext import quiet_megatron_import_warnings  # noqa: E402
 
 quiet_megatron_import_warnings()
+from flm_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402  (light: no torch)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True)
     p.add_argument("--tokenizer-type", required=True,
-                   choices=["CL100kTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer"])
+                   choices=TOKENIZER_TYPES)
     p.add_argument("--tokenizer-model", default=None)
     p.add_argument("--vocab-file", default=None)
     p.add_argument("--merge-file", default=None)
