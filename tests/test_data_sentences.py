@@ -4,7 +4,6 @@ References: nltk's PunktSentenceTokenizer called directly on the shipped paramet
 with json + gzip, not through flm_ext), hand-split Chinese, megatron-core's own
 IndexedDatasetBuilder for the expected bytes, and megatron-core's IndexedDataset to read back."""
 import filecmp
-import gzip
 import json
 import os
 
@@ -37,16 +36,12 @@ def tok():
 
 @pytest.fixture(scope="module")
 def punkt():
-    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+    """nltk's own sentence tokenizer with the shipped parameters: the reference for our splitting."""
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-    with gzip.open(PUNKT_PARAMS, "rt", encoding="utf-8") as f:
-        data = json.load(f)
-    params = PunktParameters()
-    params.abbrev_types = set(data["abbrev_types"])
-    params.collocations = {tuple(c) for c in data["collocations"]}
-    params.sent_starters = set(data["sent_starters"])
-    params.ortho_context.update(data["ortho_context"])
-    return PunktSentenceTokenizer(params)
+    from flm_ext.data.sentences import punkt_params
+
+    return PunktSentenceTokenizer(punkt_params(PUNKT_PARAMS))
 
 
 def _megatron_reference(path, docs_of_sentences, tok, eod=True):

@@ -15,6 +15,7 @@ checkpoint-metadata types, `common.pt` with `weights_only=True`, and every byte 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 
@@ -64,8 +65,6 @@ def read_manifest(folder: str) -> dict | None:
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
         return None
-    import json
-
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
