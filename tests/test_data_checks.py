@@ -39,7 +39,7 @@ def test_fingerprint_is_the_vocabulary_not_the_file(data, tmp_path):
     assert build_tokenizer("GPT2BPETokenizer").vocab_fingerprint != fp[0]
 
 
-def test_data_without_a_sidecar_is_sampled(data, tmp_path):
+def test_data_without_a_sidecar_is_scanned(data, tmp_path):
     prefix = str(tmp_path / "plain_text_document")
     for ext in (".bin", ".idx"):
         shutil.copy(data["en"] + ext, prefix + ext)
@@ -48,6 +48,31 @@ def test_data_without_a_sidecar_is_sampled(data, tmp_path):
     [warning] = check_data_matches(prefix, tok, 1024)
     assert "cannot be verified" in warning and f"is {largest} (vocabulary 1024)" in warning
     assert check_data_matches(data["en"], tok, 1024) == []
+
+
+def test_sidecar_is_trusted_only_for_its_own_bin(data, tmp_path, monkeypatch):
+    """A matching fingerprint skips the scan; one id changed in place (same size, same counts: the
+    sidecar's documents and largest id still agree) is noticed, scanned and refused."""
+    import pytest
+
+    from flm_ext.data import checks
+
+    prefix = str(tmp_path / "edited_text_document")
+    for ext in (".bin", ".idx", ".json"):
+        shutil.copy(data["en"] + ext, prefix + ext)
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=data["tokenizer"])
+    scans = []
+    real_scan = checks.scan_ids
+    monkeypatch.setattr(checks, "scan_ids", lambda info, emit=None: scans.append(info.prefix) or real_scan(info))
+    assert check_data_matches(prefix, tok, 1024) == [] and scans == []
+    ids = numpy.memmap(prefix + ".bin", dtype=numpy.uint16, mode="r+")
+    ids[len(ids) // 3] = 5000  # what a GPT-2 id would be
+    ids.flush()
+    del ids
+    with pytest.raises(checks.DataError, match="holds token id 5000, outside the model's vocabulary of 1024 .*"
+                                               "was written for another .bin"):
+        check_data_matches(prefix, tok, 1024)
+    assert scans == [prefix]
 
 
 def test_unweighted_blend_gives_every_sample_asked(data, tmp_path):

@@ -7,6 +7,7 @@ where the process matters; the others call pretrain_flm's main() in this process
 before any process group is built, so nothing else happens in this process)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,6 +54,21 @@ def bad(data, tmp_path_factory):
             shutil.copy(out["tiny"] + e, out[name] + e)
         with open(out[name] + ext, "r+b") as f:
             f.truncate(os.path.getsize(out[name] + ext) - cut)
+    # The issue's case: data made again with GPT-2 next to the sidecar of an older BPE run of the
+    # same 60 documents (same document counts). "stale" keeps that sidecar's .bin fingerprint (of
+    # the BPE .bin), "stale_old" is a sidecar from before fingerprints existed.
+    bpe60 = _preprocess(en, str(d / "bpe60"), model=bpe, lines=60)
+    gpt2 = _preprocess(en, str(d / "gpt2"), "GPT2BPETokenizer", lines=60)
+    for name in ("stale", "stale_old"):
+        out[name] = str(d / f"{name}_text_document")
+        for ext in (".bin", ".idx"):
+            shutil.copy(gpt2 + ext, out[name] + ext)
+        with open(bpe60 + ".json", encoding="utf-8") as f:
+            record = json.load(f)
+        if name == "stale_old":
+            del record["bin"]
+        with open(out[name] + ".json", "w", encoding="utf-8") as f:
+            json.dump(record, f)
     out["cache"] = str(d / "cache")
     return out
 
@@ -131,6 +147,10 @@ ROWS = [
     ("vocab_mismatch_tp2", "tp2", dict(data_path=["cl100k"], tensor_model_parallel_size=2),
      "but training uses HuggingFaceTokenizer (1024 tokens", 1),  # torchrun reports a failed worker as 1
     ("ids_outside_vocab_no_sidecar", "in", dict(data_path=["no_sidecar"]), "outside the model's vocabulary of 1024", 2),
+    ("stale_sidecar_gpt2_ids_tp2", "tp2", dict(data_path=["stale"], tensor_model_parallel_size=2),
+     "was written for another .bin (made again next to it?), so every id was checked", 1),
+    ("stale_sidecar_gpt2_ids_tp1", "in", dict(data_path=["stale"]), "outside the model's vocabulary of 1024", 2),
+    ("old_sidecar_gpt2_ids_tp1", "in", dict(data_path=["stale_old"]), "predates .bin fingerprints", 2),
     ("tiny_valid_split_empty", "sub", dict(data_path=["tiny"], split="98,2,0", eval_interval=1, eval_iters=1),
      "--split 98,2,0: the valid split of", 2),
     ("tiny_teacher_split_empty", "in", dict(teacher_data_path="tiny_teacher", split="98,2,0", eval_interval=1),
@@ -174,6 +194,8 @@ def test_data_fault(data, bad, tmp_path, monkeypatch, capsys, row, how, change, 
     else:
         got, out = _subprocess(data, bad, nproc=2 if how == "tp2" else 1, **change)
     assert got == code and message in out, out[-3000:]
+    if code:
+        assert "FLM pre-training:" not in out, out[-3000:]  # refused before any process group or model exists
     if code and how != "tp2":  # torchrun adds its own report of a failed worker
         assert "Traceback" not in out
         assert len([line for line in out.splitlines() if "error" in line.lower()]) == 1, out[-3000:]

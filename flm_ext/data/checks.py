@@ -5,7 +5,8 @@ silently wrong training.
   match its size, the ``.bin`` is as long as the ``.idx`` says). megatron-core would otherwise
   fail deep inside numpy, or read past the end.
 - ``check_data_matches``: the data was tokenized by the training tokenizer (the sidecar's
-  vocabulary fingerprint) and every id fits the model's padded vocabulary. Without this, data
+  vocabulary fingerprint) and every id fits the model's padded vocabulary (the sidecar's largest
+  id while its ``.bin`` fingerprint matches, else a scan of every id). Without this, data
   made with cl100k_base trains a 4,096-token model silently: at TP=2 megatron's vocab-parallel
   embedding reads ids outside every rank's shard as zero vectors.
 - ``split_counts`` / ``check_splits``: megatron-core's ``GPTDataset`` counts epochs with
@@ -35,7 +36,7 @@ _HEADER_SIZE = len(_HEADER) + 8 + 1 + 8 + 8
 _DTYPES = {1: numpy.uint8, 2: numpy.int8, 3: numpy.int16, 4: numpy.int32, 5: numpy.int64, 6: numpy.float64,
            7: numpy.float32, 8: numpy.uint16}  # megatron-core's indexed_dataset.DType codes
 SPLIT_NAMES = ("train", "valid", "test")
-_SAMPLE_WINDOWS, _WINDOW = 16, 1 << 16  # identity and id sampling: 16 windows of 64 Ki items
+_SAMPLE_WINDOWS, _WINDOW = 16, 1 << 16  # data_identity samples 16 windows of 64 Ki bytes
 
 
 class DataError(ConfigError):
@@ -112,20 +113,52 @@ def data_identity(prefix: str) -> str:
     return h.hexdigest()
 
 
-def _sampled_max_id(info: IndexInfo) -> Tuple[int, int]:
-    """(largest id, ids looked at) over evenly spaced windows of the .bin (all of a small one)."""
+_SCAN_CHUNK = 1 << 26  # ids per numpy reduction of the full scan (128-256 MiB of a .bin)
+_SCAN_PROGRESS_BYTES = 1 << 28  # progress lines only for a .bin at least this large
+
+
+def scan_ids(info: IndexInfo, emit=None) -> Tuple[int, int]:
+    """(smallest, largest) id of the whole ``.bin``: numpy reductions over memory-mapped chunks,
+    with progress lines (to ``emit``, default stderr) for a large file. (0, -1) when empty."""
+    from flm_ext.progress import Progress
+
     tokens = numpy.memmap(info.prefix + ".bin", dtype=info.dtype, mode="r")
     if len(tokens) == 0:
-        return -1, 0
-    if len(tokens) <= _SAMPLE_WINDOWS * _WINDOW:
-        return int(tokens.max()), len(tokens)
-    starts = [(len(tokens) - _WINDOW) * k // (_SAMPLE_WINDOWS - 1) for k in range(_SAMPLE_WINDOWS)]
-    return max(int(tokens[s:s + _WINDOW].max()) for s in starts), _SAMPLE_WINDOWS * _WINDOW
+        return 0, -1
+    nbytes = len(tokens) * info.dtype.itemsize
+    progress = None
+    if nbytes >= _SCAN_PROGRESS_BYTES:
+        progress = Progress(nbytes, f"checking the ids of {info.prefix}.bin", unit="B",
+                            **({"emit": emit} if emit else {}))
+    low, high = None, None
+    for start in range(0, len(tokens), _SCAN_CHUNK):
+        chunk = tokens[start:start + _SCAN_CHUNK]
+        lo, hi = int(chunk.min()), int(chunk.max())
+        low, high = lo if low is None else min(low, lo), hi if high is None else max(high, hi)
+        if progress is not None:
+            progress.update(len(chunk) * info.dtype.itemsize)
+    return low, high
+
+
+def _bin_described(record: dict, info: IndexInfo) -> Optional[bool]:
+    """Whether the sidecar's fingerprint matches the ``.bin`` (None: a record older than fingerprints)."""
+    from flm_ext.data.sidecar import bin_fingerprint
+
+    recorded = record.get("bin")
+    if not recorded:
+        return None
+    return recorded == bin_fingerprint(info.prefix + ".bin", info.dtype.itemsize)
 
 
 def check_data_matches(prefix: str, tokenizer, padded_vocab_size: int, flag: str = "--data-path") -> List[str]:
     """Raise ``DataError`` if ``prefix`` was made with another tokenizer or holds ids the model's
-    (padded) vocabulary lacks; returns warnings (data without a sidecar cannot be verified)."""
+    (padded) vocabulary lacks; returns warnings (data whose tokenizer cannot be verified).
+
+    The sidecar's largest id is trusted only while its fingerprint matches the ``.bin`` (size,
+    token count, sampled hash: milliseconds at any size). A missing sidecar, an older one without
+    a fingerprint, or one written for another ``.bin`` (the data made again next to it) makes
+    every id be scanned: at TP>1 megatron's vocab-parallel embedding reads an id outside every
+    rank's shard as a zero vector and trains on silently; at TP=1 it is an IndexError mid-run."""
     info = check_indexed(prefix, flag)
     try:
         record = read_sidecar(prefix)
@@ -133,26 +166,35 @@ def check_data_matches(prefix: str, tokenizer, padded_vocab_size: int, flag: str
         raise DataError(f"{flag} {prefix}: {e}") from e
     redo = ("preprocess it again with the training tokenizer, or train with the tokenizer it was made with "
             "(--tokenizer-type / --tokenizer-model)")
-    if record is None:
-        largest, looked = _sampled_max_id(info)
-        if largest >= padded_vocab_size:
-            raise DataError(f"{flag} {prefix}: holds token id {largest}, outside the model's vocabulary of "
-                            f"{padded_vocab_size} ({tokenizer.name}, {tokenizer.vocab_size} tokens): made with "
-                            f"another tokenizer? {redo}")
-        return [f"{prefix}: no {sidecar_path(prefix)} (made by another tool?): the tokenizer cannot be verified; "
-                f"the largest id in {looked:,} sampled tokens is {largest} (vocabulary {padded_vocab_size})"]
-    made = record["tokenizer"]
-    if made["vocab_fingerprint"] != tokenizer.vocab_fingerprint:
-        raise DataError(f"{flag} {prefix}: tokenized with {made['type']} ({made['vocab_size']} tokens, vocabulary "
-                        f"{made['vocab_fingerprint'][:12]}), but training uses {tokenizer.name} "
-                        f"({tokenizer.vocab_size} tokens, vocabulary {tokenizer.vocab_fingerprint[:12]}); {redo}")
-    if (record["sequences"], record["documents"]) != (info.sequences, info.documents):
-        raise DataError(f"{flag} {prefix}: {sidecar_path(prefix)} describes {record['documents']} documents, the "
-                        f".idx holds {info.documents}: the files come from different runs; preprocess again")
-    if record["max_token_id"] >= padded_vocab_size:
-        raise DataError(f"{flag} {prefix}: holds token id {record['max_token_id']}, outside the model's vocabulary "
-                        f"of {padded_vocab_size} (--vocab-size too small?)")
-    return []
+    described = _bin_described(record, info) if record is not None else False
+    notes = []
+    if described is not False:  # the record is about this .bin (or cannot say otherwise): its tokenizer counts
+        made = record["tokenizer"]
+        if made["vocab_fingerprint"] != tokenizer.vocab_fingerprint:
+            raise DataError(f"{flag} {prefix}: tokenized with {made['type']} ({made['vocab_size']} tokens, vocabulary "
+                            f"{made['vocab_fingerprint'][:12]}), but training uses {tokenizer.name} "
+                            f"({tokenizer.vocab_size} tokens, vocabulary {tokenizer.vocab_fingerprint[:12]}); {redo}")
+        if (record["sequences"], record["documents"]) != (info.sequences, info.documents):
+            raise DataError(f"{flag} {prefix}: {sidecar_path(prefix)} describes {record['documents']} documents, the "
+                            f".idx holds {info.documents}: the files come from different runs; preprocess again")
+    if described:
+        if record["max_token_id"] >= padded_vocab_size:
+            raise DataError(f"{flag} {prefix}: holds token id {record['max_token_id']}, outside the model's vocabulary "
+                            f"of {padded_vocab_size} (--vocab-size too small?)")
+        return notes
+    why = {None: f"{sidecar_path(prefix)} predates .bin fingerprints",
+           False: (f"{sidecar_path(prefix)} was written for another .bin (made again next to it?)" if record
+                   else f"no {sidecar_path(prefix)} (made by another tool?)")}[described]
+    low, high = scan_ids(info)
+    if high >= padded_vocab_size or low < 0:
+        bad = high if high >= padded_vocab_size else low
+        raise DataError(f"{flag} {prefix}: holds token id {bad}, outside the model's vocabulary of "
+                        f"{padded_vocab_size} ({tokenizer.name}, {tokenizer.vocab_size} tokens; {why}, so every id "
+                        f"was checked): made with another tokenizer? {redo}")
+    if described is False:
+        notes.append(f"{prefix}: {why}: the tokenizer cannot be verified; all {os.path.getsize(prefix + '.bin') // info.dtype.itemsize:,} "
+                     f"ids were checked, the largest is {high} (vocabulary {padded_vocab_size})")
+    return notes
 
 
 def split_counts(info: IndexInfo, split: str) -> List[Tuple[int, int]]:

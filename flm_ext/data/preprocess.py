@@ -556,7 +556,7 @@ def preprocess(cfg: PreprocessConfig) -> Stats:
             atomic_write_json(f"{tmp}.{s}.json", make_sidecar(
                 _TOKENIZER, cfg.tokenizer_type, documents=n_doc, sequences=n_seq, tokens=stats.stream_tokens[s],
                 max_token_id=stats.max_id.get(s, -1), dtype=numpy.dtype(dtype).name, inputs=paths,
-                flags=cfg.flags, kind=kind))
+                flags=cfg.flags, kind=kind, bin_path=f"{tmp}.{s}.bin"))
         for s, final in finals.items():
             os.replace(f"{tmp}.{s}.bin", final + ".bin")
             os.replace(f"{tmp}.{s}.idx", final + ".idx")
