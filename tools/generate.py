@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer-model", default=None)
     p.add_argument("--vocab-file", default=None)
     p.add_argument("--merge-file", default=None)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run model code from an exported folder that is not this flm_ext's own (edited, another "
+                        "version, another model); without it such a folder is refused")
     return p.parse_args(argv)
 
 

@@ -78,17 +78,16 @@ def model_from_checkpoint(ckpt, vocab_size: int, eos: int | None, dtype: torch.d
 
 
 def load_hf_model(path: str, *, tokenizer=None, iteration: int | None = None, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device | None = None):
+                  device: str | torch.device | None = None, trust_remote_code: bool = False):
     """(model, Codec) from an exported folder or a checkpoint (then `tokenizer`, the training
-    tokenizer, gives the true vocabulary and the text codec; without it ids only, full embedding)."""
+    tokenizer, gives the true vocabulary and the text codec; without it ids only, full embedding).
+    An exported folder runs this package's own model code; code that differs from it only with
+    `trust_remote_code` (flm_ext/export/loading.py)."""
     if is_export_folder(path):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from flm_ext.export.loading import load_export_model, load_export_tokenizer
 
-        # As users load it: the folder's own copy of modeling_flm.py.
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=True).eval()
-        # config=: AutoTokenizer would otherwise load config.json through AutoConfig, which asks
-        # before running custom code even though the tokenizer needs none.
-        codec = Codec.from_hf(AutoTokenizer.from_pretrained(path, config=model.config))
+        model = load_export_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        codec = Codec.from_hf(load_export_tokenizer(path, model.config, trust_remote_code=trust_remote_code))
     else:
         from flm_ext.export import open_for_export
 
@@ -100,6 +99,11 @@ def load_hf_model(path: str, *, tokenizer=None, iteration: int | None = None, dt
     if device is not None:
         model.to(device)
     return model, codec
+
+
+def context_length(model) -> int | None:
+    """The positions the model was trained for (config max_position_embeddings), if it says."""
+    return getattr(model.config, "max_position_embeddings", None)
 
 
 def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> int:
@@ -207,6 +211,8 @@ def run_cli(args) -> int:
         return _fail("give --prompt TEXT or --interactive (one of them)")
     if args.max_new_tokens < 1:
         return _fail(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
+    if args.prompt is not None and not all(args.prompt):
+        return _fail("--prompt is empty: give the text to continue")
     sampling = Sampling(greedy=args.temperature is None, temperature=args.temperature or 1.0, top_k=args.top_k,
                         top_p=args.top_p)
     try:
@@ -223,21 +229,30 @@ def run_cli(args) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # its "indexing errors" warning on long prompts: checked below, in our words
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     try:
         if args.tokenizer_type is not None and not is_export_folder(args.load):
             tokenizer = build_tokenizer_from_flags(args)
         model, codec = load_hf_model(args.load, tokenizer=tokenizer, iteration=args.iteration, dtype=dtype,
-                                     device=device)
+                                     device=device, trust_remote_code=getattr(args, "trust_remote_code", False))
     except (ExportError, OSError, ValueError) as e:
         return _fail(str(e))
+    context = context_length(model)
     prompts = args.prompt if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     for prompt in prompts:
         if not prompt:
-            continue
-        if not codec.encode(prompt):
+            continue  # an empty line in --interactive
+        n = len(codec.encode(prompt))
+        if not n:
             return _fail("the prompt encodes to no tokens")
+        if context is not None and n > context:
+            return _fail(f"the prompt is {n} tokens, longer than the model's context of {context} "
+                         f"(max_position_embeddings): shorten it to at most {context} tokens")
+        if context is not None and n + args.max_new_tokens > context:
+            print(f"generate: note: the prompt ({n} tokens) and --max-new-tokens {args.max_new_tokens} go past the "
+                  f"model's context of {context}: positions past it were never trained", file=sys.stderr, flush=True)
         sys.stdout.write(prompt)
         sys.stdout.flush()
         generate_text(model, codec, prompt, args.max_new_tokens, sampling, seed=args.seed,

@@ -2,7 +2,8 @@
 
 The training model is megatron's (TP=PP=1 on this machine, loaded by the trainer's own loader,
 growth masks at the checkpoint's lambda, as evaluation runs it); the export is loaded the way a
-user loads it, `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`. Both run
+user loads it, from its config.json and safetensors (with this package's model code, which the
+folder's copies must equal: flm_ext/export/loading.py; no code from the folder runs). Both run
 a random probe batch in float32 and the number is the max abs difference over the true
 vocabulary. It holds both models in memory: meant for small and medium models (the demo, tests),
 not for 101B on a login node. A bfloat16 export is compared after casting to float32, so its
@@ -16,7 +17,6 @@ import torch
 @torch.no_grad()
 def verify_export(ckpt, folder: str, *, batch: int = 2, seq_length: int | None = None, seed: int = 0) -> float:
     """Max abs logit difference of the export at `folder` and the open checkpoint `ckpt`."""
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from flm_ext.checkpoint.model_state import load_model_weights
@@ -32,7 +32,9 @@ def verify_export(ckpt, folder: str, *, batch: int = 2, seq_length: int | None =
         state = GrowthState.from_dict(ckpt.growth_record)
         if state.lambda_at(ckpt.iteration) < 1.0:
             attach_growth(chunks, state, state.lambda_at(ckpt.iteration))
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).float().eval()
+    from flm_ext.export.loading import load_export_model
+
+    model = load_export_model(folder).float().eval()
     vocab = model.config.vocab_size
     seq = seq_length or min(ckpt.config.seq_length, 256)
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
