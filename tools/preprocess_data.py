@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flm_ext.data.preprocess import (BadInputError, EmptyInputError, PreprocessConfig, expand_inputs,  # noqa: E402
+from flm_ext.data.preprocess import (BadInputError, EmptyInputError, OutputError, PreprocessConfig, expand_inputs,  # noqa: E402
                                     output_notes, preprocess)
 from flm_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             print(note)
         stats = preprocess(cfg)
     except (BadInputError, FileNotFoundError) as e:
-        bad_line = not (cfg.skip_bad_lines or isinstance(e, (EmptyInputError, FileNotFoundError)))
+        bad_line = not (cfg.skip_bad_lines or isinstance(e, (EmptyInputError, OutputError, FileNotFoundError)))
         hint = " (use --skip-bad-lines to skip such lines)" if bad_line else ""
         print(f"error: {e}; nothing was written{hint}", file=sys.stderr)
         return 2

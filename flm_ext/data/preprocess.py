@@ -127,6 +127,24 @@ class EmptyInputError(BadInputError):
     """An input with no documents (an empty file, or every line skipped)."""
 
 
+class OutputError(BadInputError):
+    """The outputs could not be written (a read-only folder, a full disk, a file-size limit)."""
+
+
+def output_error_line(e: OSError, output_prefix: str, inputs: Sequence[str] = ()) -> str:
+    """One line for an OSError met while writing (or reading one of ``inputs``), with the usual
+    causes in words."""
+    import errno
+
+    why = {errno.EFBIG: "the file-size limit was reached (ulimit -f)", errno.ENOSPC: "the disk is full",
+           errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
+           errno.EPERM: "permission denied", errno.EROFS: "the file system is read-only"}.get(e.errno)
+    if e.filename is not None and e.filename in inputs:
+        return f"--input {e.filename}: reading it failed: {why or e.strerror or e}"
+    where = e.filename or output_prefix
+    return f"--output-prefix {output_prefix}: writing {where} failed: {why or e.strerror or e}"
+
+
 @dataclasses.dataclass
 class Unit:
     """A piece of the input: a whole file, or the lines starting in bytes [start, end)."""
@@ -293,7 +311,18 @@ def _parse(raw: bytes, keys: Sequence[str], teacher: bool) -> Tuple[Optional[dic
             return None, "non_string", f"{key!r} is a {type(value).__name__}, not a string"
         elif not value.strip():
             return None, "empty_document", f"{key!r} is empty"
+        elif not _is_utf8(value):
+            return None, "lone_surrogate", f"{key!r} holds a lone surrogate escape (e.g. \\ud800), not text"
     return obj, None, ""
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a string JSON allowed but no tokenizer takes: a lone surrogate ("\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _sentence_ids(tok, text: str, sentences, eod: List[int]) -> List[List[int]]:
@@ -383,6 +412,7 @@ class Stats:
     bytes: int = 0
     skipped: Counter = dataclasses.field(default_factory=Counter)
     error: Optional[str] = None
+    output_failed: bool = False  # the error is OutputError (writing), not a bad input line
     stream_tokens: Counter = dataclasses.field(default_factory=Counter)  # per output dataset
     max_id: Dict[str, int] = dataclasses.field(default_factory=dict)  # largest id per output dataset
 
@@ -391,7 +421,8 @@ class Stats:
         self.tokens += other.tokens
         self.bytes += other.bytes
         self.skipped.update(other.skipped)
-        self.error = self.error or other.error
+        if other.error and not self.error:
+            self.error, self.output_failed = other.error, other.output_failed
         self.stream_tokens.update(other.stream_tokens)
         for s, m in other.max_id.items():
             self.max_id[s] = max(m, self.max_id.get(s, -1))
@@ -485,6 +516,8 @@ def _partition_main(cfg, units, part_prefix, workers, tag, conn) -> None:
         stats = run_partition(cfg, units, part_prefix, workers, tag)
     except BadInputError as e:
         stats = Stats(error=str(e))
+    except OSError as e:
+        stats = Stats(error=output_error_line(e, cfg.output_prefix, [u.path for u in units]), output_failed=True)
     except BaseException:  # report to the parent, which cleans up
         stats = Stats(error=traceback.format_exc())
     conn.send(stats)
@@ -531,6 +564,13 @@ def preprocess(cfg: PreprocessConfig) -> Stats:
     groups = plan_units(paths, cfg.partitions)
     _init_worker((cfg.tokenizer_type, cfg.vocab_file, cfg.merge_file, cfg.tokenizer_model))
     dtype = token_dtype(_TOKENIZER.vocab_size)
+    try:
+        return _preprocess(cfg, paths, groups, dtype)
+    except OSError as e:  # writing (or reading an input that went away)
+        raise OutputError(output_error_line(e, cfg.output_prefix, paths)) from None
+
+
+def _preprocess(cfg: PreprocessConfig, paths, groups, dtype) -> Stats:
     created = _make_dirs(os.path.dirname(os.path.abspath(cfg.output_prefix)))
     tmp = f"{cfg.output_prefix}.tmp{os.getpid()}"
     part_prefixes = [f"{tmp}.part{i}" for i in range(len(groups))]
@@ -544,7 +584,7 @@ def preprocess(cfg: PreprocessConfig) -> Stats:
         else:
             stats = _run_partitions(cfg, groups, part_prefixes)
         if stats.error:
-            raise BadInputError(stats.error)
+            raise (OutputError if stats.output_failed else BadInputError)(stats.error)
         if stats.documents == 0:
             skipped = sum(stats.skipped.values())
             raise EmptyInputError(f"--input {cfg.input}: no documents" + (f" ({skipped} bad lines skipped)" if skipped else ""))

@@ -95,7 +95,7 @@ def _package_file(package: str, relative: str) -> str:
         path = resources.files(package).joinpath(relative)
     except ModuleNotFoundError as e:
         raise RuntimeError(
-            f"the PyPI package providing {package!r} is not installed: pip install -e '.[data]'"
+            f"the PyPI package providing {package!r} is not installed (a dependency of flm_ext): pip install -e ."
         ) from e
     if not path.is_file():
         raise RuntimeError(f"{package} does not ship {relative}")

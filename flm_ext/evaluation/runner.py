@@ -74,19 +74,26 @@ def _choice_baseline(tasks: dict, limit: int | None) -> float | None:
     return mean(values) if values else None
 
 
-def load_lm_eval_tasks(names: list[str], include_paths: list[str]):
-    """(TaskManager, {name: loaded task dict}, {name: missing-data line}); unknown names raise.
+def task_manager(names: list[str], include_paths: list[str]):
+    """lm-eval's TaskManager knowing every name; an unknown name raises KeyError (one line).
     lm-eval's own task index (~10 s to build) is read only when a name is not in `include_paths`."""
     from lm_eval.tasks import TaskManager
 
     tm = TaskManager(include_path=include_paths or None, include_defaults=not include_paths)
     if include_paths and any(name not in tm.all_tasks for name in names):
         tm = TaskManager(include_path=include_paths, include_defaults=True)
-    loaded, missing = {}, {}
     for name in names:
         if name not in tm.all_tasks:
             raise KeyError(f"--tasks {name}: no such task (ours: {', '.join(OURS)}, iq, iq_<family>; "
                            f"or an lm-eval task name)")
+    return tm
+
+
+def load_lm_eval_tasks(names: list[str], include_paths: list[str]):
+    """(TaskManager, {name: loaded task dict}, {name: missing-data line}); unknown names raise."""
+    tm = task_manager(names, include_paths)
+    loaded, missing = {}, {}
+    for name in names:
         try:
             loaded[name] = tm.load([name])
         except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:
@@ -229,6 +236,8 @@ def evaluate_checkpoint(load: str, tokenizer, tasks: list[str], *, valid_files: 
 
     ours, iq_names, other = split_tasks(tasks)
     stages = len(ours) + bool(iq_names) + len(other)
+    if other:  # an unknown lm-eval task name stops here, before the checkpoint is loaded
+        task_manager(other, list(include_paths))
     progress = Progress(stages + 1, "evaluate", unit="stages", interval=0.0)
     model, config, common = load_model(load)
     check_tokenizer(common, tokenizer, load)

@@ -148,9 +148,13 @@ def _growth_plan(ckpt, overrides: dict, load: str, **plan_kwargs) -> GrowthPlan:
 
 def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = "stack", depth_placement: str = "top",
                     seed: int = 0, ramp_steps: int = 1000, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-                    log: Callable[[str], None] = print, progress_interval: float = 5.0) -> str:
+                    log: Callable[[str], None] = print, progress_interval: float = 5.0,
+                    check: Callable[[str], None] | None = None) -> str:
     """Grow the checkpoint at `load` into a new checkpoint root `save`; returns its iteration folder.
 
+    `check` (e.g. --verify) runs on the finished `<save>.partial` root before it is renamed to
+    `save`: if it raises, the partial folder is removed, so a grown checkpoint that failed its
+    check never looks complete (nor stays where a later run could load it).
     `overrides`: the new sizes (num_layers, hidden_size, num_attention_heads, ffn_hidden_size; None
     keeps the old). Raises GrowCheckpointError / GrowthError / ConfigError naming the path or field.
     """
@@ -186,6 +190,8 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
         write_chunks(out_dir, chunks, _grower(ckpt.reader, plan), bucket_bytes=bucket_bytes, on_chunk=on_chunk)
         finish_iteration_folder(out_dir, grown_common(ckpt.common, plan, ramp_steps, iteration, load))
         write_latest(partial, iteration)
+        if check is not None:
+            check(partial)
     log(f"grow: wrote {save} ({total / 2 ** 30:.2f} GiB in {progress.elapsed:.1f}s)")
     return iteration_dir(save, iteration)
 
