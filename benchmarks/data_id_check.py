@@ -54,15 +54,24 @@ def main() -> None:
     print(f"{prefix}.bin: {size / 2 ** 30:.2f} GiB, {size // 2:,} ids; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
 
-    times = {"sidecar": [], "scan": []}
+    def evict():
+        fd = os.open(prefix + ".bin", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    times = {"sidecar": [], "scan": [], "sidecar cold": [], "scan cold": []}
     for _ in range(args.repeats):
-        for variant in ("sidecar", "scan"):
-            if variant == "scan":
+        for variant in times:
+            if variant.endswith("cold"):
+                evict()
+            if variant.startswith("scan"):
                 os.replace(sidecar_path(prefix), prefix + ".json.away")
             start = time.perf_counter()
             notes = check_data_matches(prefix, tok, 1024)
             times[variant].append(time.perf_counter() - start)
-            if variant == "scan":
+            if variant.startswith("scan"):
                 os.replace(prefix + ".json.away", sidecar_path(prefix))
                 assert notes and "all" in notes[0], notes  # it did scan
             else:
@@ -70,6 +79,7 @@ def main() -> None:
     for variant, ts in times.items():
         print(f"{variant}: median {1e3 * statistics.median(ts):.1f} ms, min {1e3 * min(ts):.1f} ms over {len(ts)} "
               f"({size / 2 ** 30 / statistics.median(ts):.2f} GiB/s)")
+    print(f"load average {os.getloadavg()[0]:.1f}")
     shutil.rmtree(args.workdir)
 
 

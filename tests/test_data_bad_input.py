@@ -16,6 +16,7 @@ BAD = {  # reason -> a line that has (only) that problem
     "missing_key": b'{"body": "text is missing"}',
     "non_string": b'{"text": ["a", "list"]}',
     "empty_document": b'{"text": ""}',
+    "lone_surrogate": b'{"text": "bad \\ud800 escape"}',
 }
 
 
@@ -89,7 +90,8 @@ def test_existing_output_is_kept_on_failure(tmp_path, capsys):
 
 @pytest.mark.parametrize("workers,partitions", [(1, 1), (2, 2)])
 def test_skip_bad_lines_counts_by_reason(tmp_path, workers, partitions, capsys):
-    counts = {"malformed_json": 3, "invalid_utf8": 1, "missing_key": 2, "non_string": 2, "empty_document": 4}
+    counts = {"malformed_json": 3, "invalid_utf8": 1, "missing_key": 2, "non_string": 2, "empty_document": 4,
+              "lone_surrogate": 1}
     good_texts = [f"good {i}" for i in range(40)]
     lines = [b'{"text": "%s"}' % t.encode() for t in good_texts]
     bad_lines = [BAD[r] for r, n in counts.items() for _ in range(n)]
