@@ -12,11 +12,20 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
 
 
-def pretrain_main():
-    spec = importlib.util.spec_from_file_location("pretrain_flm", REPO / "pretrain_flm.py")
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def pretrain_main():
+    return _load("pretrain_flm", REPO / "pretrain_flm.py").main
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (its main() runs in this process)."""
+    return _load(name, REPO / "tools" / f"{name}.py")
 
 
 def recorded_calls(tmp_path: Path, script: str, *args: str, **env: str) -> list[tuple[str, list[str]]]:

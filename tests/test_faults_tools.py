@@ -10,7 +10,6 @@ fragment of its one-line message), its exit code, and that nothing was written o
 - evaluate: --limit 0 / -1, and an unknown task reported before the checkpoint is loaded."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -21,17 +20,11 @@ from pathlib import Path
 import pytest
 
 from data_testutils import write_jsonl
+from launchers import load_tool as _tool
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 pytestmark = pytest.mark.timeout(300)
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
