@@ -21,6 +21,10 @@ Every number the forward pass needs is a field; nothing is implied by the model'
   as fields: `growth_norm_mask` = [old hidden size, lambda] (every LayerNorm takes mask-weighted
   statistics over the hidden dims) and `layer_gates` (per layer: out = g * block(h) + (1 - g) * h).
   Both are None for an ordinary model.
+
+For serving engines: `logit_scale` (derived, not stored) is the µP output multiplier, the name
+engines read when they build their own output layer; `base_model_tp_plan` shards `qkv_proj` and
+`fc1` by rows (whole heads per rank: rows are grouped per head) and `o_proj` and `fc2` by columns.
 """
 from __future__ import annotations
 
@@ -30,6 +34,12 @@ from transformers import PretrainedConfig
 class FLMConfig(PretrainedConfig):
     model_type = "flm"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
+    base_model_tp_plan = {
+        "layers.*.self_attn.qkv_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.fc1": "colwise",
+        "layers.*.mlp.fc2": "rowwise",
+    }
 
     def __init__(self, vocab_size: int = 100256, padded_vocab_size: int | None = None, hidden_size: int = 10240,
                  num_hidden_layers: int = 80, num_attention_heads: int = 80, head_dim: int | None = None,
@@ -72,3 +82,8 @@ class FLMConfig(PretrainedConfig):
             raise ValueError(f"layer_gates has {len(layer_gates)} entries for {num_hidden_layers} layers")
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @property
+    def logit_scale(self) -> float:
+        """What the logits are multiplied by: µP's output_mult / mup_scale_factor, else 1."""
+        return self.output_mult / self.mup_scale_factor if self.use_mup else 1.0

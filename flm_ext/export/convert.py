@@ -64,7 +64,7 @@ def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.d
         gates = [lam if j in growth.new_layers else 1.0 for j in range(cfg.num_layers)]
     return {
         "architectures": ["FLMForCausalLM"], "model_type": "flm",
-        "auto_map": {"AutoConfig": "configuration_flm.FLMConfig",
+        "auto_map": {"AutoConfig": "configuration_flm.FLMConfig", "AutoModel": "modeling_flm.FLMModel",
                      "AutoModelForCausalLM": "modeling_flm.FLMForCausalLM"},
         "vocab_size": vocab_size, "padded_vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,

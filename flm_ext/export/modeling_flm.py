@@ -1,20 +1,26 @@
-"""transformers model of an exported FLM checkpoint: `FLMForCausalLM` (plain torch + SDPA).
+"""transformers model of an exported FLM checkpoint: `FLMForCausalLM` (and the bare `FLMModel`).
 
 Standalone (imports only torch, transformers and `configuration_flm` next to it), so an exported
 folder loads with `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`.
 
 It computes what the training model computes (docs/FLM.md, section 1): pre-LN blocks, biases on
-every linear, GeLU(tanh) MLP, tied embeddings, xPos on q and k. The arithmetic follows the
-training code step by step (matmul then bias, bias added before the residual, xPos tables in
-float64 then cast), so fp32 logits agree to ~1e-6. Layout notes:
+every linear, GeLU(tanh) MLP, tied embeddings, xPos on q and k; fp32 logits agree with the
+trainer's to ~1e-6. It follows transformers' attention interface so that serving engines (vLLM's
+and SGLang's Transformers backends) can run it: attention goes through `ALL_ATTENTION_FUNCTIONS`
+with the scale passed explicitly (µP uses 1/head_dim), extra keyword arguments flow from the model
+down to the attention function, linear layers are called as modules (an engine swaps in its own
+parallel ones), q/k/v are viewed per head from the local width (so a column-sharded `qkv_proj`
+holds whole heads) and `base_model_tp_plan` says how to shard. Layout and position notes:
 
 - `qkv_proj` keeps the training layout: rows grouped per head, [q_h, k_h, v_h] for head h.
-- xPos uses rotate-half pairs (x[i], x[i + d/2]); the query at position n is rotated by n * theta_i
-  and scaled by zeta_i^((n - c)/scale_base), the key at m by m * theta_i and zeta_i^(-(m - c)/scale_base),
-  with c = `xpos_center`. c is fixed, so keys are cached after xPos and stay valid: with a KV
-  cache the new tokens take positions past .. past + s - 1.
-- Positions are the cache offsets, also under left padding: xPos and RoPE scores depend only on
-  n - m, so the offset a pad adds changes nothing.
+- xPos (`xpos_tables`) uses rotate-half pairs (x[i], x[i + d/2]); the query at position n is
+  rotated by n * theta_i and scaled by zeta_i^((n - c)/scale_base), the key at m by m * theta_i and
+  zeta_i^(-(m - c)/scale_base), with c = `xpos_center`. Positions come from `position_ids` (default:
+  cache offset + 0..s-1), so packed sequences (positions restarting at 0) and engines that pass no
+  cache work. c is fixed, so keys are cached after xPos and stay valid.
+- Scores depend only on n - m, so the offset a left pad adds to positions changes nothing.
+- The attention mask is built in one place (`attention_mask_for`): causal, pads hidden, packed
+  sequences kept apart.
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_flm import FLMConfig
 
@@ -32,17 +39,17 @@ _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
 
 
 def xpos_tables(positions: torch.Tensor, head_dim: int, base: float, scale_base: float | None, center: float):
-    """(cos_q, sin_q, cos_k, sin_k), each [len(positions), head_dim], in float64."""
+    """(cos_q, sin_q, cos_k, sin_k), each positions.shape + [head_dim], in float64 (scale_base None: RoPE)."""
     pos = positions.to(torch.float64)
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(pos, inv_freq)
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=pos.device) / head_dim)
+    angles = pos[..., None] * inv_freq
     cos, sin = torch.cos(angles), torch.sin(angles)
     if scale_base is None:
         q_scale = k_scale = torch.ones_like(angles)
     else:
-        i = torch.arange(0, head_dim // 2, dtype=torch.float64)
+        i = torch.arange(0, head_dim // 2, dtype=torch.float64, device=pos.device)
         zeta = (2 * i / head_dim + 0.4) / 1.4
-        q_scale = zeta[None, :] ** ((pos - center) / scale_base)[:, None]
+        q_scale = zeta ** ((pos - center) / scale_base)[..., None]
         k_scale = 1.0 / q_scale
     return tuple(torch.cat([t, t], dim=-1) for t in (cos * q_scale, sin * q_scale, cos * k_scale, sin * k_scale))
 
@@ -52,10 +59,52 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """matmul, then bias (the training code's order)."""
-    out = torch.matmul(x, layer.weight.t())
-    return out + layer.bias if layer.bias is not None else out
+# Attention implementations that take the boolean [b, 1, q, kv] mask built here.
+_MASKED_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+def attention_mask_for(implementation: str, padding_mask: torch.Tensor | None, positions: torch.Tensor | None,
+                       past: int, length: int, device) -> torch.Tensor | None:
+    """The mask `implementation` takes, for `length` new tokens after `past` cached ones.
+
+    eager / sdpa: None when plain causal attention is meant (sdpa then uses is_causal), else a boolean
+    [b, 1, length, past + length] mask (True: attend): causal, keys where `padding_mask` (the 2D
+    mask, 0 on pads) is 0 hidden, and, without padding or cache, packed sequences (`positions`
+    restarting) kept apart. Other implementations (flash attention, engines' own) get the 2D padding
+    mask as it is: they read pads and packing from it and from position_ids themselves.
+    """
+    if implementation not in _MASKED_IMPLEMENTATIONS:
+        return padding_mask
+    padded = padding_mask is not None and not bool(padding_mask.all())
+    segments = None
+    if positions is not None and not padded and past == 0 and length > 1:
+        starts = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1) != 1
+        segments = starts.cumsum(-1) if bool(starts[:, 1:].any()) else None
+    if not padded and segments is None and (length == 1 or (past == 0 and implementation != "eager")):
+        return None
+    total = past + length
+    rows = torch.arange(past, total, device=device)[:, None]
+    cols = torch.arange(total, device=device)[None, :]
+    allowed = (cols <= rows)[None, None]
+    if segments is not None:
+        segments = segments.to(device)
+        allowed = allowed & (segments[:, None, :, None] == segments[:, None, None, :])
+    if padded:
+        keys = padding_mask[:, -total:].to(device=device, dtype=torch.bool)[:, None, None, :]
+        allowed = (allowed & keys) | (cols == rows)[None, None]  # a pad query still sees itself: no empty rows
+    return allowed
+
+
+def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
+    """Plain softmax attention over [b, h, s, d] tensors with a boolean mask (True: attend); returns
+    ([b, s, h, d] output, weights) as transformers' attention functions do."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 class FLMLayerNorm(nn.LayerNorm):
@@ -84,25 +133,30 @@ class FLMLayerNorm(nn.LayerNorm):
 class FLMAttention(nn.Module):
     def __init__(self, config: FLMConfig, layer_idx: int):
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
-        self.heads, self.head_dim = config.num_attention_heads, config.head_dim
-        width = self.heads * self.head_dim
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = 1
+        self.is_causal = True
+        width = config.num_attention_heads * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * width)
         self.o_proj = nn.Linear(width, config.hidden_size)
-        self.scale = 1.0 / self.head_dim if config.use_mup else self.head_dim ** -0.5
+        self.scaling = 1.0 / self.head_dim if config.use_mup else self.head_dim ** -0.5
 
-    def forward(self, x, tables, cache: Cache | None, mask: torch.Tensor | None, causal: bool):
-        b, s, _ = x.shape
-        qkv = linear(x, self.qkv_proj).view(b, s, self.heads, 3 * self.head_dim)
+    def forward(self, hidden_states, tables, attention_mask=None, cache=None, **kwargs):
+        b, s, _ = hidden_states.shape
+        # -1 heads: the local ones when an engine shards qkv_proj column-wise (whole heads per rank).
+        qkv = self.qkv_proj(hidden_states).view(b, s, -1, 3 * self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.split(self.head_dim, dim=-1))  # [b, h, s, d]
         cos_q, sin_q, cos_k, sin_k = tables
         q = q * cos_q + rotate_half(q) * sin_q
         k = k * cos_k + rotate_half(k) * sin_k
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                                 scale=self.scale)
-        return torch.matmul(context.transpose(1, 2).reshape(b, s, -1), self.o_proj.weight.t())
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        context, _ = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,
+                            is_causal=self.is_causal, **kwargs)
+        return self.o_proj(context.reshape(b, s, -1).contiguous())
 
 
 class FLMMLP(nn.Module):
@@ -112,7 +166,7 @@ class FLMMLP(nn.Module):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x):
-        return torch.matmul(F.gelu(linear(x, self.fc1), approximate="tanh"), self.fc2.weight.t())
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class FLMDecoderLayer(nn.Module):
@@ -125,9 +179,9 @@ class FLMDecoderLayer(nn.Module):
         gates = config.layer_gates
         self.gate = None if gates is None or float(gates[layer_idx]) == 1.0 else float(gates[layer_idx])
 
-    def forward(self, h, tables, cache, mask, causal):
-        x = h + (self.self_attn(self.input_layernorm(h), tables, cache, mask, causal) + self.self_attn.o_proj.bias)
-        out = x + (self.mlp(self.post_attention_layernorm(x)) + self.mlp.fc2.bias)
+    def forward(self, h, tables, attention_mask=None, cache=None, **kwargs):
+        x = h + self.self_attn(self.input_layernorm(h), tables, attention_mask, cache, **kwargs)
+        out = x + self.mlp(self.post_attention_layernorm(x))
         if self.gate is not None:  # a layer added by MSG depth growth, still ramping in
             out = self.gate * out + (1.0 - self.gate) * h
         return out
@@ -139,6 +193,9 @@ class FLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["FLMDecoderLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_attention_backend = True
     _supports_cache_class = True
 
     def _init_weights(self, module):
@@ -158,7 +215,6 @@ class FLMModel(FLMPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([FLMDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = FLMLayerNorm(config)
-        self._tables: tuple | None = None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -167,30 +223,12 @@ class FLMModel(FLMPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def _xpos(self, start: int, length: int, device, dtype):
-        key = (start, length, device, dtype)
-        if self._tables is None or self._tables[0] != key:
-            c = self.config
-            scale_base = c.xpos_scale_base if c.position_embedding_type == "xpos" else None
-            tabs = xpos_tables(torch.arange(start, start + length), c.head_dim, float(c.rope_theta),
-                               None if scale_base is None else float(scale_base), float(c.xpos_center))
-            self._tables = (key, tuple(t.to(device=device, dtype=dtype) for t in tabs))
-        return self._tables[1]
-
-    @staticmethod
-    def _mask(attention_mask, past: int, length: int, device):
-        """None (plain causal) or a boolean [b, 1, s, past + s] mask: causal, pads hidden."""
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if not padded and (past == 0 or length == 1):
-            return None
-        total = past + length
-        rows = torch.arange(past, total, device=device)[:, None]
-        allowed = (torch.arange(total, device=device)[None, :] <= rows)[None, None]
-        if padded:
-            keys = attention_mask[:, -total:].to(device=device, dtype=torch.bool)[:, None, None, :]
-            allowed = allowed & keys
-            allowed = allowed | (torch.arange(total, device=device)[None, :] == rows)[None, None]  # no empty rows
-        return allowed
+    def _xpos(self, positions: torch.Tensor, dtype: torch.dtype):
+        """xPos tables for [b, s] positions, as [b, 1, s, head_dim] in the model's dtype."""
+        c = self.config
+        scale_base = float(c.xpos_scale_base) if c.position_embedding_type == "xpos" else None
+        tables = xpos_tables(positions, c.head_dim, float(c.rope_theta), scale_base, float(c.xpos_center))
+        return tuple(t[:, None].to(dtype) for t in tables)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, cache=None, **kwargs):
@@ -203,16 +241,24 @@ class FLMModel(FLMPreTrainedModel):
             cache = DynamicCache()
         past = cache.get_seq_length() if cache is not None else 0
         b, s, _ = h.shape
-        tables = tuple(t[None, None] for t in self._xpos(past, s, h.device, h.dtype))
-        mask = self._mask(attention_mask, past, s, h.device)
+        given = position_ids is not None
+        if not given:
+            position_ids = torch.arange(past, past + s, device=h.device)[None]
+        elif position_ids.dim() == 1:
+            position_ids = position_ids[None]
+        position_ids = position_ids.expand(b, -1)
+        tables = self._xpos(position_ids, h.dtype)
+        mask = attention_mask_for(self.config._attn_implementation, attention_mask,
+                                  position_ids if given else None, past, s, h.device)
         for layer in self.layers:
-            h = layer(h, tables, cache, mask, causal=s > 1)
+            h = layer(h, tables, mask, cache if use_cache else None, position_ids=position_ids, **kwargs)
         h = self.norm(h)
         return BaseModelOutputWithPast(last_hidden_state=h, **{_CACHE_FIELD: cache if use_cache else None})
 
 
 class FLMForCausalLM(FLMPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: FLMConfig):
         super().__init__(config)
@@ -234,15 +280,15 @@ class FLMForCausalLM(FLMPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, cache=None, logits_to_keep=0, **kwargs):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
-                         inputs_embeds=inputs_embeds, use_cache=use_cache, cache=cache)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         cache=cache, **kwargs)
         h = out.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             h = h[:, -logits_to_keep:]
-        c = self.config
-        if c.use_mup and c.output_mult / c.mup_scale_factor != 1.0:
-            h = h * (c.output_mult / c.mup_scale_factor)  # µP logits scale (on the final norm's output)
-        logits = torch.matmul(h, self.lm_head.weight.t())
+        if self.config.logit_scale != 1.0:
+            h = h * self.config.logit_scale  # µP output multiplier (on the final norm's output, as in training)
+        logits = self.lm_head(h)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
