@@ -61,3 +61,21 @@ def save_ramp(root: str) -> None:
                         new_layers=(1,), ramp_steps=RAMP["ramp_steps"], start_iteration=RAMP["start_iteration"])
     chunks = perturbed_chunks(GROWN, ParallelConfig(), seed=3)
     save_checkpoint(root, RAMP["iteration"], chunks, None, None, extra=common_extra(GROWN, 0, flm_extra={"growth": state.to_dict()}))
+
+
+def tp_plan_logits(rank, world_size, out_dir, folder):
+    """The export loaded by transformers' own tensor-parallel loading (tp_plan="auto", gloo on CPU):
+    its logits on a probe batch and the local shapes of the sharded projections."""
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, tp_plan="auto").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = model(ids).logits
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    shapes = {name: tuple(getattr(p, "_local_tensor", p).shape) for name, p in
+              (("qkv", attn.qkv_proj.weight), ("o", attn.o_proj.weight), ("fc1", mlp.fc1.weight), ("fc2", mlp.fc2.weight))}
+    logits = getattr(logits, "full_tensor", lambda: logits)()
+    torch.save({"logits": logits, "shapes": shapes, "ids": ids}, os.path.join(out_dir, f"rank{rank}.pt"))

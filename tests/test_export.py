@@ -444,3 +444,22 @@ def test_attention_goes_through_the_interface_with_explicit_scale(exports):
     assert cfg["auto_map"]["AutoModel"] == "modeling_flm.FLMModel"
     assert type(model).__mro__[1]._supports_attention_backend
     assert config.logit_scale == cfg["output_mult"] / cfg["mup_scale_factor"] != 1.0
+
+
+def test_tp_plan_with_transformers_tensor_parallel_loading(exports, tmp_path):
+    """The export's base_model_tp_plan (what vLLM shards by) used by transformers' own tensor-parallel
+    loading in 2 gloo processes: each rank holds half the heads and half the FFN, and the logits
+    equal the unsharded model's."""
+    folder = exports["tp2_mup"]
+    spawn(export_workers.tp_plan_logits, 2, tmp_path, str(folder))
+    full = auto_model(folder)
+    config = full.config
+    width = config.num_attention_heads * config.head_dim
+    for rank in range(2):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        assert out["shapes"] == {"qkv": (3 * width // 2, config.hidden_size), "o": (config.hidden_size, width // 2),
+                                 "fc1": (config.intermediate_size // 2, config.hidden_size),
+                                 "fc2": (config.hidden_size, config.intermediate_size // 2)}
+        with torch.no_grad():
+            ref = full(out["ids"]).logits
+        assert float((out["logits"] - ref).abs().max()) <= 1e-5
