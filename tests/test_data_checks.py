@@ -86,3 +86,18 @@ def test_unweighted_blend_gives_every_sample_asked(data, tmp_path):
     en_tokens = os.path.getsize(data["en"] + ".bin") // 2
     assert len(notes) == 2 and f"the train split of {data['en']}" in notes[0] and "is read 2 times" in notes[0]
     assert en_tokens > 100_000  # so one read holds ~1,700 samples and 8000 x 0.48 needs two
+
+
+def test_scan_reads_every_chunk_and_reports_progress(data, monkeypatch):
+    """The full scan in small chunks (as a large .bin is read) finds numpy's min and max over the
+    whole file, with a progress line at the end."""
+    from flm_ext.data import checks
+
+    monkeypatch.setattr(checks, "_SCAN_CHUNK", 1000)
+    monkeypatch.setattr(checks, "_SCAN_PROGRESS_BYTES", 0)
+    ids = numpy.fromfile(data["en"] + ".bin", dtype=numpy.uint16)
+    assert len(ids) > 10 * 1000
+    lines = []
+    low, high = checks.scan_ids(checks.check_indexed(data["en"], "--data-path"), emit=lines.append)
+    assert (low, high) == (int(ids.min()), int(ids.max()))
+    assert lines and "checking the ids of" in lines[-1] and "(100%)" in lines[-1]

@@ -191,9 +191,13 @@ def check_data_matches(prefix: str, tokenizer, padded_vocab_size: int, flag: str
         raise DataError(f"{flag} {prefix}: holds token id {bad}, outside the model's vocabulary of "
                         f"{padded_vocab_size} ({tokenizer.name}, {tokenizer.vocab_size} tokens; {why}, so every id "
                         f"was checked): made with another tokenizer? {redo}")
+    count = os.path.getsize(prefix + ".bin") // info.dtype.itemsize
     if described is False:
-        notes.append(f"{prefix}: {why}: the tokenizer cannot be verified; all {os.path.getsize(prefix + '.bin') // info.dtype.itemsize:,} "
+        notes.append(f"{prefix}: {why}: the tokenizer cannot be verified; all {count:,} "
                      f"ids were checked, the largest is {high} (vocabulary {padded_vocab_size})")
+    elif count > _SCAN_CHUNK:  # an older sidecar: say how to skip this scan next time
+        notes.append(f"{prefix}: {why}: all {count:,} ids were checked (the largest is {high}); preprocess it "
+                     f"again to record the fingerprint and skip this scan")
     return notes
 
 
