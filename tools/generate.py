@@ -8,6 +8,8 @@
 
 --load is an exported transformers folder (tools/export_hf.py) or a training checkpoint saved at
 any TP/PP (converted in memory; then give the --tokenizer-* flags it was trained with).
+An exported folder runs flm_ext's own model code; a folder whose code differs from it (edited,
+another version's) is refused unless --trust-remote-code (flm_ext/export/loading.py).
 See flm_ext/export/generation.py.
 """
 import argparse
