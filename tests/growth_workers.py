@@ -86,3 +86,45 @@ def grown_parity(rank, world_size, out_dir):
     if rank == 0:
         torch.save({"diffs": diffs, "ref_abs_max": ref.abs().max().item(),
                     "mid_vs_ref": (ref_mid - ref).abs().max().item()}, os.path.join(out_dir, "grown_parity.pt"))
+
+
+# Every operator of flm_ext/growth/methods besides MSG (whose masks grown_parity covers), with the
+# TP=1 reference it must match at TP=2 and PP=2: the old model where the operator claims to keep
+# the function (clone), else the same grown weights at TP=1.
+METHOD_GROWTHS = {
+    "clone": ({}, OLD.replace(hidden_size=128, num_attention_heads=8, ffn_hidden_size=256)),
+    "clone_noise": ({"clone_noise": 0.02}, OLD.replace(hidden_size=128, num_attention_heads=8, ffn_hidden_size=256)),
+    "stack": ({"stack_factor": 2, "depth_placement": "interleave"}, OLD.replace(num_layers=4)),
+    "random": ({}, NEW),
+}
+METHOD_LAYOUTS = ("tp2", "pp2")
+
+
+def method_parity(rank, world_size, out_dir):
+    from flm_ext.growth.methods import get_method
+
+    initialize_distributed(ParallelConfig(world_size=world_size), seed=21)
+    batch = torch.randint(0, OLD.vocab_size, (4, OLD.seq_length), generator=torch.Generator().manual_seed(2))
+    original = build_model_chunks(OLD)
+    ref = _logits(original, batch, OLD.seq_length)
+    old_state = global_state_dict(original)
+    grown, refs = {}, {}
+    for name, (options, new_cfg) in METHOD_GROWTHS.items():
+        method = get_method(name.split("_")[0], **options)
+        grown[name] = method.grow_state_dict(old_state, method.plan(OLD, new_cfg, seed=5))
+        chunks = build_model_chunks(new_cfg)
+        load_global_state_dict(chunks, grown[name])
+        refs[name] = _logits(chunks, batch, OLD.seq_length)
+    _reset()
+    diffs, vs_old = {}, {name: (logits - ref).abs().max().item() for name, logits in refs.items()}
+    for index, layout_name in enumerate(METHOD_LAYOUTS):
+        initialize_distributed(LAYOUTS[layout_name], seed=200 + index)
+        for name, (options, new_cfg) in METHOD_GROWTHS.items():
+            chunks = build_model_chunks(new_cfg, LAYOUTS[layout_name])
+            load_global_state_dict(chunks, grown[name])
+            logits = _logits(chunks, batch, OLD.seq_length)
+            diffs[f"{name}@{layout_name}"] = _max_diff(logits, ref if name.startswith("clone") else refs[name])
+        _reset()
+    if rank == 0:
+        torch.save({"diffs": diffs, "vs_old": vs_old, "ref_abs_max": ref.abs().max().item()},
+                   os.path.join(out_dir, "method_parity.pt"))

@@ -182,9 +182,10 @@ def test_bad_input_and_existing_output_are_refused(runs, old, wide):
 def test_an_error_during_growth_leaves_nothing(runs, old, monkeypatch):
     """E.g. a full disk half-way (a Ctrl-C there is wrapped the same way by torch's checkpoint writer)."""
     import flm_ext.growth.checkpoint as gc
+    import flm_ext.growth.methods.msg as msg
 
     calls = {"n": 0}
-    real = gc.grow_layer
+    real = msg.grow_layer
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -192,7 +193,7 @@ def test_an_error_during_growth_leaves_nothing(runs, old, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gc, "grow_layer", failing)
+    monkeypatch.setattr(msg, "grow_layer", failing)
     out = runs / "interrupted"
     with pytest.raises(Exception, match="No space left on device"):
         gc.grow_checkpoint(str(old), str(out), WIDE, log=lambda _: None)
@@ -241,3 +242,29 @@ def test_bf16_weights_and_their_fp32_main_copies_grow_alike(tmp_path):
         new_shape = plan.shapes(key)[1]
         assert tuple(weight.shape) == ((3,) + new_shape if is_layer_key(key) else new_shape), key
         assert torch.equal(weight, main.to(torch.bfloat16)), key
+
+
+def test_workers_write_the_same_bytes_as_one_process(tmp_path):
+    """--workers 2 grows disjoint buckets in two processes; every file, .metadata and the manifest
+    included, equals the single-process output (and the growth imports no megatron)."""
+    from flm_ext.config import get_preset
+    from flm_ext.growth.synthetic import write_synthetic_checkpoint
+
+    src = tmp_path / "src"
+    write_synthetic_checkpoint(str(src), get_preset("tiny-stage1", num_layers=3, vocab_size=512), iteration=5)
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        proc = subprocess.run([sys.executable, "-X", "importtime", TOOL, "--load", str(src), "--save", str(out),
+                               "--num-layers", "5", "--hidden-size", "128", "--num-attention-heads", "8",
+                               "--ffn-hidden-size", "512", "--bucket-mb", "1", "--workers", str(workers),
+                               "--progress-interval", "0"], capture_output=True, text=True, env=ENV, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "| chunk " in proc.stdout and "grow: wrote" in proc.stdout
+        assert not re.search(r"\| megatron\b", proc.stderr)  # -X importtime lists every import
+        files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+        outputs[workers] = {str(f): (out / f).read_bytes() for f in files}
+    assert len([f for f in outputs[1] if f.endswith(".distcp")]) > 4  # several buckets to share out
+    assert outputs[1].keys() == outputs[2].keys()
+    for name, data in outputs[1].items():
+        assert outputs[2][name] == data, name

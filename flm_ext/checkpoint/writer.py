@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
+import signal
+import threading
 from typing import Callable
 
 import torch
@@ -131,11 +134,12 @@ def group_by_size(sizes: list[int], max_bytes: int) -> list[list[int]]:
 
 
 class _BucketedWriter(FileSystemWriter):
-    """One file per bucket of at most `bucket_bytes` (or one chunk), written one bucket at a time."""
+    """One file per bucket of at most `bucket_bytes` (or one chunk), written one bucket at a time
+    (or by `workers` processes, one bucket each at a time)."""
 
-    def __init__(self, path: str, bucket_bytes: int, sizes: dict):
+    def __init__(self, path: str, bucket_bytes: int, sizes: dict, workers: int = 1):
         super().__init__(path, single_file_per_rank=True, thread_count=1, sync_files=True)
-        self.bucket_bytes, self.sizes = bucket_bytes, sizes
+        self.bucket_bytes, self.sizes, self.workers = bucket_bytes, sizes, workers
 
     def storage_meta(self):
         # torch would record the output path (a pathlib object) in .metadata: the folder is renamed
@@ -145,22 +149,75 @@ class _BucketedWriter(FileSystemWriter):
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future:
         groups = group_by_size([self.sizes.get(item.index, 0) for item in plan.items], self.bucket_bytes)
         buckets = [[plan.items[i] for i in group] for group in groups]
-        results = []
         prefix = plan.storage_data.prefix
-        for b, items in enumerate(buckets):
-            sub = dataclasses.replace(plan, items=items,
-                                      storage_data=dataclasses.replace(plan.storage_data, prefix=f"{prefix}{b}_"))
-            results.extend(super().write_data(sub, planner).wait())
+        subs = [dataclasses.replace(plan, items=items,
+                                    storage_data=dataclasses.replace(plan.storage_data, prefix=f"{prefix}{b}_"))
+                for b, items in enumerate(buckets)]
+        if self.workers > 1 and len(subs) > 1:
+            results = _write_in_workers(self, subs, planner)
+        else:
+            results = [r for sub in subs for r in FileSystemWriter.write_data(self, sub, planner).wait()]
         done: Future = Future()
         done.set_result(results)
         return done
 
 
+# The forked workers' job: set before the pool forks, read by the children (nothing is pickled but
+# bucket numbers, write results and progress messages).
+_JOB: dict = {}
+
+
+def _worker_start(progress) -> None:
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it terminates the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(1)  # N workers share the cores
+    planner = _JOB["planner"]
+    planner.on_chunk = (lambda c: progress.put((c.key, c.offsets))) if planner.on_chunk is not None else None
+
+
+def _write_bucket(b: int) -> list:
+    writer, subs, planner = _JOB["writer"], _JOB["subs"], _JOB["planner"]
+    return FileSystemWriter.write_data(writer, subs[b], planner).wait()
+
+
+def _write_in_workers(writer: _BucketedWriter, subs: list[SavePlan], planner: _LazySavePlanner) -> list:
+    """The buckets written by `writer.workers` forked processes; write results in bucket order."""
+    ctx = multiprocessing.get_context("fork")
+    progress = ctx.SimpleQueue()
+    by_name = {(c.key, c.offsets): c for c in planner.chunks}
+    on_chunk = planner.on_chunk
+
+    def relay():
+        while (message := progress.get()) is not None:
+            on_chunk(by_name[message])
+
+    relay_thread = threading.Thread(target=relay, daemon=True)
+    if on_chunk is not None:
+        relay_thread.start()
+    _JOB.update(writer=writer, subs=subs, planner=planner)
+    try:
+        with ctx.Pool(min(writer.workers, len(subs)), initializer=_worker_start, initargs=(progress,)) as pool:
+            per_bucket = pool.map(_write_bucket, range(len(subs)), chunksize=1)
+    finally:
+        _JOB.clear()
+        progress.put(None)
+        if on_chunk is not None:
+            relay_thread.join()
+    # The parent's own index objects, as in one process: pickle shares them with the metadata's keys,
+    # so `.metadata` comes out byte-identical.
+    canonical = {item.index: item.index for sub in subs for item in sub.items}
+    return [dataclasses.replace(r, index=canonical[r.index]) for results in per_bucket for r in results]
+
+
 def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], object], *,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, on_chunk: Callable[[Chunk], None] | None = None) -> None:
-    """Write the tensors / byte objects of a torch_dist folder, producing each chunk on demand."""
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, on_chunk: Callable[[Chunk], None] | None = None,
+                 workers: int = 1) -> None:
+    """Write the tensors / byte objects of a torch_dist folder, producing each chunk on demand
+    (in `workers` processes, bucket by bucket; the same bytes as in one)."""
     sizes = {_write_item(c).index: c.nbytes for c in chunks}
-    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes)
+    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers)
     try:
         dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk), no_dist=True)
     except CheckpointException as e:

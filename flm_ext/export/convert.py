@@ -27,7 +27,7 @@ import torch
 
 from flm_ext.config import FLMConfig
 from flm_ext.export.errors import ExportError
-from flm_ext.growth.masks import GrowthState
+from flm_ext.growth.state import GrowthState
 
 # megatron checkpoint key -> HF name ({i}: layer index). Layer keys are stacked [L, ...].
 LAYER_KEYS = {

@@ -1,9 +1,27 @@
-"""MSG (masked structural growth) for FLM: tensor operators (`operators`) and runtime masks (`masks`)."""
-from flm_ext.growth.masks import (GrowthState, apply_growth_schedule, attach_growth, drop_growth_masks,
-                                  growth_lambda, set_growth_lambda)
-from flm_ext.growth.operators import (ROLES, GrowthError, GrowthPlan, fresh_init, grow_layer, grow_state_dict,
-                                      grow_tensor, grow_width, is_growable, is_layer_key, split_layer_name)
+"""Growth for FLM: MSG's tensor operators (`operators`) and runtime masks (`masks`), the growth
+record (`state`), the other operators (`methods`) and the checkpoint tool (`checkpoint`).
 
-__all__ = ["GrowthPlan", "GrowthError", "GrowthState", "ROLES", "fresh_init", "grow_width", "grow_layer",
-           "grow_tensor", "grow_state_dict", "is_growable", "is_layer_key", "split_layer_name", "attach_growth",
-           "set_growth_lambda", "growth_lambda", "drop_growth_masks", "apply_growth_schedule"]
+Names are resolved on first use (PEP 562), so that `flm_ext.growth.checkpoint` and the growth
+tool do not import megatron (masks.py hooks megatron modules; the tool only moves tensors).
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "GrowthState": "state",
+    **{name: "masks" for name in ("apply_growth_schedule", "attach_growth", "drop_growth_masks", "growth_lambda",
+                                  "set_growth_lambda")},
+    **{name: "operators" for name in ("ROLES", "GrowthError", "GrowthPlan", "fresh_init", "grow_layer",
+                                      "grow_state_dict", "grow_tensor", "grow_width", "is_growable", "is_layer_key",
+                                      "split_layer_name")},
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+__all__ = sorted(_EXPORTS)

@@ -25,8 +25,9 @@ from typing import Callable
 from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, CheckpointError, CheckpointReader, Chunk,
                                 finish_iteration_folder, iteration_dir, open_checkpoint, write_chunks, write_latest)
 from flm_ext.fileio import building
-from flm_ext.growth.masks import GrowthState
-from flm_ext.growth.operators import GrowthPlan, grow_layer, grow_width, is_growable, is_layer_key
+from flm_ext.growth.state import GrowthState
+from flm_ext.growth.methods import GrowthMethod, get_method
+from flm_ext.growth.operators import GrowthPlan, is_growable, is_layer_key
 from flm_ext.progress import Progress
 
 _OPTIMIZER_PREFIX = re.compile(r"^optimizer\.state\.(exp_avg_sq|exp_avg|fp32_param|param)\.(.+)$")
@@ -90,16 +91,24 @@ def plan_chunks(reader: CheckpointReader, plan: GrowthPlan) -> list[Chunk]:
     return chunks
 
 
-def _grower(reader: CheckpointReader, plan: GrowthPlan) -> Callable[[Chunk], object]:
+def _grower(reader: CheckpointReader, plan: GrowthPlan, method: GrowthMethod) -> Callable[[Chunk], object]:
     """Grows one output chunk from the old checkpoint's slices it needs."""
     def produce(c: Chunk):
         if c.dtype is None:
             return io.BytesIO(reader.read_bytes(c.source_object))
         if c.layer is None:
-            return grow_width(c.model_key, reader.read(c.key), plan, c.role).contiguous()
-        grown = grow_layer(c.model_key, lambda i: reader.read_layer(c.key, i), plan, c.layer, c.role, dtype=c.dtype)
+            return method.grow_width(c.model_key, reader.read(c.key), plan, c.role).contiguous()
+        grown = method.grow_layer(c.model_key, lambda i: reader.read_layer(c.key, i), plan, c.layer, c.role,
+                                  dtype=c.dtype)
         return grown.unsqueeze(0).contiguous()
     return produce
+
+
+def _describe(method: GrowthMethod, plan: GrowthPlan, ramp_steps: int) -> str:
+    if method.uses_masks:
+        return f"{method.name}, depth {plan.depth_init}/{plan.depth_placement}, ramp {ramp_steps} steps"
+    knobs = ", ".join(f"{k} {v}" for k, v in method.settings.items() if v is not None)
+    return method.name + (f", {knobs}" if knobs else "") + ", no masks"
 
 
 # --- the whole operation -------------------------------------------------------------------------
@@ -119,22 +128,28 @@ def _check_backend(folder: str, load: str) -> None:
         raise GrowCheckpointError(f"--load {load}: sharded backend {backend!r} is not torch_dist")
 
 
-def grown_common(common: dict, plan: GrowthPlan, ramp_steps: int, iteration: int, source: str) -> dict:
+def grown_common(common: dict, plan: GrowthPlan, ramp_steps: int, iteration: int, source: str,
+                 method: GrowthMethod | None = None) -> dict:
     """The new checkpoint's non-tensor part: the old one's training position, optimizer hyper-parameters
-    and LR schedule, the new config, the growth record; no parallel layout (so no RNG restore)."""
+    and LR schedule, the new config, the growth record (`flm.grown_from`: method and knobs; the MSG
+    mask record `flm.growth` only for a method with masks); no parallel layout (so no RNG restore)."""
+    method = method or get_method("msg", depth_init=plan.depth_init, depth_placement=plan.depth_placement)
     out = dict(common)
     out["iteration"] = iteration
     out["parallel_layout"] = None
     flm = dict(common.get("flm", {}))
     flm["model_config"] = asdict(plan.new)
-    flm["growth"] = GrowthState.from_plan(plan, ramp_steps, start_iteration=iteration).to_dict()
+    flm.pop("growth", None)
+    if method.uses_masks:
+        flm["growth"] = GrowthState.from_plan(plan, ramp_steps, start_iteration=iteration).to_dict()
     flm["grown_from"] = {"path": os.path.abspath(source), "model_config": asdict(plan.old),
-                         "depth_init": plan.depth_init, "depth_placement": plan.depth_placement, "seed": plan.seed}
+                         "depth_init": plan.depth_init, "depth_placement": plan.depth_placement, "seed": plan.seed,
+                         **method.record()}
     out["flm"] = flm
     return out
 
 
-def _growth_plan(ckpt, overrides: dict, load: str, **plan_kwargs) -> GrowthPlan:
+def _growth_plan(ckpt, overrides: dict, load: str, method: GrowthMethod, seed: int) -> GrowthPlan:
     previous = ckpt.growth_record
     if previous:
         state = GrowthState.from_dict(previous)
@@ -142,30 +157,38 @@ def _growth_plan(ckpt, overrides: dict, load: str, **plan_kwargs) -> GrowthPlan:
             raise GrowCheckpointError(f"--load {load}: iteration {ckpt.iteration} is still inside the previous "
                                       f"growth's mask ramp (started at {state.start_iteration}, {state.ramp_steps} "
                                       f"steps); train past it before growing again")
-    new = dataclasses.replace(ckpt.config, **{k: v for k, v in overrides.items() if v is not None})
-    return GrowthPlan(ckpt.config, new, **plan_kwargs)
+    sizes = method.new_sizes(ckpt.config, overrides)
+    new = dataclasses.replace(ckpt.config, **{k: v for k, v in sizes.items() if v is not None})
+    return method.plan(ckpt.config, new, seed=seed)
 
 
 def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = "stack", depth_placement: str = "top",
                     seed: int = 0, ramp_steps: int = 1000, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
                     log: Callable[[str], None] = print, progress_interval: float = 5.0,
-                    check: Callable[[str], None] | None = None) -> str:
+                    check: Callable[[str], None] | None = None, method: GrowthMethod | None = None,
+                    workers: int = 1) -> str:
     """Grow the checkpoint at `load` into a new checkpoint root `save`; returns its iteration folder.
 
     `check` (e.g. --verify) runs on the finished `<save>.partial` root before it is renamed to
     `save`: if it raises, the partial folder is removed, so a grown checkpoint that failed its
     check never looks complete (nor stays where a later run could load it).
     `overrides`: the new sizes (num_layers, hidden_size, num_attention_heads, ffn_hidden_size; None
-    keeps the old). Raises GrowCheckpointError / GrowthError / ConfigError naming the path or field.
+    keeps the old). `method`: the operator (flm_ext.growth.methods; default MSG with `depth_init` and
+    `depth_placement`). `workers`: processes writing the output's files in parallel (the same bytes).
+    Raises GrowCheckpointError / GrowthError / ConfigError naming the path or field.
     """
+    if method is None:
+        method = get_method("msg", depth_init=depth_init, depth_placement=depth_placement)
     save = os.path.normpath(save)
     if os.path.lexists(save):
         raise GrowCheckpointError(f"--save {save} already exists; choose a new path (nothing was written)")
     if ramp_steps < 0:
         raise GrowCheckpointError(f"--growth-ramp-steps {ramp_steps} must be >= 0")
+    if workers < 1:
+        raise GrowCheckpointError(f"--workers {workers} must be >= 1")
     ckpt = _open_input(load)
     _check_backend(ckpt.folder, load)
-    plan = _growth_plan(ckpt, overrides, load, depth_init=depth_init, depth_placement=depth_placement, seed=seed)
+    plan = _growth_plan(ckpt, overrides, load, method, seed)
     old, new, iteration = plan.old, plan.new, ckpt.iteration
     chunks = plan_chunks(ckpt.reader, plan)
     total = sum(c.nbytes for c in chunks)
@@ -173,7 +196,7 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
     log(f"grow: {ckpt.folder} (iteration {iteration}) -> {save}\n"
         f"grow: {old.num_layers} x {old.hidden_size}, {old.num_attention_heads} heads, FFN {old.ffn_hidden_size} -> "
         f"{new.num_layers} x {new.hidden_size}, {new.num_attention_heads} heads, FFN {new.ffn_hidden_size} "
-        f"(depth {depth_init}/{depth_placement}, seed {seed}, ramp {ramp_steps} steps)\n"
+        f"({_describe(method, plan, ramp_steps)}, seed {seed})\n"
         f"grow: {len(chunks)} chunks, {total / 2 ** 30:.2f} GiB to write, largest chunk {largest / 2 ** 20:.1f} MiB")
     if os.path.lexists(save + ".partial"):
         log(f"grow: removing {save}.partial left by an interrupted run")
@@ -187,8 +210,9 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
     with building(save) as partial:
         out_dir = iteration_dir(partial, iteration)
         os.makedirs(out_dir)
-        write_chunks(out_dir, chunks, _grower(ckpt.reader, plan), bucket_bytes=bucket_bytes, on_chunk=on_chunk)
-        finish_iteration_folder(out_dir, grown_common(ckpt.common, plan, ramp_steps, iteration, load))
+        write_chunks(out_dir, chunks, _grower(ckpt.reader, plan, method), bucket_bytes=bucket_bytes,
+                     on_chunk=on_chunk, workers=workers)
+        finish_iteration_folder(out_dir, grown_common(ckpt.common, plan, ramp_steps, iteration, load, method))
         write_latest(partial, iteration)
         if check is not None:
             check(partial)

@@ -256,6 +256,20 @@ def grow_width(key: str, tensor: torch.Tensor, plan: GrowthPlan, role: str = "pa
     return out
 
 
+def layer_source(key: str, plan: GrowthPlan, layer: int) -> tuple[int | None, bool]:
+    """(old layer that grown layer `layer` is built from or None, whether it is new), checked."""
+    if not is_layer_key(key):
+        raise GrowthError(f"{key} is not stacked over layers; use grow_width")
+    sources = plan.layer_sources()
+    if not 0 <= layer < len(sources):
+        raise GrowthError(f"layer={layer} is outside the grown model's {len(sources)} layers")
+    return sources[layer]
+
+
+def old_layer(old_layers: "OldLayers", index: int) -> torch.Tensor:
+    return old_layers(index) if callable(old_layers) else old_layers[index]
+
+
 OldLayers = Union[torch.Tensor, Sequence[torch.Tensor], Callable[[int], torch.Tensor]]
 
 
@@ -271,18 +285,12 @@ def grow_layer(key: str, old_layers: OldLayers, plan: GrowthPlan, layer: int, ro
     layers start with empty optimizer state).
     """
     _check_role(role)
-    if not is_layer_key(key):
-        raise GrowthError(f"{key} is not stacked over layers; use grow_width")
-    sources = plan.layer_sources()
-    if not 0 <= layer < len(sources):
-        raise GrowthError(f"layer={layer} is outside the grown model's {len(sources)} layers")
-    src, is_new = sources[layer]
+    src, is_new = layer_source(key, plan, layer)
     if is_new and (role != "param" or src is None):
         if dtype is None:
             dtype = _first_old(old_layers).dtype
         return fresh_init(key, plan, layer, dtype=dtype, role=role)
-    old = old_layers(src) if callable(old_layers) else old_layers[src]
-    return grow_width(key, old, plan, role, layer=layer)
+    return grow_width(key, old_layer(old_layers, src), plan, role, layer=layer)
 
 
 def _first_old(old_layers: OldLayers) -> torch.Tensor:

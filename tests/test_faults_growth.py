@@ -1,0 +1,48 @@
+"""Bad tools/grow_checkpoint.py method flags: exit 2, one line naming the flag, nothing written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launchers import load_tool
+
+WIDE = ["--hidden-size", "128", "--num-attention-heads", "8"]
+
+FAULTS = [
+    (["--method", "stack", "--stack-factor", "1"], "--stack-factor=1 must be >= 2 (1 would not grow)"),
+    (["--method", "stack", "--stack-factor", "-3"], "--stack-factor=-3 must be a positive integer"),
+    (["--method", "clone", "--clone-noise", "-0.5"] + WIDE, "--clone-noise=-0.5 must be a finite number >= 0"),
+    (["--method", "clone", "--clone-noise", "inf"] + WIDE, "--clone-noise=inf must be a finite number >= 0"),
+    (["--method", "msg", "--stack-factor", "2"], "--stack-factor applies to --method stack, not --method msg"),
+    (["--method", "clone", "--depth-init", "random"] + WIDE, "--depth-init applies to --method msg, not --method clone"),
+    (["--method", "stack", "--num-layers", "4"] + WIDE, "--method stack grows depth only: hidden_size 64 -> 128"),
+    (["--method", "clone", "--hidden-size", "96", "--num-attention-heads", "6"],
+     "--method clone multiplies each width by an integer: hidden_size 64 -> 96 is not a multiple"),
+    (["--method", "clone", "--num-layers", "4"] + WIDE, "--method clone grows width only: num_layers 2 -> 4"),
+]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_tool("grow_checkpoint")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    from flm_ext.config import get_preset
+    from flm_ext.growth.synthetic import write_synthetic_checkpoint
+
+    root = tmp_path_factory.mktemp("grow_faults") / "src"
+    write_synthetic_checkpoint(str(root), get_preset("tiny-stage1", num_layers=2, vocab_size=256), iteration=3)
+    return root
+
+
+@pytest.mark.parametrize("flags, message", FAULTS)
+def test_bad_method_flags_exit_2_with_one_line(tool, source, tmp_path, capsys, flags, message):
+    out = tmp_path / "grown"
+    assert tool.main(["--load", str(source), "--save", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err == f"grow_checkpoint: error: {err.split('error: ', 1)[1]}" and err.count("\n") == 1, err
+    assert message in err, err
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
