@@ -14,7 +14,13 @@ iq_anti_interference or one IQ sub-test (generated with --iq-seed/--iq-n unless 
 suite from tools/make_iq_tasks.py), and any lm-eval task (arc_challenge, hellaswag, mmlu,
 truthfulqa_mc2, ceval-valid, ...; run at the paper's shot count unless --num-fewshot). Without
 --tasks: perplexity if --valid-data is given, teacher if --teacher-data is given.
---load takes a checkpoint root (its latest checkpoint) or an iter_N folder.
+--load takes a checkpoint root (its latest checkpoint) or an iter_N folder, or an exported
+transformers folder (tools/export_hf.py; then only --tasks perplexity).
+
+Longer than trained (docs/long_context.md): --lengths 1x,2x,4x,8x (multiples of the training
+length, or token counts such as 512) adds perplexity per language at each window length and per
+position bucket; --blockwise-attention evaluates under the xPos paper's blockwise causal attention
+(blocks of --blockwise-block-size tokens, default half the training length).
 """
 import argparse
 import os
@@ -47,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many items per lm-eval/IQ task")
     p.add_argument("--num-fewshot", type=int, default=None, help="for lm-eval tasks (IQ prompts hold their own)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lengths", default=None, metavar="1x,2x,4x,8x",
+                   help="perplexity at these window lengths (multiples of the training length or token counts)")
+    p.add_argument("--blockwise-attention", action="store_true",
+                   help="blockwise causal attention at inference (the xPos paper's; docs/long_context.md)")
+    p.add_argument("--blockwise-block-size", type=int, default=None, help="default: half the training length")
+    p.add_argument("--max-eval-tokens", type=int, default=200_000, help="held-out tokens read per language")
     p.add_argument("--output", default=None, help="write the results as JSON here too")
     p.add_argument("--markdown", default=None, help="write the results table here")
     return p
@@ -85,6 +97,23 @@ def _check(p, args) -> tuple[list[str], dict]:
         if value is not None and value < least:
             p.error(f"{flag} {value} must be >= {least}" + (" (items per task; leave it out for all)"
                                                             if flag == "--limit" else ""))
+    if args.lengths is not None:
+        from flm_ext.evaluation.lengths import parse_lengths
+
+        try:
+            args.lengths = parse_lengths(args.lengths)
+        except ValueError as error:
+            p.error(str(error))
+        if "perplexity" not in tasks:
+            p.error("--lengths needs --tasks perplexity (and --valid-data)")
+    if args.blockwise_block_size is not None and not args.blockwise_attention:
+        p.error("--blockwise-block-size needs --blockwise-attention")
+    if args.blockwise_block_size is not None and args.blockwise_block_size < 1:
+        p.error(f"--blockwise-block-size {args.blockwise_block_size} must be >= 1")
+    if args.max_eval_tokens < 1:
+        p.error(f"--max-eval-tokens {args.max_eval_tokens} must be >= 1")
+    if os.path.isfile(os.path.join(args.load, "config.json")) and tasks != ["perplexity"]:
+        p.error(f"--load {args.load} is an exported model: only --tasks perplexity runs on it")
     return tasks, files
 
 
@@ -95,23 +124,34 @@ def main(argv=None) -> int:
     print("evaluate.py: loading torch, megatron-core and lm-eval (can take ~30 s) ...", file=sys.stderr, flush=True)
 
     from flm_ext.data.tokenizers import build_tokenizer
-    from flm_ext.evaluation.runner import evaluate_checkpoint
+    from flm_ext.evaluation.runner import evaluate_checkpoint, evaluate_export
     from flm_ext.fileio import atomic_write, atomic_write_json
     from flm_ext.runtime import destroy_distributed
     from flm_ext.checkpoint import CheckpointError
+    from flm_ext.evaluation.core import TooFewTokens
 
     try:
         tokenizer = build_tokenizer(args.tokenizer_type, args.vocab_file, args.merge_file, args.tokenizer_model)
     except (ValueError, OSError) as error:
         print(f"evaluate.py: {error}", file=sys.stderr)
         return 2
+    block = (args.blockwise_block_size or 0) if args.blockwise_attention else None  # 0: the default block
     try:
-        result = evaluate_checkpoint(
-            args.load, tokenizer, tasks, valid_files=files, teacher_file=args.teacher_data,
-            max_teacher_samples=args.max_teacher_samples, iq_dir=args.iq_dir, iq_seed=args.iq_seed, iq_n=args.iq_n,
-            iq_langs=tuple(args.iq_lang.split(",")), include_paths=args.include_path, limit=args.limit,
-            num_fewshot=args.num_fewshot, batch_size=args.batch_size,
-            workdir=os.path.dirname(os.path.abspath(args.output)) if args.output else None)
+        if os.path.isfile(os.path.join(args.load, "config.json")):
+            result = evaluate_export(args.load, tokenizer, tasks, valid_files=files, lengths=args.lengths,
+                                     blockwise_block=block, max_eval_tokens=args.max_eval_tokens,
+                                     batch_size=args.batch_size)
+        else:
+            result = evaluate_checkpoint(
+                args.load, tokenizer, tasks, valid_files=files, teacher_file=args.teacher_data,
+                max_teacher_samples=args.max_teacher_samples, iq_dir=args.iq_dir, iq_seed=args.iq_seed,
+                iq_n=args.iq_n, iq_langs=tuple(args.iq_lang.split(",")), include_paths=args.include_path,
+                limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                workdir=os.path.dirname(os.path.abspath(args.output)) if args.output else None,
+                lengths=args.lengths, blockwise_block=block, max_eval_tokens=args.max_eval_tokens)
+    except TooFewTokens as error:
+        print(f"evaluate.py: --valid-data {error}", file=sys.stderr)
+        return 2
     except CheckpointError as error:
         print(f"evaluate.py: --load {args.load}: {error}", file=sys.stderr)
         return 2

@@ -57,31 +57,59 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
     return model(ids, positions, None).float()
 
 
-@torch.no_grad()
-def language_loss(model, config: FLMConfig, tokenizer, path: str, max_tokens: int = 200_000,
-                  batch_size: int = 8) -> dict:
-    """Mean next-token loss and perplexity over a held-out jsonl file's `text` documents."""
+def read_stream(tokenizer, path: str, max_tokens: int) -> list[int]:
+    """A held-out jsonl file's `text` documents as one token stream, each followed by the
+    end-of-document token (as in training), read until at least `max_tokens` tokens."""
     stream: list[int] = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             stream += tokenizer.tokenize(json.loads(line)["text"]) + [tokenizer.eod]
             if len(stream) >= max_tokens:
                 break
-    window = config.seq_length + 1
-    count = len(stream) // window
+    return stream
+
+
+class TooFewTokens(ValueError):
+    """A held-out file holds less than one window; the message names the file."""
+
+
+def windows(stream: list[int], length: int, path: str) -> torch.Tensor:
+    """[count, length + 1]: consecutive, non-overlapping windows (inputs plus the next token)."""
+    count = len(stream) // (length + 1)
     if count == 0:
-        raise ValueError(f"{path}: only {len(stream)} tokens, fewer than one window of {window}")
-    data = torch.tensor(stream[: count * window]).view(count, window)
+        raise TooFewTokens(f"{path}: only {len(stream)} tokens, fewer than one window of {length + 1}")
+    return torch.tensor(stream[: count * (length + 1)]).view(count, length + 1)
+
+
+@torch.no_grad()
+def token_nll(logits_fn, data: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """[count, length] next-token negative log-likelihoods (float64) of each window in `data`,
+    where `logits_fn(ids [b, s]) -> [b, s, vocab]`."""
+    rows = []
+    for start in range(0, data.shape[0], batch_size):
+        batch = data[start:start + batch_size]
+        logits = logits_fn(batch[:, :-1]).float()
+        target = batch[:, 1:].to(logits.device)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        rows.append(nll.view(target.shape).double().cpu())
+    return torch.cat(rows)
+
+
+def model_logits_fn(model):
+    """`logits_fn` of a training-side model (megatron, TP=1)."""
     device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    for start in range(0, count, batch_size):
-        batch = data[start:start + batch_size].to(device)
-        logits = _logits(model, batch[:, :-1])
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-        total += nll.item()
-        tokens += batch[:, 1:].numel()
-    loss = total / tokens
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+    return lambda ids: _logits(model, ids.to(device))
+
+
+@torch.no_grad()
+def language_loss(model, config: FLMConfig, tokenizer, path: str, max_tokens: int = 200_000,
+                  batch_size: int = 8) -> dict:
+    """Mean next-token loss and perplexity over a held-out jsonl file's `text` documents, in windows
+    of the training length."""
+    data = windows(read_stream(tokenizer, path, max_tokens), config.seq_length, path)
+    nll = token_nll(model_logits_fn(model), data, batch_size)
+    loss = nll.mean().item()
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": nll.numel()}
 
 
 def task_family(proposition: str) -> str:

@@ -8,6 +8,7 @@ lm-eval task whose data set is not on this machine is reported in one line and s
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -172,7 +173,67 @@ def markdown_table(result: dict) -> str:
                      f"{paper.figure(name)} | {r.get('items', '-')} |")
     for name, line in result.get("lm_eval", {}).get("missing", {}).items():
         lines.append(f"| {name} | - | missing data | - | {paper.figure(name)} | |")
+    if "perplexity_by_length" in result:
+        from flm_ext.evaluation.lengths import markdown
+
+        block = result.get("blockwise_attention_block")
+        title = "Perplexity by length" + (f" (blockwise causal attention, block {block})" if block else "")
+        lines += ["", markdown(result["perplexity_by_length"], title)]
     return "\n".join(lines)
+
+
+def perplexity_results(logits_fn, tokenizer, valid_files: dict, training_length: int, lengths, max_tokens: int,
+                       batch_size: int) -> dict:
+    """{"languages": per-language perplexity at the training length} and, with `lengths`,
+    {"perplexity_by_length": ...} (flm_ext/evaluation/lengths.py); the training-length figures are
+    read off the by-length run when it includes the training length."""
+    out: dict = {}
+    by_length: dict = {}
+    if lengths:
+        from flm_ext.evaluation.lengths import perplexity_by_length, resolve
+
+        out["perplexity_by_length"] = perplexity_by_length(
+            logits_fn, tokenizer, valid_files, resolve(lengths, training_length), training_length,
+            max_tokens=max_tokens, batch_size=batch_size, progress=say)
+        by_length = out["perplexity_by_length"]["languages"]
+    languages = {}
+    for lang, path in valid_files.items():
+        at_train = by_length.get(lang, {}).get(str(training_length))
+        if at_train is None:
+            from flm_ext.evaluation.core import read_stream, token_nll, windows
+
+            nll = token_nll(logits_fn, windows(read_stream(tokenizer, path, max_tokens), training_length, path),
+                            batch_size)
+            at_train = {"loss": nll.mean().item(), "perplexity": math.exp(nll.mean().item()), "tokens": nll.numel()}
+        r = {k: at_train[k] for k in ("loss", "perplexity", "tokens")}
+        languages[lang] = dict(r, vocab_size=tokenizer.vocab_size)
+    out["languages"] = languages
+    return out
+
+
+def evaluate_export(folder: str, tokenizer, tasks: list[str], *, valid_files: dict, lengths=None,
+                    blockwise_block: int | None = None, max_eval_tokens: int = 200_000, batch_size: int = 8) -> dict:
+    """Perplexity (and by length) of an exported transformers folder: the export's own model code,
+    loaded as users load it; `blockwise_block` sets its config's blockwise attention."""
+    from flm_ext.evaluation.lengths import export_logits_fn
+    from flm_ext.export.generation import load_hf_model
+
+    if tasks != ["perplexity"]:
+        raise KeyError(f"--load {folder} is an exported model: only --tasks perplexity runs on it here "
+                       f"(lm-eval's own hf backend evaluates exports on other tasks)")
+    model, _ = load_hf_model(folder)
+    training_length = model.config.max_position_embeddings
+    result = {"export": folder}
+    if blockwise_block is not None:
+        model.config.blockwise_attention = True
+        model.config.blockwise_block_size = blockwise_block or None
+        result["blockwise_attention_block"] = blockwise_block or max(1, training_length // 2)
+    logits_fn = export_logits_fn(model)
+
+    result.update(perplexity_results(logits_fn, tokenizer, valid_files, training_length, lengths, max_eval_tokens,
+                                     batch_size))
+    result["table"] = markdown_table(result)
+    return result
 
 
 def lm_eval_rows(results: dict, loaded: dict, limit: int | None) -> dict:
@@ -226,12 +287,15 @@ def run_lm_eval(lm, iq_names: list[str], other: list[str], include_paths: list[s
 def evaluate_checkpoint(load: str, tokenizer, tasks: list[str], *, valid_files: dict, teacher_file: str | None,
                         max_teacher_samples: int = 1000, iq_dir: str | None = None, iq_seed: int = 1234,
                         iq_n: int = 100, iq_langs=suite.LANGS, include_paths=(), limit: int | None = None,
-                        num_fewshot: int | None = None, batch_size: int = 8, workdir: str | None = None) -> dict:
+                        num_fewshot: int | None = None, batch_size: int = 8, workdir: str | None = None,
+                        lengths=None, blockwise_block: int | None = None, max_eval_tokens: int = 200_000) -> dict:
     """Load the checkpoint once and run every requested task on it; the results dict holds the
-    markdown table under "table"."""
+    markdown table under "table". `lengths` (parsed --lengths) adds perplexity by length and
+    position bucket; `blockwise_block` (0: half the training length) switches blockwise causal
+    attention on for every task."""
     from flm_ext.config import describe
     from flm_ext.checkpoint import check_tokenizer
-    from flm_ext.evaluation.core import language_loss, load_model, zero_shot_accuracy
+    from flm_ext.evaluation.core import load_model, zero_shot_accuracy
     from flm_ext.progress import Progress
 
     ours, iq_names, other = split_tasks(tasks)
@@ -243,9 +307,17 @@ def evaluate_checkpoint(load: str, tokenizer, tasks: list[str], *, valid_files: 
     check_tokenizer(common, tokenizer, load)
     progress.update(1, f"loaded {load} (iteration {common['iteration']})")
     result = {"checkpoint": load, "iteration": common["iteration"], "model": describe(config)}
+    if blockwise_block is not None:
+        from flm_ext.model.blockwise import default_block, set_blockwise_attention
+
+        block = blockwise_block or default_block(config.seq_length)
+        set_blockwise_attention(model, block)
+        result["blockwise_attention_block"] = block
     if "perplexity" in ours:
-        result["languages"] = {lang: dict(language_loss(model, config, tokenizer, path),
-                                          vocab_size=tokenizer.vocab_size) for lang, path in valid_files.items()}
+        from flm_ext.evaluation.core import model_logits_fn
+
+        result.update(perplexity_results(model_logits_fn(model), tokenizer, valid_files, config.seq_length, lengths,
+                                         max_eval_tokens, batch_size))
         progress.update(1, "perplexity")
     if "teacher" in ours:
         result["zero_shot"] = zero_shot_accuracy(model, config, tokenizer, teacher_file, max_teacher_samples)

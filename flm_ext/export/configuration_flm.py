@@ -21,6 +21,10 @@ Every number the forward pass needs is a field; nothing is implied by the model'
   as fields: `growth_norm_mask` = [old hidden size, lambda] (every LayerNorm takes mask-weighted
   statistics over the hidden dims) and `layer_gates` (per layer: out = g * block(h) + (1 - g) * h).
   Both are None for an ordinary model.
+- inference only: `blockwise_attention` (default false) switches on the xPos paper's blockwise
+  causal attention: blocks of `blockwise_block_size` tokens (None: half of
+  `max_position_embeddings`), each query attending causally within its block and to the whole
+  previous block, so no query looks further back than the training length.
 
 For serving engines: `logit_scale` (derived, not stored) is the µP output multiplier, the name
 engines read when they build their own output layer; `base_model_tp_plan` shards `qkv_proj` and
@@ -49,6 +53,7 @@ class FLMConfig(PretrainedConfig):
                  xpos_center: float | None = None, use_mup: bool = False, input_mult: float = 1.0,
                  output_mult: float = 1.0, mup_scale_factor: float = 1.0,
                  growth_norm_mask: list | None = None, layer_gates: list | None = None,
+                 blockwise_attention: bool = False, blockwise_block_size: int | None = None,
                  tie_word_embeddings: bool = True, use_cache: bool = True, initializer_range: float = 0.02,
                  bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None,
                  **kwargs):
@@ -72,12 +77,16 @@ class FLMConfig(PretrainedConfig):
         self.mup_scale_factor = mup_scale_factor
         self.growth_norm_mask = growth_norm_mask
         self.layer_gates = layer_gates
+        self.blockwise_attention = bool(blockwise_attention)
+        self.blockwise_block_size = blockwise_block_size
         self.use_cache = use_cache
         self.initializer_range = initializer_range
         if position_embedding_type not in ("xpos", "rope"):
             raise ValueError(f"position_embedding_type={position_embedding_type!r} must be 'xpos' or 'rope'")
         if hidden_act != "gelu_pytorch_tanh":
             raise ValueError(f"hidden_act={hidden_act!r}: FLM uses 'gelu_pytorch_tanh'")
+        if blockwise_block_size is not None and not (isinstance(blockwise_block_size, int) and blockwise_block_size >= 1):
+            raise ValueError(f"blockwise_block_size={blockwise_block_size!r} must be a positive integer or null")
         if layer_gates is not None and len(layer_gates) != num_hidden_layers:
             raise ValueError(f"layer_gates has {len(layer_gates)} entries for {num_hidden_layers} layers")
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,

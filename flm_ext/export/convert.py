@@ -77,6 +77,7 @@ def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.d
         "mup_scale_factor": cfg.mup_width_mult,
         "growth_norm_mask": [growth.old_hidden_size, lam] if grew_hidden else None,
         "layer_gates": gates,
+        "blockwise_attention": False, "blockwise_block_size": None,  # inference option (docs/long_context.md)
         "tie_word_embeddings": cfg.share_embeddings_and_output_weights,
         "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
         "dtype": str(dtype).removeprefix("torch."), "use_cache": True,

@@ -20,7 +20,7 @@ holds whole heads) and `base_model_tp_plan` says how to shard. Layout and positi
   cache work. c is fixed, so keys are cached after xPos and stay valid.
 - Scores depend only on n - m, so the offset a left pad adds to positions changes nothing.
 - The attention mask is built in one place (`attention_mask_for`): causal, pads hidden, packed
-  sequences kept apart.
+  sequences kept apart, and with `blockwise_attention` the xPos paper's blockwise causal attention.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ _MASKED_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
 def attention_mask_for(implementation: str, padding_mask: torch.Tensor | None, positions: torch.Tensor | None,
-                       past: int, length: int, device) -> torch.Tensor | None:
+                       past: int, length: int, device, block: int | None = None) -> torch.Tensor | None:
     """The mask `implementation` takes, for `length` new tokens after `past` cached ones.
 
     eager / sdpa: None when plain causal attention is meant (sdpa then uses is_causal), else a boolean
@@ -72,20 +72,29 @@ def attention_mask_for(implementation: str, padding_mask: torch.Tensor | None, p
     mask, 0 on pads) is 0 hidden, and, without padding or cache, packed sequences (`positions`
     restarting) kept apart. Other implementations (flash attention, engines' own) get the 2D padding
     mask as it is: they read pads and packing from it and from position_ids themselves.
+
+    `block` (config `blockwise_attention`): blockwise causal attention, key j visible to query i iff
+    j <= i and j // block >= i // block - 1 (cache offsets; it hides nothing until the third block).
     """
+    total = past + length
+    blockwise = block is not None and total > 2 * block
     if implementation not in _MASKED_IMPLEMENTATIONS:
+        if blockwise:
+            raise ValueError(f"blockwise_attention needs attn_implementation 'sdpa' or 'eager', not {implementation!r}")
         return padding_mask
     padded = padding_mask is not None and not bool(padding_mask.all())
     segments = None
     if positions is not None and not padded and past == 0 and length > 1:
         starts = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1) != 1
         segments = starts.cumsum(-1) if bool(starts[:, 1:].any()) else None
-    if not padded and segments is None and (length == 1 or (past == 0 and implementation != "eager")):
+    if not padded and segments is None and not blockwise and (length == 1 or (past == 0 and implementation != "eager")):
         return None
-    total = past + length
     rows = torch.arange(past, total, device=device)[:, None]
     cols = torch.arange(total, device=device)[None, :]
-    allowed = (cols <= rows)[None, None]
+    allowed = cols <= rows
+    if blockwise:
+        allowed = allowed & (torch.div(cols, block, rounding_mode="floor") >= torch.div(rows, block, rounding_mode="floor") - 1)
+    allowed = allowed[None, None]
     if segments is not None:
         segments = segments.to(device)
         allowed = allowed & (segments[:, None, :, None] == segments[:, None, None, :])
@@ -230,6 +239,13 @@ class FLMModel(FLMPreTrainedModel):
         tables = xpos_tables(positions, c.head_dim, float(c.rope_theta), scale_base, float(c.xpos_center))
         return tuple(t[:, None].to(dtype) for t in tables)
 
+    def _block(self) -> int | None:
+        """The blockwise causal attention block length (configuration_flm), or None when off."""
+        c = self.config
+        if not getattr(c, "blockwise_attention", False):
+            return None
+        return getattr(c, "blockwise_block_size", None) or max(1, c.max_position_embeddings // 2)
+
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, cache=None, **kwargs):
         cache = cache if cache is not None else past_key_values
@@ -249,7 +265,7 @@ class FLMModel(FLMPreTrainedModel):
         position_ids = position_ids.expand(b, -1)
         tables = self._xpos(position_ids, h.dtype)
         mask = attention_mask_for(self.config._attn_implementation, attention_mask,
-                                  position_ids if given else None, past, s, h.device)
+                                  position_ids if given else None, past, s, h.device, self._block())
         for layer in self.layers:
             h = layer(h, tables, mask, cache if use_cache else None, position_ids=position_ids, **kwargs)
         h = self.norm(h)

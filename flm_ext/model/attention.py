@@ -19,6 +19,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
 from flm_ext.model import fused
+from flm_ext.model.blockwise import blockwise_sdpa
 from flm_ext.model.xpos import XPosEmbedding
 
 
@@ -46,6 +47,8 @@ class FLMCoreAttention(MegatronModule):
                                        center=xpos_center)
         # None: FLM_XPOS_IMPL or the device's default (the fused kernel on CUDA, the reference on CPU).
         self.xpos_impl = xpos_impl
+        # Blockwise causal attention at inference (model/blockwise.py): the block length, or None (off).
+        self.blockwise_block: Optional[int] = None
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: Optional[torch.Tensor], attn_mask_type: Optional[AttnMaskType] = None,
@@ -64,7 +67,11 @@ class FLMCoreAttention(MegatronModule):
             mask = ~attention_mask  # megatron masks mark positions to hide with True
         dropout_p = self.dropout_p if self.training else 0.0
         gqa = self.num_groups_per_partition != self.num_heads_per_partition
-        if dropout_p > 0.0:
+        if self.blockwise_block is not None and causal:
+            with fused.sdpa_backends(q.device):
+                context = blockwise_sdpa(q, k, v, self.blockwise_block, scale=self.softmax_scale,
+                                         enable_gqa=gqa)
+        elif dropout_p > 0.0:
             # Heads differ per TP rank: draw dropout from the TP-specific stream (as megatron does).
             with tensor_parallel.get_cuda_rng_tracker().fork(), fused.sdpa_backends(q.device):
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
