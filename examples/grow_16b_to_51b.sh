@@ -9,8 +9,12 @@
 # both models in fp32 (about 0.8 TB here), so it is for smaller models and tests.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"  # REPO and PY: $PYTHON, else .venv/bin/python, else python3
-OLD=${OLD:-checkpoints/flm-16b}
-NEW=${NEW:-checkpoints/flm-51b-grown}
+CKPT_ROOT=checkpoints
+[[ "${FLM_REHEARSAL:-0}" == 1 ]] && CKPT_ROOT=rehearsal/checkpoints
+OLD=${OLD:-$CKPT_ROOT/flm-16b}
+NEW=${NEW:-$CKPT_ROOT/flm-51b-grown}
+REHEARSAL_ARGS=()  # FLM_REHEARSAL=1: the tiny presets' growth (examples/_rehearsal.sh)
+[[ "${FLM_REHEARSAL:-0}" == 1 ]] && REHEARSAL_ARGS=(--hidden-size 128 --num-attention-heads 8 --ffn-hidden-size 512 --growth-ramp-steps 4)
 exec "$PY" "$REPO/tools/grow_checkpoint.py" --load "$OLD" --save "$NEW" \
   --hidden-size 10240 --num-attention-heads 80 --ffn-hidden-size 40960 \
-  --growth-ramp-steps "${RAMP_STEPS:-1000}" "$@"
+  --growth-ramp-steps "${RAMP_STEPS:-1000}" "${REHEARSAL_ARGS[@]}" "$@"

@@ -8,8 +8,12 @@
 # Extra flags are passed on (e.g. --depth-placement interleave, --growth-ramp-steps 2000).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"  # REPO and PY: $PYTHON, else .venv/bin/python, else python3
-OLD=${OLD:-checkpoints/flm-51b}
-NEW=${NEW:-checkpoints/flm-101b-grown}
+CKPT_ROOT=checkpoints
+[[ "${FLM_REHEARSAL:-0}" == 1 ]] && CKPT_ROOT=rehearsal/checkpoints
+OLD=${OLD:-$CKPT_ROOT/flm-51b}
+NEW=${NEW:-$CKPT_ROOT/flm-101b-grown}
+REHEARSAL_ARGS=()  # FLM_REHEARSAL=1: the tiny presets' growth (examples/_rehearsal.sh)
+[[ "${FLM_REHEARSAL:-0}" == 1 ]] && REHEARSAL_ARGS=(--num-layers 8 --growth-ramp-steps 4)
 exec "$PY" "$REPO/tools/grow_checkpoint.py" --load "$OLD" --save "$NEW" \
   --num-layers 80 --depth-init stack \
-  --growth-ramp-steps "${RAMP_STEPS:-1000}" "$@"
+  --growth-ramp-steps "${RAMP_STEPS:-1000}" "${REHEARSAL_ARGS[@]}" "$@"

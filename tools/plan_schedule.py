@@ -6,6 +6,9 @@ section 2). Logic in flm_ext/planning.py.
     python tools/plan_schedule.py                      # the paper's schedule, paper figures beside it
     python tools/plan_schedule.py --stage flm-16b:245.37e9:2/1/96:162 --stage flm-101b:60B:4/4/12:165
     python tools/plan_schedule.py --price-per-gpu-hour 2.5 --json
+    python tools/plan_schedule.py --mtbf-node-hours 2000 --save-seconds 30   # the failure side
+The second table is the failure side (flm_ext/failures.py): expected GPU-hours lost to failures per
+stage and the save interval that minimises them (Young), the launchers' default --save-interval.
 """
 import argparse
 import json
@@ -14,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flm_ext.failures import DEFAULT_MTBF_NODE_HOURS, FailureModel, failure_plan, format_failures  # noqa: E402
 from flm_ext.planning import DEFAULT_PRICE_PER_GPU_HOUR, PAPER_STAGES, PlanError, format_plan, parse_stage, plan  # noqa: E402
 
 PROG = "plan_schedule.py"
@@ -46,6 +50,20 @@ are used for the from-scratch comparison. Wall time counts compute only.""")
     p.add_argument("--recompute", action="store_true",
                    help="count full activation recomputation (one more forward) in the FLOPs")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    f = p.add_argument_group("failures (second table)")
+    f.add_argument("--mtbf-node-hours", type=float, default=DEFAULT_MTBF_NODE_HOURS, metavar="H",
+                   help=f"mean time between failures of one node (default {DEFAULT_MTBF_NODE_HOURS:,.0f}: Llama 3's rate)")
+    f.add_argument("--gpus-per-node", type=int, default=8)
+    f.add_argument("--ckpt-gbps", type=float, default=10.0, metavar="GB/S",
+                   help="aggregate checkpoint write and read bandwidth (default 10)")
+    f.add_argument("--save-seconds", type=float, default=None, metavar="S",
+                   help="time a save blocks training (default: checkpoint size / --ckpt-gbps)")
+    f.add_argument("--restart-seconds", type=float, default=None, metavar="S",
+                   help="failure to training again (default: 300 s + checkpoint size / --ckpt-gbps)")
+    f.add_argument("--step-seconds", type=float, default=None, metavar="S",
+                   help="time per step (default: from the plan's TFLOP/s and the global batch)")
+    f.add_argument("--global-batch-size", type=int, default=2304,
+                   help="sequences per step of stages other than the paper's (default 2304)")
     return p
 
 
@@ -55,10 +73,15 @@ def main(argv=None) -> int:
         stages = [parse_stage(s) for s in args.stage] if args.stage else PAPER_STAGES
         result = plan(stages, price_per_gpu_hour=args.price_per_gpu_hour, attention=args.flops == "megatron",
                       recompute=args.recompute)
+        result["failures"] = failure_plan(stages, FailureModel(
+            mtbf_node_hours=args.mtbf_node_hours, ckpt_gbps=args.ckpt_gbps, gpus_per_node=args.gpus_per_node,
+            save_s=args.save_seconds, restart_s=args.restart_seconds, step_s=args.step_seconds,
+            global_batch_size=args.global_batch_size))
     except PlanError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    failures = result["failures"] if args.json else result.pop("failures")
+    print(json.dumps(result, indent=2) if args.json else format_plan(result) + "\n\n" + format_failures(failures))
     return 0
 
 
