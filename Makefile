@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-fast demo clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): setup.py
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=25 tests
+
+# The fast tier: everything but the long end-to-end runs marked `slow` (demo, walk-through, multi-node).
+test-fast: setup
+	$(BIN)/python -m pytest -q --durations=25 -m "not slow" tests
 
 demo: setup
 	$(BIN)/python examples/tiny_recipe.py --out runs/demo

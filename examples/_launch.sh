@@ -149,7 +149,7 @@ _reap() {  # kill what is left of the attempt with launch id $1 on this node
 }
 while :; do
   _id="$$-$_attempt-$RANDOM"
-  FLM_LAUNCH_ID=$_id "$PY" "$REPO/tools/torchrun.py" --nnodes "$NNODES" --nproc-per-node "$GPUS_PER_NODE" \
+  FLM_LAUNCH_ID=$_id "${TORCHRUN[@]}" --nnodes "$NNODES" --nproc-per-node "$GPUS_PER_NODE" \
     --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" --master-port "$((MASTER_PORT + _attempt))" \
     "${TORCHRUN_ARGS[@]}" "$REPO/pretrain_flm.py" "${ARGS[@]}" &
   _child=$!

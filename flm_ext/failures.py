@@ -52,12 +52,14 @@ class FailureModel:
     global_batch_size: int = 2304     # stages other than the paper's
 
     def check(self) -> None:
-        for name in ("mtbf_node_hours", "ckpt_gbps", "save_s", "restart_s", "step_s"):
+        flags = {"mtbf_node_hours": "--mtbf-node-hours", "ckpt_gbps": "--ckpt-gbps", "save_s": "--save-seconds",
+                 "restart_s": "--restart-seconds", "step_s": "--step-seconds"}  # tools/plan_schedule.py's names
+        for name, flag in flags.items():
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise PlanError(f"--{name.replace('_', '-')} {value!r} must be a finite number > 0")
+                raise PlanError(f"{flag} {value!r} must be a finite number > 0")
         if not (math.isfinite(self.restart_overhead_s) and self.restart_overhead_s >= 0):
-            raise PlanError(f"--restart-overhead-s {self.restart_overhead_s!r} must be a finite number >= 0")
+            raise PlanError(f"restart overhead {self.restart_overhead_s!r} s must be a finite number >= 0")
         if self.gpus_per_node < 1 or self.global_batch_size < 1:
             raise PlanError("--gpus-per-node and --global-batch-size must be >= 1")
 

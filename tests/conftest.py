@@ -45,3 +45,15 @@ def data(tmp_path_factory):
     import tiny_data
 
     return tiny_data.build(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: skipped, with the reason, where there is none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

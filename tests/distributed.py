@@ -23,9 +23,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(fn, rank, world_size, port, out_dir, args, errors):
+def _entry(fn, rank, world_size, port, out_dir, args, errors, gpus=0):
+    # One GPU per rank where the host has enough (LOCAL_RANK = rank); otherwise the ranks run on CPU
+    # and gloo, as on a CPU-only machine, instead of two ranks asking for one device.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    if gpus < world_size:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
         import torch
 
@@ -45,7 +49,10 @@ def spawn(fn, world_size: int, out_dir, *args, timeout: float = 600.0) -> None:
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, rank, world_size, port, str(out_dir), args, errors))
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    procs = [ctx.Process(target=_entry, args=(fn, rank, world_size, port, str(out_dir), args, errors, gpus))
              for rank in range(world_size)]
     for p in procs:
         p.start()

@@ -10,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)  # the recipe's own subprocess limit is 1200 s (a busy 2-core machine)
 def test_recipe_in_miniature_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"

@@ -106,3 +106,57 @@ def test_bad_flag_one_line_exit_2(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--price-per-gpu-hour" in err and err.count("\n") == 1
+
+
+def test_failure_side_against_young_and_the_expected_loss_formula(capsys):
+    """Young's interval sqrt(2 C M) by hand for FLM-101B's stage; the chosen whole-step interval is the
+    best whole-step interval for the stated expected-loss formula; the table prints both."""
+    import math
+
+    from flm_ext import failures
+
+    row = failures.failure_plan()["stages"][2]
+    m = failures.DEFAULT_MTBF_NODE_HOURS * 3600 / 24  # 192 GPUs = 24 nodes of 8
+    c = 101.70e9 * 14 / 10e9  # 14 bytes per parameter at 10 GB/s
+    assert row["checkpoint_bytes"] == _params_by_hand(80, 10240) * 14
+    assert row["save_s"] == pytest.approx(c, rel=2e-3)
+    assert row["young_interval_s"] == pytest.approx(math.sqrt(2 * row["save_s"] * m), rel=1e-12)
+    n = _params_by_hand(80, 10240)
+    step = 2160 * 2048 * (6 * n + 12 * 80 * 10240 * 2048) / (165e12 * 192)
+    assert row["step_s"] == pytest.approx(step, rel=1e-12) and 87 < step < 89  # the issue's 88 s per step
+    compute = 26.54e9 * (6 * n + 12 * 80 * 10240 * 2048) / (165e12 * 192)
+
+    def lost_gpu_hours(k):  # T/t C + T/M (R + t/2), by hand
+        t = k * step
+        return (compute / t * row["save_s"] + compute / m * (row["restart_s"] + t / 2)) * 192 / 3600
+    k = row["save_interval_steps"]
+    assert k == round(math.sqrt(2 * row["save_s"] * m) / step)
+    assert row["lost_gpu_hours"] == pytest.approx(lost_gpu_hours(k), rel=1e-9)
+    assert lost_gpu_hours(k) <= min(lost_gpu_hours(k - 1), lost_gpu_hours(k + 1))
+    assert row["lost_gpu_hours_at_old_interval"] == pytest.approx(lost_gpu_hours(500), rel=1e-9)
+    assert row["lost_gpu_hours"] < row["lost_gpu_hours_at_old_interval"]
+    # Given costs replace the derived ones; a shorter MTBF gives a shorter interval.
+    given = failures.stage_failures(planning.PAPER_STAGES[2], failures.FailureModel(
+        mtbf_node_hours=1000, save_s=30, restart_s=600, step_s=90))
+    assert given["young_interval_s"] == pytest.approx(math.sqrt(2 * 30 * 1000 * 3600 / 24))
+    assert given["save_interval_steps"] == round(given["young_interval_s"] / 90)
+
+    assert plan_schedule.main(["--mtbf-node-hours", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "expected loss to failures" in out and "mtbf per node hours: 2,000" in out
+    for r in failures.failure_plan(failures=failures.FailureModel(mtbf_node_hours=2000))["stages"]:
+        assert f"{r['save_interval_steps']} steps" in out and f"{r['lost_gpu_hours']:,.0f}" in out
+    assert plan_schedule.main(["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["failures"]["stages"][2]["save_interval_steps"] == k
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mtbf-node-hours", "0"], "--mtbf-node-hours"),
+    (["--save-seconds", "-1"], "--save-seconds -1.0 must be"),
+    (["--ckpt-gbps", "inf"], "--ckpt-gbps"),
+    (["--gpus-per-node", "0"], "--gpus-per-node"),
+])
+def test_bad_failure_options_one_line_exit_2(argv, message, capsys):
+    assert plan_schedule.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("plan_schedule.py: error: ")

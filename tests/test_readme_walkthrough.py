@@ -55,6 +55,7 @@ def test_readme_blocks_parse_and_start_with_the_setup():
     assert text.count("--growth-ramp-steps $RAMP") == 2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)  # above the script's own 900 s limit
 def test_readme_walkthrough_runs_as_written_at_tiny_scale(tmp_path):
     w = tmp_path / "w"

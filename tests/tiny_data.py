@@ -21,6 +21,18 @@ ENV = {**{k: v for k, v in os.environ.items() if k not in RENDEZVOUS}, "PYTHONWA
        "OMP_NUM_THREADS": "1"}
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# The runs compare layouts of up to 2 ranks: with fewer GPUs than that (a one-GPU host), every run
+# is on CPU and gloo, as on a CPU-only machine, rather than two ranks on one device.
+if 0 < _gpu_count() < 2:
+    ENV["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def _head(src: str, dst: str, lines: int) -> None:
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
         for i, line in enumerate(f):
