@@ -402,3 +402,25 @@ def test_pytest_markers_are_registered_and_make_has_a_fast_tier():
     assert "\n    slow:" in ini and "\n    gpu:" in ini
     makefile = (REPO / "Makefile").read_text()
     assert 'test-fast: setup\n\t$(BIN)/python -m pytest -q --durations=25 -m "not slow" tests' in makefile
+
+
+@pytest.mark.slow
+def test_the_whole_recipe_rehearses_through_the_sbatch_script(data, tmp_path):
+    """FLM_REHEARSAL=1 and the stand-in SLURM: stage 1 on two "nodes", the width growth, stage 2, the depth
+    growth and stage 3, each through examples/slurm_flm101b.sbatch and the real launchers, unchanged."""
+    env = dict(ENV, **_slurm(tmp_path), FLM_REHEARSAL="1", PYTHON=sys.executable, SLURM_JOB_ID="7",
+               SLURM_NNODES="2", SLURM_GPUS_ON_NODE="1", SLURM_JOB_NODELIST="node-[a-b]", MASTER_ADDR="127.0.0.1",
+               DATA_PATH=f"0.535 {data['en']} 0.465 {data['zh']}", TOKENIZER_TYPE="HuggingFaceTokenizer",
+               TOKENIZER_MODEL=data["tokenizer"], REHEARSAL_STEPS="4")
+    for step in ("stage1", "grow1", "stage2", "grow2", "stage3"):
+        proc = subprocess.run(["bash", str(EXAMPLES / "slurm_flm101b.sbatch"), step, "--data-cache-path", data["cache"]]
+                              if step.startswith("stage") else ["bash", str(EXAMPLES / "slurm_flm101b.sbatch"), step],
+                              capture_output=True, text=True, env=dict(env, MASTER_PORT=str(free_port())),
+                              cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, (step, (proc.stdout + proc.stderr)[-4000:])
+        if step.startswith("stage"):
+            assert "step       4/4" in proc.stdout, proc.stdout[-3000:]
+    root = tmp_path / "rehearsal" / "checkpoints"
+    for name in ("flm-16b", "flm-51b", "flm-101b"):
+        assert (root / name / "latest_checkpointed_iteration.txt").read_text().strip() == "4", name
+    assert (root / "flm-51b-grown").is_dir() and (root / "flm-101b-grown").is_dir()
