@@ -124,6 +124,12 @@ def test_bad_launcher_variables_are_one_line_exit_2(tmp_path, var, value):
     assert not _torchrun_calls(tmp_path)
 
 
+def test_a_torchrun_flag_without_its_value_is_one_line_exit_2(tmp_path):
+    proc = _launch("flm101b_stage1.sh", _fake(tmp_path, ["0"]), "--lr", "1e-4", "--max-restarts")
+    assert proc.returncode == 2 and proc.stderr.strip() == "flm101b_stage1.sh: torchrun flag --max-restarts needs a value"
+    assert not _torchrun_calls(tmp_path)
+
+
 def test_rehearsal_shape_of_every_stage(tmp_path):
     """FLM_REHEARSAL=1: bf16 and sequence parallelism dropped, the tiny mirror preset, TP1 x PP1, one
     process per node, a few steps; the real stage flags are still there (and lose to the rehearsal's)."""
