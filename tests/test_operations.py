@@ -226,6 +226,7 @@ def one_node(data, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on an idle machine; a loaded 2-core one takes several times that
 def test_two_nodes_on_localhost_give_the_losses_of_one_node(data, one_node, tmp_path):
     procs, tag = _start_nodes(data, tmp_path, 2, 1)
     assert _wait(procs, tmp_path) == [0, 0], _log(tmp_path)[-4000:]
@@ -236,6 +237,7 @@ def test_two_nodes_on_localhost_give_the_losses_of_one_node(data, one_node, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on an idle machine; a loaded 2-core one takes several times that
 def test_a_worker_killed_mid_run_restarts_by_itself_to_the_same_final_loss(data, one_node, tmp_path):
     """Two "nodes"; once a checkpoint past the first exists, node 1's worker is kill -9'ed. Both
     launchers restart torchrun by themselves, resume from the newest complete checkpoint and finish:
@@ -262,6 +264,7 @@ def test_a_worker_killed_mid_run_restarts_by_itself_to_the_same_final_loss(data,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on an idle machine; a loaded 2-core one takes several times that
 def test_sigterm_saves_and_every_node_exits_0(data, one_node, tmp_path):
     """scancel / a SLURM time limit: every node's launcher gets SIGTERM; the workers finish their step,
     save, and every launcher exits 0 (not torchrun's 1); the run then resumes to the same final loss."""
@@ -411,6 +414,7 @@ def test_pytest_markers_are_registered_and_make_has_a_fast_tier():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on an idle machine; a loaded 2-core one takes several times that
 def test_the_whole_recipe_rehearses_through_the_sbatch_script(data, tmp_path):
     """FLM_REHEARSAL=1 and the stand-in SLURM: stage 1 on two "nodes", the width growth, stage 2, the depth
     growth and stage 3, each through examples/slurm_flm101b.sbatch and the real launchers, unchanged."""
