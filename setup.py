@@ -52,5 +52,7 @@ setup(
         "gpu": ["transformer-engine[pytorch]"],
         # The Triton xPos kernel (flm_ext/model/fused.py); its CPU tests run under TRITON_INTERPRET=1.
         "kernels": ["triton>=3.0"],
+        # Weights & Biases logging (--wandb-project); not in `make setup`: WANDB_MODE=offline needs no network.
+        "wandb": ["wandb"],
     },
 )

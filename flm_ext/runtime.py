@@ -156,6 +156,8 @@ def initialize_distributed(parallel: ParallelConfig, seed: int = 1234, *, rank: 
     """Start torch.distributed (nccl on GPU, gloo on CPU) and megatron's parallel groups, then seed.
 
     Reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT as set by torchrun unless given.
+    `timeout_minutes` (the trainer's --distributed-timeout-minutes) bounds every collective of the
+    default and megatron's groups.
     """
     from megatron.core import parallel_state, tensor_parallel
 
@@ -188,6 +190,7 @@ def initialize_distributed(parallel: ParallelConfig, seed: int = 1234, *, rank: 
             tensor_model_parallel_size=parallel.tensor_model_parallel_size,
             pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+            distributed_timeout_minutes=timeout_minutes,
         )
     set_seed(seed)
 
@@ -225,3 +228,4 @@ def destroy_distributed() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+

@@ -89,6 +89,64 @@ class LoggingArgs:
 
 
 @dataclass(frozen=True)
+class OperationsArgs:
+    """Running for weeks: async / fully parallel saves, hang watchdog, time limit, loss spikes, W&B."""
+
+    async_save: bool = False  # megatron-core's async torch_dist save: training goes on while files are written
+    ckpt_fully_parallel_save: bool = False  # each DP replica writes a share (FullyParallelSaveStrategyWrapper)
+    distributed_timeout_minutes: int = 30  # the process groups' timeout (Megatron's flag)
+    hang_timeout_minutes: float | None = None  # watchdog: no finished step this long -> name late ranks, exit; 0 off
+    exit_duration_in_mins: float | None = None  # save and exit 0 once the run has lasted this long
+    loss_spike_factor: float | None = None  # a loss above this x the running median is a spike
+    loss_spike_window: int = 50  # steps in the running median
+    loss_spike_rollback: bool = False  # on a spike: reload the latest checkpoint and skip the spike's batch
+    wandb_project: str | None = None
+    wandb_exp_name: str | None = None
+    wandb_save_dir: str | None = None
+
+    def validate(self, checkpoint: "CheckpointArgs") -> None:
+        if self.distributed_timeout_minutes < 1:
+            raise ConfigError(f"--distributed-timeout-minutes={self.distributed_timeout_minutes} must be >= 1")
+        if self.hang_timeout_minutes is not None and not (
+                0 <= self.hang_timeout_minutes < self.distributed_timeout_minutes):
+            raise ConfigError(f"--hang-timeout-minutes={self.hang_timeout_minutes} must be >= 0 (0: off) and below "
+                              f"--distributed-timeout-minutes={self.distributed_timeout_minutes}, or the process "
+                              f"group times out first and nobody is named")
+        if self.exit_duration_in_mins is not None and not self.exit_duration_in_mins > 0:
+            raise ConfigError(f"--exit-duration-in-mins={self.exit_duration_in_mins} must be > 0")
+        if self.loss_spike_factor is not None and not (self.loss_spike_factor > 1 and
+                                                       math.isfinite(self.loss_spike_factor)):
+            raise ConfigError(f"--loss-spike-factor={self.loss_spike_factor} must be a number > 1")
+        if self.loss_spike_window < 3:
+            raise ConfigError(f"--loss-spike-window={self.loss_spike_window} must be >= 3")
+        if self.loss_spike_rollback and self.loss_spike_factor is None:
+            raise ConfigError("--loss-spike-rollback needs --loss-spike-factor")
+        if self.loss_spike_rollback and not checkpoint.save:
+            raise ConfigError("--loss-spike-rollback needs --save (it rolls back to the latest checkpoint there)")
+        if (self.async_save or self.ckpt_fully_parallel_save) and not checkpoint.save:
+            flag = "--async-save" if self.async_save else "--ckpt-fully-parallel-save"
+            raise ConfigError(f"{flag} needs --save")
+        if self.wandb_exp_name is not None and not self.wandb_project:
+            raise ConfigError("--wandb-exp-name needs --wandb-project")
+        if self.wandb_project is not None and not self.wandb_project.strip():
+            raise ConfigError("--wandb-project must not be empty")
+        if self.wandb_project:
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise ConfigError("--wandb-project needs the wandb package: pip install '.[wandb]' (set "
+                                  "WANDB_MODE=offline to log without a network)")
+
+    @property
+    def hang_timeout_s(self) -> float:
+        """The watchdog's limit in seconds (0: off); by default 10 minutes, or a third of the process-group
+        timeout when that is shorter, so the watchdog speaks well before the collectives time out."""
+        if self.hang_timeout_minutes is not None:
+            return 60.0 * self.hang_timeout_minutes
+        return 60.0 * min(10.0, self.distributed_timeout_minutes / 3)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: FLMConfig
     parallel: ParallelConfig
@@ -105,6 +163,7 @@ class TrainConfig:
     max_consecutive_skips: int = 5
     growth_ramp_steps: int | None = None  # overrides the value recorded by grow_checkpoint.py
     dry_run: bool = False
+    ops: OperationsArgs = OperationsArgs()
 
     def validate(self) -> None:
         try:
@@ -157,6 +216,7 @@ class TrainConfig:
         if self.growth_ramp_steps is not None and self.growth_ramp_steps < 0:
             raise ConfigError(f"--growth-ramp-steps={self.growth_ramp_steps} must be >= 0")
         self._validate_logging()
+        self.ops.validate(ck)
 
     def _validate_optimizer(self) -> None:
         o = self.optim
@@ -235,7 +295,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "data position and LR schedule at 0: the next FLM stage")
 
     _add_logging_flags(p.add_argument_group("logging"))
+    _add_operations_flags(p.add_argument_group("operations (long runs)"))
     return p
+
+
+def _add_operations_flags(g) -> None:
+    """Long runs: saves that do not stop training, hangs and time limits, loss spikes, W&B."""
+    g.add_argument("--async-save", action="store_true",
+                   help="write checkpoints in a background process; the checkpoint becomes the latest only "
+                        "once every rank's files are complete and checksummed")
+    g.add_argument("--ckpt-fully-parallel-save", action="store_true",
+                   help="spread the writing of replicated tensors over the data-parallel replicas")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=30,
+                   help="timeout of the process groups' collectives")
+    g.add_argument("--hang-timeout-minutes", type=float, default=None,
+                   help="watchdog: after this long without a finished step, name the late ranks, dump Python "
+                        "stacks and exit non-zero (0: off; default 10, or a third of the process-group timeout "
+                        "when that is shorter)")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="save and exit 0 once the run has lasted this long (before an allocation ends)")
+    g.add_argument("--loss-spike-factor", type=float, default=None,
+                   help="log a finite loss above this x the running median as a spike, with its sample ids")
+    g.add_argument("--loss-spike-window", type=int, default=50, help="steps in the running median")
+    g.add_argument("--loss-spike-rollback", action="store_true",
+                   help="on a spike, reload the latest checkpoint and skip the spike's samples")
+    g.add_argument("--wandb-project", default=None, help="log to Weights & Biases (WANDB_MODE=offline works)")
+    g.add_argument("--wandb-exp-name", default=None)
+    g.add_argument("--wandb-save-dir", default=None)
 
 
 def _add_model_flags(g) -> None:
@@ -388,6 +474,7 @@ def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
         seed=args.seed, bf16=args.bf16, recompute_granularity=recompute, recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers, max_consecutive_skips=args.max_consecutive_skips,
         growth_ramp_steps=args.growth_ramp_steps, dry_run=args.dry_run,
+        ops=OperationsArgs(**{f: getattr(args, f) for f in OperationsArgs.__dataclass_fields__}),
     )
     config.validate()
     return config

@@ -94,31 +94,55 @@ def weights_finite(chunks) -> bool:
     return not bool(flag.item())
 
 
-def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, extra: dict, keep: int | None = None
-                    ) -> str:
+def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, extra: dict, keep: int | None = None,
+                    sharded_strategy=None) -> str:
     """Save a complete checkpoint for `iteration` and make it the latest; returns its folder.
 
     Raises CheckpointError (on every rank) when the save fails, e.g. disk full: the partial folder
-    is removed and the previous checkpoint stays the latest.
+    is removed and the previous checkpoint stays the latest. `sharded_strategy`: megatron's save
+    strategy (default torch_dist; flm_ext.training.async_save wraps it for fully parallel saves).
     """
+    final, partial = begin_save(root, iteration)
+    state = _sharded_state(chunks, optimizer, scheduler, is_loading=False, extra={"iteration": iteration, **extra})
+    error = files = None
+    try:
+        dist_checkpointing.save(state, partial, validate_access_integrity=True, sharded_strategy=sharded_strategy)
+        files = describe_own_files(partial)  # right after writing, by the rank that wrote them
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - any write error, on every rank below
+        error = save_error(partial, e)
+    publish_save(root, iteration, files, error, keep)
+    return final
+
+
+def begin_save(root: str, iteration: int) -> tuple[str, str]:
+    """(final folder, fresh partial folder) of a save; every rank returns once rank 0 made the folder."""
     final = iteration_dir(root, iteration)
     partial = final + ".partial"
-    rank = dist.get_rank()
-    if rank == 0:
+    if dist.get_rank() == 0:
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
     dist.barrier()
-    state = _sharded_state(chunks, optimizer, scheduler, is_loading=False, extra={"iteration": iteration, **extra})
-    error = files = None
-    try:
-        dist_checkpointing.save(state, partial, validate_access_integrity=True)
-        mine = [n for n in os.listdir(partial) if n.startswith(f"__{rank}_")]
-        if rank == 0:
-            mine += [n for n in (".metadata", "common.pt", "metadata.json") if os.path.exists(os.path.join(partial, n))]
-        files = describe_files(partial, mine)  # right after writing, by the rank that wrote them
-    except (Exception, CheckpointException) as e:  # noqa: BLE001 - any write error, on every rank below
-        error = OSError(f"{_write_diagnosis(partial)}{_first_line(e)}")
+    return final, partial
+
+
+def describe_own_files(partial: str, rank: int | None = None) -> dict:
+    """Sizes and checksums of the files this rank wrote into `partial` (rank 0 also owns the shared ones)."""
+    rank = dist.get_rank() if rank is None else rank
+    mine = [n for n in os.listdir(partial) if n.startswith(f"__{rank}_")]
+    if rank == 0:
+        mine += [n for n in (".metadata", "common.pt", "metadata.json") if os.path.exists(os.path.join(partial, n))]
+    return describe_files(partial, mine)
+
+
+def publish_save(root: str, iteration: int, files: dict | None, error: BaseException | None,
+                 keep: int | None) -> None:
+    """The end of a save on every rank: on any rank's error remove the partial folder and raise
+    CheckpointError everywhere; otherwise write the manifest of every rank's files, rename the folder
+    and make it the latest (rank 0), then prune."""
+    final = iteration_dir(root, iteration)
+    partial = final + ".partial"
+    rank = dist.get_rank()
     message = _collect_errors(error)
     if message is not None:
         if rank == 0:
@@ -136,7 +160,11 @@ def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, 
         write_latest(root, iteration)
         _prune(root, keep, iteration)
     dist.barrier()
-    return final
+
+
+def save_error(partial: str, error: BaseException) -> OSError:
+    """A failed write as one line, with the OS condition behind it when there is one."""
+    return OSError(f"{_write_diagnosis(partial)}{_first_line(error)}")
 
 
 def _first_line(error: BaseException) -> str:

@@ -50,6 +50,7 @@ class MetricsWriter:
 
     def __init__(self, tensorboard_dir: str | None, jsonl_path: str | None, rank: int):
         self.writer = self.jsonl = None
+        self.rank0, self.sinks = rank == 0, []
         if rank != 0:
             return
         if tensorboard_dir:
@@ -61,7 +62,14 @@ class MetricsWriter:
             os.makedirs(os.path.dirname(os.path.abspath(jsonl_path)), exist_ok=True)
             self.jsonl = open(jsonl_path, "a")
 
+    def add_sink(self, sink) -> None:
+        """Another destination for the same scalars (e.g. `WandbSink`); rank 0 only, like the others."""
+        if self.rank0:
+            self.sinks.append(sink)
+
     def scalars(self, step: int, values: dict) -> None:
+        for sink in self.sinks:
+            sink.log(step, {k: v for k, v in values.items() if v is not None and math.isfinite(v)})
         if self.writer is not None:
             for key, value in values.items():
                 if value is not None and math.isfinite(value):
@@ -72,7 +80,31 @@ class MetricsWriter:
             self.jsonl.flush()
 
     def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
         if self.writer is not None:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+class WandbSink:
+    """Weights & Biases (`--wandb-project`, `--wandb-exp-name`, `--wandb-save-dir`: Megatron's flags).
+
+    wandb is the optional extra `wandb`; WANDB_MODE=offline writes the run under the save dir
+    without a network (upload it later with `wandb sync`)."""
+
+    def __init__(self, project: str, name: str | None, save_dir: str | None, config: dict):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("--wandb-project needs the wandb package: pip install '.[wandb]'") from None
+        if save_dir:
+            os.makedirs(save_dir, exist_ok=True)
+        self.run = wandb.init(project=project, name=name, dir=save_dir, config=config)
+
+    def log(self, step: int, values: dict) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()

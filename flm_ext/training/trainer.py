@@ -33,6 +33,7 @@ from flm_ext.training.arguments import TrainConfig, with_vocab
 from flm_ext.training.data import GlobalBatchSampler, micro_batches
 from flm_ext.training.engine import build_optimizer, eval_step, train_step, wrap_ddp
 from flm_ext.training.metrics import MetricsWriter, default_peak_tflops, flops_per_token
+from flm_ext.training.operations import RunOperations
 
 
 class TrainingError(RuntimeError):
@@ -135,7 +136,7 @@ class Trainer:
                               if cfg.logging.eval_interval else 0, 0)  # train, validation, test
         data_warnings = check_training_data(cfg.data, self.tokenizer, cfg.model.vocab_size, s.global_batch_size,
                                             self.split_samples, cfg.model.seq_length)
-        initialize_distributed(cfg.parallel, seed=cfg.seed)
+        initialize_distributed(cfg.parallel, seed=cfg.seed, timeout_minutes=cfg.ops.distributed_timeout_minutes)
         cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, world_size=dist.get_world_size()))
         cfg.validate()
         self.cfg, self.hooks = cfg, list(hooks)
@@ -154,6 +155,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.iteration = self.consumed = 0
+        self.ops = RunOperations(self)  # async saves, watchdog, stragglers, loss spikes, time limit, W&B
 
     # --- resume -----------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -222,9 +224,11 @@ class Trainer:
         for hook in self.hooks:
             flm_extra.update(hook.checkpoint_state())
         extra = checkpointing.common_extra(self.cfg.model, self.consumed, self.optimizer, flm_extra)
-        path = checkpointing.save_checkpoint(ck.save, self.iteration, self.model, self.optimizer, self.scheduler,
-                                             extra=extra, keep=ck.keep_last)
-        log(f"saved checkpoint {path} ({reason})")
+        with self.ops.saving():
+            path = self.ops.saver.save(ck.save, self.iteration, self.model, self.optimizer, self.scheduler,
+                                       extra=extra, keep=ck.keep_last)
+        log(f"{'started asynchronous save of' if self.ops.saver.async_save else 'saved'} checkpoint {path} "
+            f"({reason})")
 
     # --- the loop ----------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -236,9 +240,14 @@ class Trainer:
         self.start_iteration, self.run_start = self.iteration, time.time()
         self.interval_start, self.interval_steps = time.time(), 0
         last_loss, last_valid = math.nan, None
+        self.ops.start()
         while self.iteration < s.train_iters:
+            if self.ops.skip_batch():  # a batch that spiked before a rollback: no step on it
+                train_iter = self._iterators(self.train_ds, self.consumed, wrap=False)
+                continue
             for hook in self.hooks:
                 hook.before_step(self.model, self.iteration)
+            self.ops.before_step()
             result = train_step(self.model, self.optimizer, train_iter, num_microbatches=self.num_micro,
                                 seq_length=cfg.model.seq_length, micro_batch_size=s.micro_batch_size)
             self.iteration += 1
@@ -248,6 +257,9 @@ class Trainer:
                 self.scheduler.step(increment=s.global_batch_size)
             self.skips.record(not result.update_successful, self.iteration, result.loss, result.grad_norm)
             last_loss = result.loss
+            if self.ops.after_step(result):  # a loss spike rolled the run back to the latest checkpoint
+                train_iter = self._iterators(self.train_ds, self.consumed, wrap=False)
+                continue
             if self.iteration % cfg.logging.log_interval == 0 or self.iteration == s.train_iters:
                 self._log_step(result)
             if cfg.logging.eval_interval and (self.iteration % cfg.logging.eval_interval == 0
@@ -261,8 +273,13 @@ class Trainer:
             if cfg.logging.exit_interval and self.iteration - self.start_iteration >= cfg.logging.exit_interval:
                 log(f"--exit-interval {cfg.logging.exit_interval} reached at iteration {self.iteration}")
                 break
+            if self.ops.time_limit.reached():
+                log(f"--exit-duration-in-mins {cfg.ops.exit_duration_in_mins} reached at iteration "
+                    f"{self.iteration}: saving and stopping")
+                break
         if ck.save and not (ck.save_interval and self.iteration % ck.save_interval == 0):
             self.save("end of run")
+        self.ops.finish()
         self.writer.close()
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed, "train_loss": last_loss,
                 "valid_loss": last_valid, "skipped_steps": self.skips.total}
@@ -282,6 +299,7 @@ class Trainer:
         remaining = ((s.train_iters - self.iteration) * (time.time() - self.run_start)
                      / (self.iteration - self.start_iteration))
         mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
+        self.ops.log_interval(step_time, tflops, peak)
         gn = f"{result.grad_norm:.3f}" if result.grad_norm is not None else "n/a"
         log(f"step {self.iteration:>7d}/{s.train_iters} | samples {self.consumed:,} | loss {result.loss:.4f} | "
             f"lr {lr:.3e} | grad norm {gn} | skipped {self.skips.total} | {tokens_per_step / step_time:,.0f} tokens/s "

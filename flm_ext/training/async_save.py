@@ -1,0 +1,178 @@
+"""Checkpoint saves for long runs: asynchronous (`--async-save`) and fully parallel
+(`--ckpt-fully-parallel-save`), with the same crash guarantees as a synchronous save.
+
+Async: megatron-core's torch_dist strategy plans the save and hands back an `AsyncRequest`; its
+`AsyncCallsQueue` (non-persistent: one forked writer per save) writes the shards while training
+goes on. Training is blocked only for the planning, megatron's copy of tensors that are views of
+a larger buffer (DDP's parameter buffer), and the fork; on a GPU also the copy to host memory.
+The writer child checksums the files it wrote (off the training process's critical path) into a
+side file. Finalisation runs on every rank at a later step (polled each step, without waiting) or
+before the next save / at the end (waiting): megatron's own finalisation (torch's `.metadata`,
+`metadata.json`), then `checkpointing.publish_save`: the manifest of every rank's checksums, the
+rename of `iter_N.partial` and the latest marker. A crash before that leaves `iter_N.partial`
+unpublished and the previous checkpoint the latest; a write error on any rank raises
+CheckpointError on every rank. One save is in flight at a time.
+
+Fully parallel: megatron's `FullyParallelSaveStrategyWrapper` over the data-parallel group
+gives each DP replica a share of the replicated tensors to write (without it DP rank 0 of every
+model-parallel group writes everything). It caches the distribution across saves.
+
+Writer processes die with the trainer (`flm_ext.processes.die_with_parent`): see
+`writer_processes_die_with_trainer`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from torch.distributed.checkpoint.api import CheckpointException
+
+from flm_ext.processes import die_with_parent, forked_children_die_with_parent
+from flm_ext.training import checkpointing
+
+CHECKSUM_SIDE_FILE = ".flm_files_{rank}.json"  # written by a rank's writer child, read and removed at publish
+
+
+def writer_processes_die_with_trainer() -> None:
+    """Make megatron-core's checkpoint writer processes die when this trainer process dies.
+
+    Without this, every SIGKILL of a worker leaves behind megatron's results-queue Manager (a
+    spawned interpreter with torch imported, ~250 MB, started at the first save by
+    `filesystem_async._get_write_results_queue`; it serves forever) and, during a save, the forked
+    writers. We start that Manager ourselves with `die_with_parent` as its initializer and put
+    its queue where megatron looks for it (a private module global of megatron-core 0.16.1), and
+    give every forked child the same rule.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from torch import multiprocessing as mp
+
+    forked_children_die_with_parent()
+    if getattr(filesystem_async, "_results_queue", None) is None:
+        from multiprocessing.managers import SyncManager
+
+        manager = SyncManager(ctx=mp.get_context("spawn"))
+        manager.start(initializer=die_with_parent, initargs=(os.getpid(),))
+        filesystem_async._results_queue = manager.Queue()
+        filesystem_async._flm_manager = manager  # keep it referenced for the life of the process
+
+
+class CheckpointSaver:
+    """Saves a run's checkpoints: synchronously, or asynchronously with `finalize` to publish them."""
+
+    def __init__(self, *, async_save: bool, fully_parallel: bool, writers_die_with_trainer: bool = True):
+        self.async_save, self.fully_parallel = async_save, fully_parallel
+        self._strategy = None
+        self._queue = None
+        self.in_flight: tuple[str, int, int | None] | None = None  # (root, iteration, keep)
+        self.published: list[str] = []  # folders made the latest by `finalize` since the last look
+        if writers_die_with_trainer:
+            writer_processes_die_with_trainer()
+
+    def strategy(self):
+        """megatron's torch_dist save strategy, fully parallel over the DP group when asked (built once)."""
+        if self._strategy is None and (self.async_save or self.fully_parallel):
+            from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+            from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+            strategy = get_default_save_sharded_strategy()
+            if self.fully_parallel:
+                strategy = FullyParallelSaveStrategyWrapper(
+                    strategy, parallel_state.get_data_parallel_group(with_context_parallel=True),
+                    do_cache_distribution=True)
+            self._strategy = strategy
+        return self._strategy
+
+    def save(self, root: str, iteration: int, chunks, optimizer, scheduler, *, extra: dict,
+             keep: int | None) -> str:
+        """Save `iteration`; returns its final folder. Async: returns once the writer runs; the folder
+        becomes the latest when `finalize` publishes it. Waits for a save still in flight first."""
+        if not self.async_save:
+            return checkpointing.save_checkpoint(root, iteration, chunks, optimizer, scheduler, extra=extra,
+                                                 keep=keep, sharded_strategy=self.strategy())
+        self.finalize(blocking=True)
+        final, partial = checkpointing.begin_save(root, iteration)
+        state = checkpointing._sharded_state(chunks, optimizer, scheduler, is_loading=False,
+                                             extra={"iteration": iteration, **extra})
+        error = request = None
+        try:
+            request = dist_checkpointing.save(state, partial, sharded_strategy=self.strategy(),
+                                              validate_access_integrity=True, async_sharded_save=True)
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - planning failed: every rank raises below
+            error = checkpointing.save_error(partial, e)
+        if checkpointing._collect_errors(error) is not None:
+            checkpointing.publish_save(root, iteration, None, error, keep)  # raises everywhere
+        if self._queue is None:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._queue = AsyncCallsQueue(persistent=False)
+        rank = dist.get_rank()
+        write = request.async_fn
+
+        def write_then_checksum(*args, **kwargs):  # runs in the forked writer
+            if write is not None:
+                write(*args, **kwargs)
+            _write_side_file(partial, rank)
+
+        megatron_finalize = list(request.finalize_fns)
+
+        def finish():  # every rank, once every rank's writer is done
+            error = files = None
+            try:
+                for fn in megatron_finalize:
+                    fn()
+                files = _read_side_file(partial, rank)
+                if rank == 0:
+                    files.update(checkpointing.describe_files(partial, [n for n in ("common.pt", "metadata.json")
+                                                                        if os.path.exists(os.path.join(partial, n))]
+                                                              + [".metadata"]))
+            except (Exception, CheckpointException) as e:  # noqa: BLE001 - a write failed on some rank
+                error = checkpointing.save_error(partial, e)
+            checkpointing.publish_save(root, iteration, files, error, keep)
+            self.published.append(final)
+
+        if write is None:  # this rank has nothing to write (fully parallel): the side file now
+            request = request._replace(async_fn=None)
+            _write_side_file(partial, rank)
+        else:
+            request = request._replace(async_fn=write_then_checksum)
+        self._queue.schedule_async_request(request._replace(finalize_fns=[finish]))
+        self.in_flight = (root, iteration, keep)
+        return final
+
+    def finalize(self, *, blocking: bool) -> list[str]:
+        """Publish the save in flight if every rank's writer is done (or wait for it); on every rank.
+        Returns the folders published by this call."""
+        if self._queue is None or not self._queue.get_num_unfinalized_calls():
+            return []
+        self.published = []
+        try:
+            self._queue.maybe_finalize_async_calls(blocking=blocking)
+        finally:
+            if not self._queue.get_num_unfinalized_calls():
+                self.in_flight = None
+        return list(self.published)
+
+    def close(self) -> None:
+        """Wait for and publish the save in flight (end of run)."""
+        self.finalize(blocking=True)
+
+
+def _write_side_file(partial: str, rank: int) -> None:
+    """This rank's shard sizes and checksums, computed by the writer child after its writes."""
+    files = {}
+    try:
+        names = [n for n in os.listdir(partial) if n.startswith(f"__{rank}_")]
+        files = checkpointing.describe_files(partial, names)
+    finally:
+        with open(os.path.join(partial, CHECKSUM_SIDE_FILE.format(rank=rank)), "w") as f:
+            json.dump(files, f)
+
+
+def _read_side_file(partial: str, rank: int) -> dict:
+    path = os.path.join(partial, CHECKSUM_SIDE_FILE.format(rank=rank))
+    with open(path) as f:
+        files = json.load(f)
+    os.remove(path)
+    return files

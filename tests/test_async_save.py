@@ -1,0 +1,151 @@
+"""--async-save and --ckpt-fully-parallel-save: crash safety, no orphaned writer processes after a
+SIGKILL, and resumes that continue exactly."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_data
+from distributed import free_port
+from tiny_data import train
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(tiny_data.ENV)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, grandchildren, ...), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill_worker_only(cmd: list[str], ready, env: dict, timeout: float = 300) -> tuple[list[str], set[int]]:
+    """Start `cmd`, wait for an output line with `ready(line)`, SIGKILL that one process (not its
+    session: its children must go by themselves); returns (lines, the children it had)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines, children = [], set()
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if ready(line):
+                children = descendants(proc.pid)
+                proc.kill()
+                break
+            assert time.monotonic() < deadline, "".join(lines)[-3000:]
+        proc.wait(timeout=60)
+        assert children, "the kill point was never reached:\n" + "".join(lines)[-3000:]
+        deadline = time.monotonic() + 20
+        while any(alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return lines, {p for p in children if alive(p)}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left, so no test leaves processes behind
+        except ProcessLookupError:
+            pass
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return "?"
+
+
+def test_a_kill_during_an_async_save_leaves_the_previous_checkpoint_and_no_writer(tmp_path,
+                                                                                  megatron_single_process):
+    root = tmp_path / "ckpt"
+    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    lines, orphans = kill_worker_only([sys.executable, str(REPO / "tests" / "kill_during_async_save.py"), str(root)],
+                                      lambda line: line.startswith("async save 2 in flight"), env)
+    assert any(s.startswith("saved 1") for s in lines), "".join(lines)[-3000:]
+    assert not orphans, {p: command_line(p) for p in orphans}
+    # The writer had written its shards, but iteration 2 was never published.
+    assert any(n.startswith("__0_") for n in os.listdir(root / "iter_0000002.partial"))
+    assert not (root / "iter_0000002").exists()
+    assert (root / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    import kill_during_save
+    from flm_ext.training import checkpointing
+
+    model, optimizer = kill_during_save.build()
+    with torch.no_grad():
+        for p in model[0].parameters():
+            p.add_(5.0)
+    common = checkpointing.load_checkpoint(str(root), model, optimizer, None)
+    assert common["iteration"] == 1 and common["consumed_train_samples"] == 8, common
+    want = torch.load(root / "weights_at_1.pt")
+    got = model[0].module.state_dict()
+    assert want and all(torch.equal(got[name], tensor) for name, tensor in want.items())
+
+
+def test_a_killed_trainer_leaves_no_checkpoint_writer_behind(data, tmp_path):
+    """kill -9 of a pretrain_flm.py worker right after a (synchronous) save: megatron's results-queue
+    Manager and any writer die with it."""
+    args = tiny_data.train_args(data, save=str(tmp_path / "ckpt"), save_interval=1, train_iters=200,
+                                log_interval=1)
+    cmd = tiny_data.command(1, args)
+    lines, orphans = kill_worker_only(cmd, lambda line: line.startswith("saved checkpoint"), ENV)
+    assert not orphans, {p: command_line(p) for p in orphans}
+
+
+def test_async_save_resumes_exactly_like_a_synchronous_save(data, tmp_path):
+    """Checkpoints written asynchronously (a save every 2 steps, published while training goes on)
+    resume to the same losses as an uninterrupted run: the reference is the same run without saves."""
+    ref = train(1, data, tmp_path / "ref", train_iters=8)
+    first = train(1, data, tmp_path / "a", train_iters=8, exit_interval=5, save=str(tmp_path / "ckpt"),
+                  save_interval=2, async_save=True, keep_last=0)
+    log = (tmp_path / "a" / "stdout.log").read_text()
+    assert "started asynchronous save of checkpoint" in log and "asynchronous save complete" in log, log[-3000:]
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["iter_0000002", "iter_0000004", "iter_0000005",
+                                                     "latest_checkpointed_iteration.txt"]
+    second = train(1, data, tmp_path / "b", train_iters=8, load=str(tmp_path / "ckpt"), save=str(tmp_path / "ckpt"),
+                   async_save=True)
+    assert first == {i: ref[i] for i in range(1, 6)}
+    assert sorted(second) == [6, 7, 8]
+    for i in (6, 7, 8):
+        assert abs(second[i] - ref[i]) <= 1e-6, (i, second[i], ref[i])
+    from flm_ext.checkpoint import verify_checkpoint
+
+    verify_checkpoint(str(tmp_path / "ckpt" / "iter_0000008"))
+
+
+@pytest.mark.slow
+def test_fully_parallel_save_at_dp2_reloads_to_the_same_losses(data, tmp_path):
+    """DP=2 with --ckpt-fully-parallel-save (each replica writes a share; with --async-save too):
+    the resumed run's losses equal the uninterrupted run's."""
+    ref = train(2, data, tmp_path / "ref", train_iters=6)
+    train(2, data, tmp_path / "a", train_iters=6, exit_interval=3, save=str(tmp_path / "ckpt"),
+          ckpt_fully_parallel_save=True, async_save=True)
+    shards = {n.split("_")[2] for n in os.listdir(tmp_path / "ckpt" / "iter_0000003") if n.endswith(".distcp")}
+    assert shards == {"0", "1"}, os.listdir(tmp_path / "ckpt" / "iter_0000003")  # both replicas wrote a share
+    second = train(2, data, tmp_path / "b", train_iters=6, load=str(tmp_path / "ckpt"))
+    for i in (4, 5, 6):
+        assert abs(second[i] - ref[i]) <= 1e-6, (i, second[i], ref[i])
