@@ -47,6 +47,7 @@ class Watchdog:
 
     def start(self, iteration: int = 0) -> "Watchdog":
         self.progress(iteration)
+        self._publish()  # at once: a rank stopped before the thread's first beat is still seen as silent
         self._thread.start()
         return self
 

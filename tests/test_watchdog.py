@@ -1,0 +1,130 @@
+"""Hangs and time limits: the watchdog names a SIGSTOPped rank with stacks within its timeout and
+the run exits non-zero; --exit-duration-in-mins saves and exits 0; the per-rank step-time report."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+import tiny_data
+from flm_ext.training.monitoring import describe_spread
+from flm_ext.training.watchdog import HANG_EXIT_CODE, Watchdog
+
+ENV = dict(tiny_data.ENV)
+
+
+def test_watchdog_names_the_silent_rank_and_the_one_behind():
+    """In-process, with a store of its own: rank 1's heartbeat stops, rank 2 keeps beating at an older
+    step; the watchdog of rank 0 (no step for its timeout) names both and exits with its code."""
+    store = dist.HashStore()
+    store.set("flm_watchdog/1", "7 12 training")  # written once, never again: silent
+    exits, out = [], io.StringIO()
+    dog = Watchdog(1.0, store=store, rank=0, world_size=3, poll_s=0.1, exit=exits.append, out=out)
+    stop = threading.Event()
+
+    def rank2():
+        beat = 0
+        while not stop.wait(0.05):
+            beat += 1
+            store.set("flm_watchdog/2", f"{beat} 11 training")
+
+    threading.Thread(target=rank2, daemon=True).start()
+    start = time.monotonic()
+    dog.start(12)
+    while not exits and time.monotonic() - start < 10:
+        time.sleep(0.05)
+    stop.set()
+    took = time.monotonic() - start
+    assert exits == [HANG_EXIT_CODE] and 1.0 <= took < 2.0, (exits, took)
+    text = out.getvalue()
+    assert re.search(r"not responding: rank 1 \(silent for \d+ s, last finished step 12, was training\)", text), text
+    assert "behind at an older step: rank 2 (step 11)" in text and "waiting for them: rank 0" in text, text
+    assert "Thread" in text and "test_watchdog" in text, text  # this thread's stack is in the dump
+
+
+def test_step_time_spread_names_the_slowest_and_fastest_rank():
+    line = describe_spread([0.2, 0.1, 0.4, 0.2])
+    assert line == ("rank compute per step: min 0.100 s (rank 1), median 0.200 s, max 0.400 s (rank 2), "
+                    "spread 4.00x")
+
+
+def _rank_pid(parent: int, rank: int, timeout: float = 120) -> int:
+    """The pid of torchrun's worker with RANK=rank."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
+                    continue
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in environ:
+                return int(entry)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker with RANK={rank} under {parent}")
+
+
+def test_a_sigstopped_rank_is_named_with_stacks_and_the_run_exits_nonzero(data, tmp_path):
+    timeout_s = 6.0
+    args = tiny_data.train_args(data, train_iters=500, log_interval=1, hang_timeout_minutes=timeout_s / 60)
+    proc = subprocess.Popen(tiny_data.command(2, args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV, start_new_session=True)
+    lines, stopped_at, named_at, victim = [], None, None, None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if stopped_at is None and line.startswith("step       3/"):
+                victim = _rank_pid(proc.pid, 1)
+                os.kill(victim, signal.SIGSTOP)
+                stopped_at = time.monotonic()
+            if stopped_at is not None and named_at is None and line.startswith("watchdog (rank 0)"):
+                named_at = time.monotonic()
+                os.kill(victim, signal.SIGCONT)  # let torchrun's SIGTERM reach it: the run ends sooner
+        proc.wait(timeout=180)
+    finally:
+        if victim is not None:
+            try:
+                os.kill(victim, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    text = "".join(lines)
+    assert stopped_at is not None and named_at is not None, text[-4000:]
+    # Named within the watchdog's time: its timeout, one poll, and slack for a loaded machine.
+    assert named_at - stopped_at <= timeout_s + 4.0, (named_at - stopped_at, text[-4000:])
+    report = next(line for line in lines if line.startswith("watchdog (rank 0)"))
+    assert re.search(r"not responding: rank 1 \(silent for \d+ s", report), report
+    assert "Python stacks of rank 0 follow" in report
+    dump = text[text.index(report):]
+    assert re.search(r"Thread 0x[0-9a-f]+ \(most recent call first\)", dump), dump[:3000]
+    assert "trainer.py" in dump  # rank 0's main thread, waiting in the step rank 1 never joined
+    assert proc.returncode != 0, text[-3000:]
+
+
+def test_exit_duration_saves_and_exits_zero(data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = tiny_data.train_args(data, train_iters=100000, log_interval=1, save=str(ckpt),
+                                exit_duration_in_mins=0.05)
+    proc = subprocess.run(tiny_data.command(1, args), capture_output=True, text=True, env=ENV, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    stop = re.search(r"--exit-duration-in-mins 0.05 reached at iteration (\d+): saving and stopping", out)
+    assert stop, out[-3000:]
+    iteration = int(stop.group(1))
+    assert 0 < iteration < 100000
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(iteration)
+    assert f"saved checkpoint {ckpt}/iter_{iteration:07d} (end of run)" in out
