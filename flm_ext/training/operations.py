@@ -100,6 +100,7 @@ class RunOperations:
         except checkpointing.CheckpointError:
             _log(f"step {t.iteration}: no checkpoint in {ck.save} to roll back to yet; going on")
             return False
+        t.scheduler.num_steps = 0  # megatron's scheduler load *adds* the saved step count to its own
         common = checkpointing.load_checkpoint(folder, t.model, t.optimizer, t.scheduler,
                                                verify=ck.verify_checkpoint)
         spiked_at = t.iteration
