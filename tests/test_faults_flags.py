@@ -48,6 +48,28 @@ FAULTS = [
     (["--tokenizer-type", "SentencePieceTokenizer"], "--tokenizer-type: invalid choice"),
 ]
 
+# Long-run operations (issue 18): saves, watchdog, time limit, loss spikes, W&B.
+NO_WANDB = pytest.mark.skipif(__import__("importlib.util").util.find_spec("wandb") is not None,
+                              reason="wandb is refused only where it is not installed")
+FAULTS += [
+    (["--async-save"], "--async-save needs --save"),
+    (["--ckpt-fully-parallel-save"], "--ckpt-fully-parallel-save needs --save"),
+    (["--distributed-timeout-minutes", "0"], "--distributed-timeout-minutes=0 must be >= 1"),
+    (["--hang-timeout-minutes", "-1"], "--hang-timeout-minutes=-1.0 must be >= 0 (0: off) and below"),
+    (["--distributed-timeout-minutes", "5", "--hang-timeout-minutes", "5"],
+     "--hang-timeout-minutes=5.0 must be >= 0 (0: off) and below --distributed-timeout-minutes=5"),
+    (["--hang-timeout-minutes", "nan"], "--hang-timeout-minutes=nan must be >= 0"),
+    (["--exit-duration-in-mins", "0"], "--exit-duration-in-mins=0.0 must be > 0"),
+    (["--loss-spike-factor", "1"], "--loss-spike-factor=1.0 must be a number > 1"),
+    (["--loss-spike-factor", "inf"], "--loss-spike-factor=inf must be a number > 1"),
+    (["--loss-spike-factor", "2", "--loss-spike-window", "2"], "--loss-spike-window=2 must be >= 3"),
+    (["--loss-spike-rollback"], "--loss-spike-rollback needs --loss-spike-factor"),
+    (["--loss-spike-factor", "2", "--loss-spike-rollback"], "--loss-spike-rollback needs --save"),
+    (["--wandb-exp-name", "x"], "--wandb-exp-name needs --wandb-project"),
+    (["--wandb-project", " "], "--wandb-project must not be empty"),
+    pytest.param(["--wandb-project", "flm"], "--wandb-project needs the wandb package", marks=NO_WANDB),
+]
+
 
 @pytest.fixture
 def main(monkeypatch):
