@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""How long a save blocks training: `--async-save` against a synchronous save, on a >= 1 GiB trainer
+checkpoint (fp32 weights + Adam moments), in one process, alternating the two.
+
+Synchronous: the trainer's save (megatron's dist_checkpointing.save, checksums, manifest, rename,
+latest marker): training waits for all of it. Asynchronous (flm_ext.training.async_save): training
+waits for the save call (planning, megatron's copy of the tensors that are views of DDP's buffer,
+the fork of the writer) and later for the one finalisation call that publishes the checkpoint
+(torch's .metadata, the manifest from the writer's checksums, rename, marker); in between it runs
+training steps while the writer child writes and checksums. "Blocked" for async = save call +
+publishing call; the steps taken meanwhile, and their time against steps without a writer, are
+printed too (on a loaded 2-core machine the writer competes with them for the CPU).
+
+  python benchmarks/async_save.py --workdir /tmp/async_bench --layers 12 --hidden 768 --vocab 32768 --repeats 5
+"""
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--vocab", type=int, default=32768)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+
+    import torch
+
+    from flm_ext.config import FLMConfig, num_parameters
+    from flm_ext.model.flm_model import build_model_chunks
+    from flm_ext.runtime import init_single_process
+    from flm_ext.training import checkpointing
+    from flm_ext.training.async_save import CheckpointSaver
+    from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
+
+    torch.set_num_threads(1)
+    cfg = FLMConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.hidden // 64,
+                    seq_length=64, vocab_size=args.vocab)
+    init_single_process(seed=0)
+    model = wrap_ddp(build_model_chunks(cfg))
+    optimizer = build_optimizer(model, cfg, OptimConfig())
+    seq = cfg.seq_length
+    ids = torch.randint(0, cfg.vocab_size, (1, seq + 1), generator=torch.Generator().manual_seed(0))
+    batch = {"tokens": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": torch.ones(1, seq),
+             "position_ids": torch.arange(seq)[None]}
+
+    def step() -> float:
+        t = time.perf_counter()
+        train_step(model, optimizer, iter([batch]), num_microbatches=1, seq_length=seq, micro_batch_size=1)
+        return time.perf_counter() - t
+
+    step()  # Adam state exists from here on
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    os.makedirs(args.workdir)
+    extra = checkpointing.common_extra(cfg, 0, optimizer)
+    sync_saver = CheckpointSaver(async_save=False, fully_parallel=False)
+    async_saver = CheckpointSaver(async_save=True, fully_parallel=False)
+    rows = {"sync": [], "async_call": [], "async_publish": [], "async_blocked": [], "async_until_latest": [],
+            "steps_meanwhile": [], "step_alone": [], "step_meanwhile": []}
+    size = 0
+    iteration = 0
+    for r in range(args.repeats):
+        for variant in ("sync", "async") if r % 2 == 0 else ("async", "sync"):
+            iteration += 1
+            root = os.path.join(args.workdir, variant)
+            rows["step_alone"].append(statistics.median(step() for _ in range(3)))
+            if variant == "sync":
+                t = time.perf_counter()
+                folder = sync_saver.save(root, iteration, model, optimizer, None, extra=extra, keep=1)
+                rows["sync"].append(time.perf_counter() - t)
+            else:
+                t0 = time.perf_counter()
+                folder = async_saver.save(root, iteration, model, optimizer, None, extra=extra, keep=1)
+                call = time.perf_counter() - t0
+                steps, publish = [], 0.0
+                while True:
+                    steps.append(step())
+                    t = time.perf_counter()
+                    done = async_saver.finalize(blocking=False)
+                    spent = time.perf_counter() - t
+                    if done:
+                        publish = spent
+                        break
+                rows["async_call"].append(call)
+                rows["async_publish"].append(publish)
+                rows["async_blocked"].append(call + publish)
+                rows["async_until_latest"].append(time.perf_counter() - t0)
+                rows["steps_meanwhile"].append(len(steps))
+                rows["step_meanwhile"].append(statistics.median(steps))
+            assert checkpointing.resolve(root)[0] == folder
+            size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder))
+            print(f"repeat {r} {variant}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in rows.items()
+                                                        if v and (k.startswith(variant) or k.startswith("step"))),
+                  flush=True)
+
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
+    print(f"\n{num_parameters(cfg) / 1e6:.1f}M parameters, checkpoint {size / 2 ** 30:.2f} GiB "
+          f"({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, load average "
+          f"{os.getloadavg()[0]:.1f}); median of {args.repeats}:")
+    print(f"  synchronous save (training blocked):          {med['sync']:.3f} s")
+    print(f"  async: save call                              {med['async_call']:.3f} s")
+    print(f"  async: publishing call                        {med['async_publish']:.3f} s")
+    print(f"  async: training blocked (call + publishing)   {med['async_blocked']:.3f} s = "
+          f"{100 * med['async_blocked'] / med['sync']:.1f}% of the synchronous save")
+    print(f"  async: until it is the latest checkpoint      {med['async_until_latest']:.3f} s, "
+          f"{med['steps_meanwhile']:.0f} training steps meanwhile")
+    print(f"  step time without a writer / while writing    {med['step_alone']:.3f} s / {med['step_meanwhile']:.3f} s")
+    ratios = [b / s for b, s in zip(rows["async_blocked"], rows["sync"])]
+    print(f"  blocked ratio per repeat: {', '.join(f'{100 * x:.1f}%' for x in ratios)}")
+
+
+if __name__ == "__main__":
+    main()
