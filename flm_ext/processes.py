@@ -1,6 +1,6 @@
 """Child processes that die with their parent (Linux's PR_SET_PDEATHSIG), for the trainer's helpers.
 
-No torch import here: a spawned helper that unpickles `die_with_parent` stays a small process.
+No torch import here: unpickling `die_with_parent` in a spawned helper costs no torch import.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG).
 
     megatron-core's checkpoint writers (the forked async writer, its forked per-file writers, the
-    spawned multiprocessing Manager that collects their results) outlive a trainer killed with
-    SIGKILL otherwise, each holding hundreds of MB. If the parent already died before this call,
+    spawned multiprocessing Manager that collects their results and, unpickling them, imports
+    torch: ~250 MB) outlive a trainer killed with SIGKILL otherwise. If the parent already died before this call,
     exit now. A no-op off Linux.
     """
     import ctypes
