@@ -13,7 +13,6 @@ printed too (on a loaded 2-core machine the writer competes with them for the CP
 
   python benchmarks/async_save.py --workdir /tmp/async_bench --layers 12 --hidden 768 --vocab 32768 --repeats 5
 """
-import argparse
 import os
 import platform
 import shutil
@@ -23,42 +22,20 @@ import warnings
 
 warnings.filterwarnings("ignore")
 
+from checkpoint_model import model_with_adam_state, shape_parser  # noqa: E402  (this folder)
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--vocab", type=int, default=32768)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+    args = shape_parser(__doc__, repeats=5).parse_args()
 
     import torch
 
-    from flm_ext.config import FLMConfig, num_parameters
-    from flm_ext.model.flm_model import build_model_chunks
-    from flm_ext.runtime import init_single_process
+    from flm_ext.config import num_parameters
     from flm_ext.training import checkpointing
     from flm_ext.training.async_save import CheckpointSaver
-    from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
 
     torch.set_num_threads(1)
-    cfg = FLMConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.hidden // 64,
-                    seq_length=64, vocab_size=args.vocab)
-    init_single_process(seed=0)
-    model = wrap_ddp(build_model_chunks(cfg))
-    optimizer = build_optimizer(model, cfg, OptimConfig())
-    seq = cfg.seq_length
-    ids = torch.randint(0, cfg.vocab_size, (1, seq + 1), generator=torch.Generator().manual_seed(0))
-    batch = {"tokens": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": torch.ones(1, seq),
-             "position_ids": torch.arange(seq)[None]}
-
-    def step() -> float:
-        t = time.perf_counter()
-        train_step(model, optimizer, iter([batch]), num_microbatches=1, seq_length=seq, micro_batch_size=1)
-        return time.perf_counter() - t
-
-    step()  # Adam state exists from here on
+    cfg, model, optimizer, step = model_with_adam_state(args, seq_length=64)
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
     extra = checkpointing.common_extra(cfg, 0, optimizer)
@@ -99,7 +76,8 @@ def main() -> None:
             assert checkpointing.resolve(root)[0] == folder
             size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder))
             print(f"repeat {r} {variant}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in rows.items()
-                                                        if v and (k.startswith(variant) or k.startswith("step"))),
+                                                        if v and (k.startswith(variant) or k == "step_alone" or
+                                                                  (variant == "async" and k.startswith("step")))),
                   flush=True)
 
     med = {k: statistics.median(v) for k, v in rows.items() if v}

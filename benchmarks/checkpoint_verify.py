@@ -11,7 +11,6 @@ adds hashing every written file and the manifest (what save_checkpoint does). Lo
 
   python benchmarks/checkpoint_verify.py --workdir /tmp/ckpt_bench --layers 12 --hidden 768
 """
-import argparse
 import os
 import platform
 import shutil
@@ -21,36 +20,20 @@ import warnings
 
 warnings.filterwarnings("ignore")
 
+from checkpoint_model import model_with_adam_state, shape_parser  # noqa: E402  (this folder)
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--vocab", type=int, default=32768)
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
+    args = shape_parser(__doc__, repeats=3).parse_args()
 
     import torch
     from megatron.core import dist_checkpointing
 
     from flm_ext.checkpoint.integrity import describe_files, verify_files
-    from flm_ext.config import FLMConfig, num_parameters
-    from flm_ext.model.flm_model import build_model_chunks
-    from flm_ext.runtime import init_single_process
+    from flm_ext.config import num_parameters
     from flm_ext.training import checkpointing
-    from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
 
-    cfg = FLMConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.hidden // 64,
-                    seq_length=256, vocab_size=args.vocab)
-    init_single_process(seed=0)
-    model = wrap_ddp(build_model_chunks(cfg))
-    optimizer = build_optimizer(model, cfg, OptimConfig())
-    seq = cfg.seq_length
-    ids = torch.randint(0, cfg.vocab_size, (1, seq + 1), generator=torch.Generator().manual_seed(0))
-    batch = {"tokens": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": torch.ones(1, seq),
-             "position_ids": torch.arange(seq)[None]}
-    train_step(model, optimizer, iter([batch]), num_microbatches=1, seq_length=seq, micro_batch_size=1)  # Adam state
+    cfg, model, optimizer, _ = model_with_adam_state(args, seq_length=256)
     root = os.path.join(args.workdir, "ckpt")
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)

@@ -12,11 +12,9 @@ import warnings
 
 warnings.filterwarnings("ignore")
 
-import torch  # noqa: E402
-
 from flm_ext.training import async_save  # noqa: E402
 from flm_ext.training import checkpointing  # noqa: E402
-from kill_during_save import CFG, build  # noqa: E402
+from kill_during_save import CFG, build, remember_weights_then_change_them  # noqa: E402
 from flm_ext.config import ParallelConfig  # noqa: E402
 from flm_ext.runtime import initialize_distributed  # noqa: E402
 
@@ -27,12 +25,7 @@ def main(root: str) -> None:
     saver = async_save.CheckpointSaver(async_save=True, fully_parallel=False)
     saver.save(root, 1, model, optimizer, None, extra=checkpointing.common_extra(CFG, 8), keep=None)
     assert saver.finalize(blocking=True) == [f"{root}/iter_0000001"]
-    torch.save({k: v.clone() for k, v in model[0].module.state_dict().items() if v is not None},
-               f"{root}/weights_at_1.pt")
-    print("saved 1", flush=True)
-    with torch.no_grad():
-        for p in model[0].parameters():
-            p.add_(1.0)  # iteration 2 has different weights
+    remember_weights_then_change_them(model, root)
     real_side_file = async_save._write_side_file
 
     def hang_after_writing(partial, rank):  # runs in the forked writer

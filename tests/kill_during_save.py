@@ -26,16 +26,34 @@ def build():
     return model, build_optimizer(model, CFG, OptimConfig())
 
 
-def main(root: str) -> None:
-    initialize_distributed(ParallelConfig(), seed=7, rank=0, world_size=1)
-    model, optimizer = build()
-    checkpointing.save_checkpoint(root, 1, model, optimizer, None, extra=checkpointing.common_extra(CFG, 8))
+def remember_weights_then_change_them(model, root: str) -> None:
+    """After the save of iteration 1: keep its weights for the test, then change them for iteration 2."""
     torch.save({k: v.clone() for k, v in model[0].module.state_dict().items() if v is not None},
                f"{root}/weights_at_1.pt")
     print("saved 1", flush=True)
     with torch.no_grad():
         for p in model[0].parameters():
             p.add_(1.0)  # iteration 2 has different weights
+
+
+def check_iteration_1_loads(root) -> None:
+    """In the test process: the latest checkpoint under `root` is iteration 1 and loads with its weights."""
+    model, optimizer = build()
+    with torch.no_grad():
+        for p in model[0].parameters():
+            p.add_(5.0)  # whatever the fresh weights were, only the load can bring back iteration 1's
+    common = checkpointing.load_checkpoint(str(root), model, optimizer, None)
+    assert common["iteration"] == 1 and common["consumed_train_samples"] == 8, common
+    want = torch.load(f"{root}/weights_at_1.pt")
+    got = model[0].module.state_dict()
+    assert want and all(torch.equal(got[name], tensor) for name, tensor in want.items())
+
+
+def main(root: str) -> None:
+    initialize_distributed(ParallelConfig(), seed=7, rank=0, world_size=1)
+    model, optimizer = build()
+    checkpointing.save_checkpoint(root, 1, model, optimizer, None, extra=checkpointing.common_extra(CFG, 8))
+    remember_weights_then_change_them(model, root)
     real_save = checkpointing.dist_checkpointing.save
 
     def save_then_hang(*args, **kwargs):

@@ -234,17 +234,8 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path, me
     assert (root / "iter_0000002.partial").is_dir() and not (root / "iter_0000002").exists()
     # Here, not in the killed process: the latest checkpoint is iteration 1 and it loads, with its weights.
     import kill_during_save
-    from flm_ext.training import checkpointing
 
-    model, optimizer = kill_during_save.build()
-    with torch.no_grad():
-        for p in model[0].parameters():
-            p.add_(5.0)  # whatever the fresh weights were, only the load can bring back iteration 1's
-    common = checkpointing.load_checkpoint(str(root), model, optimizer, None)
-    assert common["iteration"] == 1 and common["consumed_train_samples"] == 8, common
-    want = torch.load(root / "weights_at_1.pt")
-    got = model[0].module.state_dict()
-    assert want and all(torch.equal(got[name], tensor) for name, tensor in want.items())
+    kill_during_save.check_iteration_1_loads(root)
 
 
 def test_explicit_load_of_a_missing_checkpoint_is_an_error(data, tmp_path):
