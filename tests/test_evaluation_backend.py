@@ -193,6 +193,11 @@ def suite_names() -> list[str]:
     (["--tasks", "perplexity"], "--tasks perplexity needs --valid-data"),
     (["--tasks", "iq", "--iq-dir", "/nonexistent"], "--iq-dir"),
     (["--valid-data", "en"], "--valid-data"),
+    (["--valid-data", f"en={REPO / 'README.md'}", "--lengths", "2y"], "--lengths '2y'"),
+    (["--valid-data", f"en={REPO / 'README.md'}", "--lengths", "1x,0x"], "--lengths '0x' must be positive"),
+    (["--valid-data", f"en={REPO / 'README.md'}", "--blockwise-block-size", "8"],
+     "--blockwise-block-size needs --blockwise-attention"),
+    (["--valid-data", f"en={REPO / 'README.md'}", "--max-eval-tokens", "0"], "--max-eval-tokens 0 must be >= 1"),
 ])
 def test_evaluate_tool_refuses_bad_flags_in_one_line(args, flag):
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--load", str(REPO),
