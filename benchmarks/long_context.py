@@ -1,6 +1,6 @@
 """Longer than trained: xPos vs plain rope, with and without blockwise causal attention (BCA).
 
-    python benchmarks/long_context.py --out runs/long_context          # a few minutes on 2 cores
+    python benchmarks/long_context.py --out runs/long_context   # 38 min on the 2-core box under heavy load
 
 One command, from nothing: the demo's bilingual corpus and BPE (flm_ext/recipe.py), then the same
 tiny model (the demo's stage-1 shape, 4 x 64, 4 heads) trained twice with identical data, steps,
