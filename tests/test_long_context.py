@@ -246,3 +246,15 @@ def test_evaluate_tool_bad_lengths_and_too_few_tokens(checkpoint, exported, file
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and f"{short}: only" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "none.json").exists()
+
+
+def test_export_mask_builder_applies_the_rule_and_refuses_unmasked_kernels():
+    from flm_ext.export.modeling_flm import attention_mask_for
+
+    for past, length in ((0, 40), (37, 1), (20, 5)):  # prefill, one decoding step, a chunk after a cache
+        got = attention_mask_for("sdpa", None, None, past, length, "cpu", block=8)
+        expected = loop_mask(past + length, 8)[past:]
+        assert torch.equal(got[0, 0], expected), (past, length)
+    assert attention_mask_for("sdpa", None, None, 0, 16, "cpu", block=8) is None  # within 2 blocks: plain causal
+    with pytest.raises(ValueError, match="blockwise_attention needs attn_implementation"):
+        attention_mask_for("flash_attention_2", None, None, 0, 40, "cpu", block=8)
