@@ -106,6 +106,7 @@ def test_a_killed_trainer_leaves_no_checkpoint_writer_behind(data, tmp_path):
     assert not orphans, {p: command_line(p) for p in orphans}
 
 
+@pytest.mark.slow
 def test_async_save_resumes_exactly_like_a_synchronous_save(data, tmp_path):
     """Checkpoints written asynchronously (a save every 2 steps, published while training goes on)
     resume to the same losses as an uninterrupted run: the reference is the same run without saves."""

@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +37,7 @@ def init(project=None, name=None, dir=None, config=None):
 '''
 
 
+@pytest.mark.slow
 def test_mfu_per_rank_throughput_and_wandb(data, tmp_path):
     (tmp_path / "stand_in" / "wandb").mkdir(parents=True)
     (tmp_path / "stand_in" / "wandb" / "__init__.py").write_text(STAND_IN)

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch.distributed as dist
 
 import tiny_data
@@ -75,6 +76,7 @@ def _rank_pid(parent: int, rank: int, timeout: float = 120) -> int:
     raise AssertionError(f"no worker with RANK={rank} under {parent}")
 
 
+@pytest.mark.slow
 def test_a_sigstopped_rank_is_named_with_stacks_and_the_run_exits_nonzero(data, tmp_path):
     timeout_s = 6.0
     args = tiny_data.train_args(data, train_iters=500, log_interval=1, hang_timeout_minutes=timeout_s / 60)
@@ -128,3 +130,59 @@ def test_exit_duration_saves_and_exits_zero(data, tmp_path):
     assert 0 < iteration < 100000
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(iteration)
     assert f"saved checkpoint {ckpt}/iter_{iteration:07d} (end of run)" in out
+
+
+def _straggler_worker(rank, world_size, out, delay):
+    """DP=2 steps where rank 1's forward is slower; also reports the process groups' timeouts."""
+    import datetime
+    import time as clock
+
+    import torch
+    from megatron.core import parallel_state
+
+    from flm_ext.config import FLMConfig, ParallelConfig
+    from flm_ext.model.flm_model import build_model_chunks
+    from flm_ext.runtime import initialize_distributed
+    from flm_ext.training.engine import OptimConfig, build_optimizer, forward_step, train_step, wrap_ddp
+    from flm_ext.training.monitoring import StepTimer
+
+    initialize_distributed(ParallelConfig(), seed=1, timeout_minutes=7)
+    timeouts = [group._get_backend(torch.device("cpu")).options._timeout
+                for group in (dist.distributed_c10d._get_default_group(), parallel_state.get_data_parallel_group())]
+    assert timeouts == [datetime.timedelta(minutes=7)] * 2, timeouts
+    cfg = FLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, seq_length=16, vocab_size=128)
+    model = wrap_ddp(build_model_chunks(cfg))
+    optimizer = build_optimizer(model, cfg, OptimConfig())
+    timer = StepTimer(model)
+
+    def step_fn(data_iterator, chunk):
+        if rank == 1:
+            clock.sleep(delay)
+        return forward_step(data_iterator, chunk)
+
+    ids = torch.randint(0, cfg.vocab_size, (1, cfg.seq_length + 1), generator=torch.Generator().manual_seed(rank))
+    batch = {"tokens": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": torch.ones(1, cfg.seq_length),
+             "position_ids": torch.arange(cfg.seq_length)[None]}
+    for _ in range(3):
+        timer.start_step()
+        train_step(model, optimizer, iter([batch, batch]), num_microbatches=2, seq_length=cfg.seq_length,
+                   micro_batch_size=1, step_fn=step_fn)
+    torch.save(timer.spread(), os.path.join(out, f"times_{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_the_step_time_spread_names_a_slow_rank_and_the_timeout_reaches_every_group(tmp_path):
+    """Rank 1 sleeps 0.25 s per micro-batch (2 per step): its compute time per step is >= 0.5 s,
+    rank 0's (which waits for it in the gradient reduction, outside the timed span) is shorter by
+    most of that; both ranks get the same list. --distributed-timeout-minutes' value (7) is the
+    timeout of torch's default group and of megatron's groups."""
+    import torch
+
+    from distributed import spawn
+
+    spawn(_straggler_worker, 2, tmp_path, 0.25)
+    times = [torch.load(tmp_path / f"times_{rank}.pt") for rank in (0, 1)]
+    assert times[0] == times[1]
+    fast, slow = times[0]
+    assert slow >= 0.5 and slow - fast >= 0.4, times[0]
+    assert describe_spread(times[0]).endswith(f"max {slow:.3f} s (rank 1), spread {slow / fast:.2f}x")
