@@ -140,3 +140,30 @@ def test_fully_parallel_save_at_dp2_reloads_to_the_same_losses(data, tmp_path):
     second = train(2, data, tmp_path / "b", train_iters=6, load=str(tmp_path / "ckpt"))
     for i in (4, 5, 6):
         assert abs(second[i] - ref[i]) <= 1e-6, (i, second[i], ref[i])
+
+
+@pytest.mark.slow
+def test_a_failed_async_write_stops_the_run_and_keeps_the_previous_checkpoint(data, tmp_path):
+    """The writer child hits a file-size limit (EFBIG) while the trainer goes on: when the save is
+    finalised the run stops with one line naming the condition (exit 1), the partial folder is
+    removed and the previous checkpoint stays the latest."""
+    import resource
+
+    ckpt = tmp_path / "ckpt"
+    train(1, data, tmp_path / "base", train_iters=3, save=str(ckpt), save_interval=3)
+    shard = max(os.path.getsize(p) for p in (ckpt / "iter_0000003").glob("*.distcp"))
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # report EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (shard // 2, shard // 2))
+
+    args = tiny_data.train_args(data, train_iters=4, save=str(ckpt), load=str(ckpt), async_save=True)
+    proc = subprocess.run(tiny_data.command(1, args), capture_output=True, text=True, env=ENV, timeout=300,
+                          preexec_fn=limit_file_size)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert f"started asynchronous save of checkpoint {ckpt}/iter_0000004" in out, out[-3000:]
+    assert f"saving {ckpt}/iter_0000004 failed: file too large" in out, out[-3000:]
+    assert "iteration 3 stays the latest checkpoint" in out and "Traceback" not in out, out[-3000:]
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert not (ckpt / "iter_0000004").exists() and not (ckpt / "iter_0000004.partial").exists()
