@@ -227,5 +227,74 @@ def format_plan(result: dict) -> str:
     return "\n".join(out)
 
 
-__all__ = ["Stage", "PlanError", "PAPER_STAGES", "PAPER", "DEFAULT_PRICE_PER_GPU_HOUR", "parse_stage",
+# --- growth methods at FLM's sizes, from a measured compute ratio ------------------------------------
+
+def parse_method_ratio(text: str) -> tuple[str, float | None]:
+    """'stack=0.62' -> ('stack', 0.62); 'random=none' -> ('random', None): never reached scratch's loss."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise PlanError(f"--method-ratio {text!r} must be NAME=RATIO, e.g. stack=0.62")
+    if value.lower() in ("none", "null"):
+        return name, None
+    ratio = parse_number(value, f"--method-ratio {text!r}")
+    if not 0 < ratio < math.inf:
+        raise PlanError(f"--method-ratio {text!r}: the ratio must be a finite number > 0")
+    return name, ratio
+
+
+def load_method_ratios(path: str) -> dict[str, float | None]:
+    """Per method, its training FLOPs to reach the scratch run's final validation loss over the scratch
+    run's FLOPs (mean over seeds; None where it did not reach it), from the `result.json` of
+    benchmarks/growth_vs_scratch.py (`methods.<name>.flops_ratio`)."""
+    import json
+
+    try:
+        with open(path) as f:
+            methods = json.load(f)["methods"]
+        ratios = {name: row["flops_ratio"] for name, row in methods.items()}
+    except OSError as e:
+        raise PlanError(f"--method-ratios {path}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise PlanError(f"--method-ratios {path}: not a growth_vs_scratch result.json with methods.<name>.flops_ratio "
+                        f"({type(e).__name__}: {e})") from None
+    for name, ratio in ratios.items():
+        if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio < math.inf):
+            raise PlanError(f"--method-ratios {path}: methods.{name}.flops_ratio={ratio!r} must be a number > 0 or null")
+    return ratios
+
+
+def method_plan(result: dict, ratios: dict[str, float | None]) -> list[dict]:
+    """Days, GPU-days and cost of reaching what the final model trained from scratch reaches, under
+    each method: its measured compute ratio times the plan's from-scratch row (same model, layout,
+    TFLOP/s and price). Assumes the ratio measured at the benchmark's scale holds at FLM's."""
+    scratch = result["scratch"]
+    rows = [{"method": "scratch", "flops_ratio": 1.0, **{k: scratch[k] for k in ("flops", "gpu_days", "days",
+                                                                                    "cost_usd")}}]
+    for name, ratio in ratios.items():
+        row = {"method": name, "flops_ratio": ratio}
+        row.update({k: (scratch[k] * ratio if ratio is not None else None)
+                    for k in ("flops", "gpu_days", "days", "cost_usd")})
+        rows.append(row)
+    return rows
+
+
+def format_method_plan(rows: list[dict], result: dict) -> str:
+    scratch = result["scratch"]
+    out = [f"growth methods at this plan's sizes: {scratch['name']} quality ({scratch['tokens'] / 1e9:.2f}B tokens "
+           f"from scratch = {scratch['days']:.2f} days on {scratch['gpus']} GPUs) reached with each method's measured "
+           f"compute ratio",
+           f"{'method':<10} {'FLOPs ratio':>11} {'ZFLOPs':>8} {'GPU-days':>9} {'days':>7} {'cost':>9} {'saving':>7}"]
+    for r in rows:
+        if r["flops_ratio"] is None:
+            out.append(f"{r['method']:<10} {'not reached':>11} (did not reach scratch's final loss in the benchmark)")
+            continue
+        out.append(f"{r['method']:<10} {r['flops_ratio']:>11.3f} {r['flops'] / 1e21:>8.2f} {r['gpu_days']:>9,.0f} "
+                   f"{r['days']:>7.2f} {_fmt_money(r['cost_usd']):>9} {1 - r['flops_ratio']:>7.1%}")
+    out.append("assumed: the ratio measured on the benchmark's tiny models holds at these sizes (not verified); "
+               "the grown schedule's own stage layouts are not modelled, only its compute")
+    return "\n".join(out)
+
+
+__all__ = ["parse_method_ratio", "load_method_ratios", "method_plan", "format_method_plan",
+           "Stage", "PlanError", "PAPER_STAGES", "PAPER", "DEFAULT_PRICE_PER_GPU_HOUR", "parse_stage",
            "parse_model", "parse_number", "plan", "format_plan"]

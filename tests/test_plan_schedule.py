@@ -153,3 +153,37 @@ def test_failure_side_against_young_and_the_expected_loss_formula(capsys):
     assert plan_schedule.main(["--json"]) == 0
     assert json.loads(capsys.readouterr().out)["failures"]["stages"][2]["save_interval_steps"] == k
 
+
+def test_method_ratios_from_the_comparison_json(tmp_path, capsys):
+    """Each method's days and cost are its measured compute ratio times the from-scratch row."""
+    result_json = tmp_path / "result.json"
+    result_json.write_text(json.dumps({"methods": {"msg": {"flops_ratio": 0.8}, "stack": {"flops_ratio": 0.5},
+                                                   "random": {"flops_ratio": None}}}))
+    argv = ["--method-ratios", str(result_json), "--method-ratio", "clone=0.25"]
+    assert plan_schedule.main(argv + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["method"]: r for r in result["methods"]}
+    scratch = result["scratch"]
+    assert list(rows) == ["scratch", "msg", "stack", "random", "clone"]
+    for name, ratio in (("msg", 0.8), ("stack", 0.5), ("clone", 0.25), ("scratch", 1.0)):
+        assert rows[name]["days"] == pytest.approx(scratch["days"] * ratio, rel=1e-12)
+        assert rows[name]["cost_usd"] == pytest.approx(scratch["cost_usd"] * ratio, rel=1e-12)
+    assert rows["random"]["days"] is None
+    assert plan_schedule.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "stack            0.500" in out and "not reached" in out and "not verified" in out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "No such file or directory"),
+    (lambda p: p.write_text("{}"), "not a growth_vs_scratch result.json"),
+    (lambda p: p.write_text('{"methods": {"msg": {"flops_ratio": -1}}}'), "methods.msg.flops_ratio=-1 must be"),
+])
+def test_bad_method_ratios_one_line_exit_2(tmp_path, capsys, make, message):
+    path = tmp_path / "result.json"
+    make(path)
+    assert plan_schedule.main(["--method-ratios", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("plan_schedule.py: error: --method-ratios")
+    assert plan_schedule.main(["--method-ratio", "stack=0"]) == 2
+    assert "must be a finite number > 0" in capsys.readouterr().err

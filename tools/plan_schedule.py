@@ -7,8 +7,10 @@ section 2). Logic in flm_ext/planning.py.
     python tools/plan_schedule.py --stage flm-16b:245.37e9:2/1/96:162 --stage flm-101b:60B:4/4/12:165
     python tools/plan_schedule.py --price-per-gpu-hour 2.5 --json
     python tools/plan_schedule.py --mtbf-node-hours 2000 --save-seconds 30   # the failure side
+    python tools/plan_schedule.py --method-ratios runs/growth_vs_scratch/result.json   # per growth method
 The second table is the failure side (flm_ext/failures.py): expected GPU-hours lost to failures per
 stage and the save interval that minimises them (Young), the launchers' default --save-interval.
+With --method-ratios, a third: days and cost per growth method from its measured compute ratio.
 """
 import argparse
 import json
@@ -19,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flm_ext.failures import DEFAULT_MTBF_NODE_HOURS, FailureModel, failure_plan, format_failures  # noqa: E402
 from flm_ext.planning import DEFAULT_PRICE_PER_GPU_HOUR, PAPER_STAGES, PlanError, format_plan, parse_stage, plan  # noqa: E402
+from flm_ext.planning import format_method_plan, load_method_ratios, method_plan, parse_method_ratio  # noqa: E402
 
 PROG = "plan_schedule.py"
 
@@ -64,6 +67,11 @@ are used for the from-scratch comparison. Wall time counts compute only.""")
                    help="time per step (default: from the plan's TFLOP/s and the global batch)")
     f.add_argument("--global-batch-size", type=int, default=2304,
                    help="sequences per step of stages other than the paper's (default 2304)")
+    p.add_argument("--method-ratios", metavar="JSON", default=None,
+                   help="benchmarks/growth_vs_scratch.py's result.json: add days and cost under each growth method "
+                        "(its measured FLOPs to reach scratch's loss / scratch's FLOPs)")
+    p.add_argument("--method-ratio", action="append", metavar="NAME=RATIO", default=[],
+                   help="a measured compute ratio by hand, e.g. stack=0.62 (repeatable; after --method-ratios)")
     return p
 
 
@@ -77,11 +85,18 @@ def main(argv=None) -> int:
             mtbf_node_hours=args.mtbf_node_hours, ckpt_gbps=args.ckpt_gbps, gpus_per_node=args.gpus_per_node,
             save_s=args.save_seconds, restart_s=args.restart_seconds, step_s=args.step_seconds,
             global_batch_size=args.global_batch_size))
+        ratios = load_method_ratios(args.method_ratios) if args.method_ratios else {}
+        ratios.update(parse_method_ratio(text) for text in args.method_ratio)
     except PlanError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    if ratios:
+        result["methods"] = method_plan(result, ratios)
+    methods = result.get("methods") if args.json else result.pop("methods", None)
     failures = result["failures"] if args.json else result.pop("failures")
     print(json.dumps(result, indent=2) if args.json else format_plan(result) + "\n\n" + format_failures(failures))
+    if ratios and not args.json:
+        print("\n" + format_method_plan(methods, result))
     return 0
 
 
