@@ -15,6 +15,12 @@ the scratch run's final validation loss (the grown schedule's FLOPs are cumulati
 growth itself is not counted as training compute, its wall time is). Writes `result.json`,
 `growth_vs_scratch.png` and a markdown table for docs/BENCHMARKS.md. Reports what it measures,
 whichever way it goes.
+
+    python benchmarks/growth_vs_scratch.py --methods msg,stack,clone,random --seeds 3 --data-path PREFIX ...
+
+compares the growth operators instead (benchmarks/growth_methods_compare.py: each operator's
+schedule and scratch at the same total compute, in this process; `result.json` feeds
+`tools/plan_schedule.py --method-ratios`).
 """
 from __future__ import annotations
 
@@ -64,7 +70,25 @@ def main(argv=None) -> int:
                              "as the grown schedule instead of training it again")
     parser.add_argument("--reuse-scratch", action="store_true",
                         help="reuse the finished scratch and long stage-3 runs in --out (only redo the report)")
+    parser.add_argument("--methods", default=None, help="compare growth operators, e.g. msg,stack,clone,random "
+                                                          "(benchmarks/growth_methods_compare.py)")
+    parser.add_argument("--seeds", type=int, default=3, help="--methods: seeds per schedule")
+    parser.add_argument("--data-path", nargs="+", default=None,
+                        help="--methods: megatron .bin/.idx prefixes with their .json sidecars (e.g. a demo run's "
+                             "data/en_text_document data/zh_text_document)")
+    parser.add_argument("--scratch-steps", type=int, default=200, help="--methods: the budget, in steps of the big model")
+    parser.add_argument("--image", default=None, help="--methods: where to write the PNG")
     args = parser.parse_args(argv)
+    if args.methods:
+        from growth_methods_compare import compare
+
+        if not args.data_path:
+            parser.error("--methods needs --data-path")
+        if args.seeds < 1 or args.scratch_steps < 10:
+            parser.error("--seeds must be >= 1 and --scratch-steps >= 10")
+        compare(args.out, args.data_path, args.methods.split(","), args.seeds, scratch_steps=args.scratch_steps,
+                image=args.image)
+        return 0
 
     grown_cfg = dataclasses.replace(default_recipe(os.path.join(args.out, "grown"), args.scale),
                                     control_run=False, eval_interval=args.eval_interval)
