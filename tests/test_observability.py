@@ -1,5 +1,6 @@
-"""MFU and per-rank throughput as scalars (TensorBoard, JSONL) and the W&B sink, with a stand-in
-`wandb` module (the real package is an optional extra and is not installed in the test venv)."""
+"""MFU and per-rank throughput as scalars (TensorBoard, JSONL) and the W&B sink: with a stand-in
+`wandb` module (the real package is an optional extra, not installed by `make setup`), and with the
+real one in offline mode where the extra is installed."""
 from __future__ import annotations
 
 import json
@@ -81,3 +82,16 @@ def test_mfu_per_rank_throughput_and_wandb(data, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"train/mfu", "ranks/tokens_per_s/rank_0", "ranks/tokens_per_s/rank_1", "ranks/compute_spread"} <= tags
     assert [e.step for e in events.Scalars("train/mfu")] == [2, 4]
+
+
+@pytest.mark.slow
+def test_real_wandb_offline_writes_a_run_without_a_network(data, tmp_path):
+    """With the optional extra installed (`pip install '.[wandb]'`; skipped without it)."""
+    pytest.importorskip("wandb")
+    args = tiny_data.train_args(data, train_iters=3, log_interval=1, wandb_project="flm-test",
+                                wandb_exp_name="tiny", wandb_save_dir=str(tmp_path / "wb"))
+    proc = subprocess.run(tiny_data.command(1, args), capture_output=True, text=True, timeout=600,
+                          env=dict(tiny_data.ENV, WANDB_MODE="offline"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0, proc.stdout[-3000:]
