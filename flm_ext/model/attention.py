@@ -5,9 +5,12 @@ output projections, tensor parallelism and sequence parallelism stay megatron's.
 applied here rather than through GPTModel's rotary path because xPos scales q and k differently
 (megatron's rotary applies one table to both). SDPA picks flash / cuDNN / memory-efficient
 kernels on GPU and a fused math kernel on CPU; the softmax accumulates in fp32 in all of them.
+Past one block of `xpos_block` positions (the training length) the xPos decay is taken relative to
+each block (model/xpos.py) and attention runs through `xpos_blocks.block_attention` instead.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -19,7 +22,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 
 from flm_ext.model import fused
-from flm_ext.model.blockwise import blockwise_sdpa
+from flm_ext.model.blockwise import blockwise_mask, blockwise_sdpa
+from flm_ext.model.xpos_blocks import block_attention
 from flm_ext.model.xpos import XPosEmbedding
 
 
@@ -30,7 +34,8 @@ class FLMCoreAttention(MegatronModule):
                  attention_type: str, attention_dropout: Optional[float] = None,
                  softmax_scale: Optional[float] = None, cp_comm_type: Optional[str] = None,
                  pg_collection=None, *, position_embedding: str = "xpos", rotary_base: float = 10000.0,
-                 xpos_scale_base: float = 512.0, xpos_center: float = 0.0, xpos_impl: Optional[str] = None):
+                 xpos_scale_base: float = 512.0, xpos_center: float = 0.0, xpos_impl: Optional[str] = None,
+                 xpos_block: Optional[int] = None):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError("FLMCoreAttention does not support context parallelism")
@@ -44,7 +49,7 @@ class FLMCoreAttention(MegatronModule):
         self.num_groups_per_partition = divide(config.num_query_groups or config.num_attention_heads, tp)
         self.positions = XPosEmbedding(head_dim, base=rotary_base,
                                        scale_base=xpos_scale_base if position_embedding == "xpos" else None,
-                                       center=xpos_center)
+                                       center=xpos_center, block=xpos_block)
         # None: FLM_XPOS_IMPL or the device's default (the fused kernel on CUDA, the reference on CPU).
         self.xpos_impl = xpos_impl
         # Blockwise causal attention at inference (model/blockwise.py): the block length, or None (off).
@@ -67,7 +72,20 @@ class FLMCoreAttention(MegatronModule):
             mask = ~attention_mask  # megatron masks mark positions to hide with True
         dropout_p = self.dropout_p if self.training else 0.0
         gqa = self.num_groups_per_partition != self.num_heads_per_partition
-        if self.blockwise_block is not None and causal:
+        bca = self.blockwise_block if causal else None
+        if self.positions.needs_blocks(k.shape[2]):
+            # Keys span several xPos blocks (model/xpos_blocks.py); BCA's window goes in as its rule.
+            if bca is not None:
+                allowed = lambda qp, kp: blockwise_mask(qp, kp, bca)  # noqa: E731
+            else:
+                allowed = None if causal or attention_mask is None else ~attention_mask
+            with contextlib.ExitStack() as stack:
+                if dropout_p > 0.0:
+                    stack.enter_context(tensor_parallel.get_cuda_rng_tracker().fork())
+                decay = self.positions.block_decay(-(-k.shape[2] // self.positions.block), q.device, q.dtype)
+                context = block_attention(q, k, v, start=0, block=self.positions.block, decay=decay,
+                                          scale=self.softmax_scale, dropout_p=dropout_p, allowed=allowed)
+        elif bca is not None:
             with fused.sdpa_backends(q.device):
                 context = blockwise_sdpa(q, k, v, self.blockwise_block, scale=self.softmax_scale,
                                          enable_gqa=gqa)

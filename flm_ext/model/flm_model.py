@@ -58,7 +58,8 @@ def flm_layer_spec(model: FLMConfig, init_seed: Optional[int] = None) -> ModuleS
     core_attention = ModuleSpec(
         module=FLMCoreAttention,
         params=dict(position_embedding=model.position_embedding, rotary_base=float(model.rotary_base),
-                    xpos_scale_base=float(model.xpos_scale_base), xpos_center=model.seq_length / 2),
+                    xpos_scale_base=float(model.xpos_scale_base), xpos_center=model.seq_length / 2,
+                    xpos_block=model.seq_length),
     )
     return ModuleSpec(
         module=FLMTransformerLayer,

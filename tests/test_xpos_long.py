@@ -1,0 +1,119 @@
+"""xPos at long positions: the decay relative to each block (model/xpos.py, model/xpos_blocks.py).
+
+References: the xPos formula in float64 (tests/reference_flm.py) with one fixed center, and an
+explicit masked softmax. The tiny shapes use FLM's ratio scale_base = W / 4 (512 for 2048), so
+the factors at 32k positions are those of FLM at 512k: far past any dtype's range under one center.
+"""
+import math
+
+import pytest
+import torch
+
+import reference_flm
+from flm_ext.model.xpos import XPosEmbedding, block_decay, rotary_tables, xpos_decay
+from flm_ext.model.xpos_blocks import block_attention
+
+D = 16
+
+
+def _reference_attention(q, k, v, scale, *, base, scale_base, center, start=0):
+    """softmax(scale * xPos scores) v in float64 with ONE fixed center; q at start.., k, v at 0.. ([b, h, s, d])."""
+    s, length = q.shape[-2], k.shape[-2]
+    zq = reference_flm.xpos_complex(q, torch.arange(start, start + s), base=base, scale_base=scale_base,
+                                    center=center, is_query=True)
+    zk = reference_flm.xpos_complex(k, torch.arange(length), base=base, scale_base=scale_base, center=center,
+                                    is_query=False)
+    att = torch.einsum("...nd,...md->...nm", zq, zk.conj()).real * scale
+    causal = torch.arange(length)[None, :] <= torch.arange(start, start + s)[:, None]
+    return att.masked_fill(~causal, float("-inf")).softmax(-1) @ v.double()
+
+
+def _blocked(x, positions, xpos, is_query):
+    cos_q, sin_q, cos_k, sin_k = rotary_tables(positions, x.shape[-1], base=xpos.base, scale_base=xpos.scale_base,
+                                               center=xpos.center, block=xpos.block)
+    from flm_ext.model.xpos import apply_rotary
+
+    cos, sin = (cos_q, sin_q) if is_query else (cos_k, sin_k)
+    # apply_rotary takes [s, b, h, d]; the tensors here are [b, h, s, d]
+    return apply_rotary(x.permute(2, 0, 1, 3), cos.to(x.dtype), sin.to(x.dtype)).permute(1, 2, 0, 3)
+
+
+@pytest.mark.parametrize("start, s", [(0, 83), (70, 13), (82, 1)])
+def test_block_scheme_equals_the_formula_in_float64(start, s):
+    """Queries at start.., keys at 0..82 over six blocks of 16: equal to one-center xPos (float64)."""
+    w, sb, length = 16, 4.0, 83
+    xpos = XPosEmbedding(D, base=10000.0, scale_base=sb, center=w / 2, block=w)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, s, D, generator=gen, dtype=torch.float64)
+    k, v = torch.randn(2, 2, 3, length, D, generator=gen, dtype=torch.float64)
+    qx = _blocked(q, torch.arange(start, start + s), xpos, True)
+    kx = _blocked(k, torch.arange(length), xpos, False)
+    decay = xpos.block_decay(-(-length // w), q.device, q.dtype)
+    got = block_attention(qx, kx, v, start=start, block=w, decay=decay, scale=D ** -0.5)
+    expected = _reference_attention(q, k, v, D ** -0.5, base=10000.0, scale_base=sb, center=w / 2, start=start)
+    assert (got - expected).abs().max().item() <= 1e-12
+
+
+def test_grouped_queries_and_an_extra_mask():
+    w, sb, length = 8, 2.0, 40
+    xpos = XPosEmbedding(D, base=10000.0, scale_base=sb, center=w / 2, block=w)
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 4, length, D, generator=gen, dtype=torch.float64)
+    k, v = torch.randn(2, 1, 2, length, D, generator=gen, dtype=torch.float64)
+    allowed = torch.rand(1, 1, length, length, generator=gen) > 0.3
+    allowed |= torch.eye(length, dtype=torch.bool)
+    pos = torch.arange(length)
+    got = block_attention(_blocked(q, pos, xpos, True), _blocked(k, pos, xpos, False), v, start=0, block=w,
+                          decay=xpos.block_decay(length // w, q.device, q.dtype), scale=0.3, allowed=allowed)
+    zq = reference_flm.xpos_complex(q, pos, base=10000.0, scale_base=sb, center=w / 2, is_query=True)
+    zk = reference_flm.xpos_complex(k.repeat_interleave(2, dim=1), pos, base=10000.0, scale_base=sb,
+                                    center=w / 2, is_query=False)
+    att = torch.einsum("...nd,...md->...nm", zq, zk.conj()).real * 0.3
+    keep = allowed & torch.ones(length, length, dtype=torch.bool).tril()
+    expected = att.masked_fill(~keep, float("-inf")).softmax(-1) @ v.repeat_interleave(2, dim=1)
+    assert (got - expected).abs().max().item() <= 1e-12
+
+
+def test_first_block_is_the_old_scheme_bit_for_bit_and_later_blocks_stay_bounded():
+    """FLM's numbers (W 2048, scale base 512, d 128) up to 64k positions."""
+    d, w, sb = 128, 2048, 512.0
+    old = rotary_tables(torch.arange(w), d, scale_base=sb, center=w / 2)
+    new = rotary_tables(torch.arange(w), d, scale_base=sb, center=w / 2, block=w)
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
+    far = torch.arange(0, 65536, 7)
+    bound = xpos_decay(d)[0].item() ** (-(w / 2) / sb)  # zeta_0^-2, about 12.3
+    for dtype in (torch.float16, torch.bfloat16):
+        tabs = [t.to(dtype) for t in rotary_tables(far, d, scale_base=sb, center=w / 2, block=w)]
+        assert all(torch.isfinite(t).all() and t.abs().max().item() <= bound * 1.01 for t in tabs)
+        # the old single center overflows: the case this scheme exists for
+        assert not torch.isfinite(rotary_tables(far, d, scale_base=sb, center=w / 2)[2].to(dtype)).all()
+    decay = block_decay(d, w, sb, torch.arange(32))
+    assert decay.max().item() == 1.0 and (decay[1:] < 1).all()
+
+
+@pytest.mark.slow
+def test_core_attention_at_32k_positions_in_bf16(megatron_single_process):
+    """FLMCoreAttention (the trainer path) over 32k positions in bf16: finite, and its last 32 rows
+    equal the float64 formula within bf16 tolerance."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from flm_ext.config import FLMConfig, to_transformer_config
+    from flm_ext.model.attention import FLMCoreAttention
+
+    w, s, h = 128, 32768, 1
+    cfg = FLMConfig(num_layers=1, hidden_size=h * D, num_attention_heads=h, seq_length=w, vocab_size=128,
+                    xpos_scale_base=w // 4)
+    attn = FLMCoreAttention(to_transformer_config(cfg), 1, AttnMaskType.causal, "self", xpos_center=w / 2,
+                            xpos_scale_base=w / 4, xpos_block=w)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(s, 1, h, D, generator=gen) for _ in range(3))
+    out = attn(q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
+    assert torch.isfinite(out).all()
+    qh, kh, vh = (t.bfloat16().permute(1, 2, 0, 3).double() for t in (q, k, v))
+    rows = 32
+    # the center cancels in the formula; near the queries it keeps float64 in range (keys far back underflow
+    # to 0, where their exact weight is below 1e-300 anyway)
+    expected = _reference_attention(qh[:, :, -rows:], kh, vh, D ** -0.5, base=10000.0, scale_base=w / 4,
+                                    center=s - rows, start=s - rows)
+    got = out[-rows:].double().view(rows, 1, h, D).permute(1, 2, 0, 3)
+    assert (got - expected).abs().max().item() <= 2e-2 * expected.abs().max().item()
