@@ -117,3 +117,63 @@ def test_core_attention_at_32k_positions_in_bf16(megatron_single_process):
                                     center=s - rows, start=s - rows)
     got = out[-rows:].double().view(rows, 1, h, D).permute(1, 2, 0, 3)
     assert (got - expected).abs().max().item() <= 2e-2 * expected.abs().max().item()
+
+
+# --- the export (flm_ext/export/modeling_flm.py) -------------------------------------------------------------------
+def _export_model(dtype, **overrides):
+    from flm_ext.export.configuration_flm import FLMConfig
+    from flm_ext.export.modeling_flm import FLMForCausalLM
+
+    fields = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  max_position_embeddings=64, xpos_scale_base=16.0)
+    fields.update(overrides)
+    torch.manual_seed(0)
+    model = FLMForCausalLM(FLMConfig(**fields)).eval()
+    with torch.no_grad():  # larger weights than the init, so attention is far from uniform
+        for p in model.parameters():
+            p.mul_(4.0) if p.dim() > 1 else p.normal_(0, 0.1)
+    return model.to(dtype)
+
+
+def test_export_past_one_block_equals_one_fixed_center_in_float64():
+    """Four blocks and a bit, float64: the block path's logits equal the same weights with one fixed
+    center (the old scheme, still finite in float64 at this length), full forward and cached decode."""
+    tokens = torch.randint(0, 96, (2, 4 * 64 + 9), generator=torch.Generator().manual_seed(4))
+    blocked = _export_model(torch.float64)
+    fixed = _export_model(torch.float64, xpos_block=10 ** 9)
+    with torch.no_grad():
+        expected = fixed(tokens).logits
+        got = blocked(tokens).logits
+        out = blocked(tokens[:, :-20], use_cache=True)
+        cache, steps = out.past_key_values, []
+        for t in range(tokens.shape[1] - 20, tokens.shape[1]):
+            out = blocked(tokens[:, t:t + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            steps.append(out.logits[:, -1])
+    assert (got - expected).abs().max().item() <= 1e-9 * expected.abs().max().item()
+    assert (torch.stack(steps, 1) - expected[:, -20:]).abs().max().item() <= 1e-9 * expected.abs().max().item()
+
+
+@pytest.mark.slow
+def test_export_32k_forward_and_64_step_cached_decode_in_bf16():
+    """The issue's check: a 32k-position bf16 forward of a tiny model (training length 64, scale base
+    16: FLM's ratio) is finite, and 64 decode steps at 32k from the keys it cached (never recomputed)
+    equal its logits within bf16 tolerance."""
+    n, steps = 32768, 64
+    model = _export_model(torch.bfloat16, num_hidden_layers=2, num_attention_heads=1, hidden_size=16)
+    tokens = torch.randint(0, 96, (1, n), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model(tokens, use_cache=True)
+        full, cache = out.logits, out.past_key_values
+        assert torch.isfinite(full).all()
+        cache.crop(-steps)  # keep the keys of the first n - 64 positions, as the full forward cached them
+        decoded = []
+        for t in range(n - steps, n):
+            out = model(tokens[:, t:t + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            decoded.append(out.logits[:, -1])
+    decoded = torch.stack(decoded, 1).float()
+    expected = full[:, -steps:].float()
+    assert torch.isfinite(decoded).all()
+    assert (decoded - expected).abs().max().item() <= 2e-2 * expected.abs().max().item()
+    assert (decoded.argmax(-1) == expected.argmax(-1)).float().mean().item() >= 0.9

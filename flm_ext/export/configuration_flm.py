@@ -12,7 +12,9 @@ Every number the forward pass needs is a field; nothing is implied by the model'
 - `layer_norm_eps`, `hidden_act` ("gelu_pytorch_tanh"), `tie_word_embeddings`;
 - positions: `position_embedding_type` ("xpos" or "rope"), `rope_theta`, `xpos_scale_base` and
   `xpos_center` (a fixed offset, half the training sequence length: it cancels in q.k, and being
-  fixed it keeps cached keys valid under incremental decoding);
+  fixed it keeps cached keys valid under incremental decoding); `xpos_block` (default
+  `max_position_embeddings`): past it the decay's reference moves on by one block per block, so the
+  factors stay in range at any length (modeling_flm.py, `xpos_block_attention`);
 - µP (as fields, not folded into weights, so export and import are exact inverses): with
   `use_mup`, the embedding output is multiplied by `input_mult`, the logits by
   `output_mult / mup_scale_factor` and attention scores use 1/head_dim instead of 1/sqrt(head_dim);
@@ -50,7 +52,7 @@ class FLMConfig(PretrainedConfig):
                  intermediate_size: int | None = None, max_position_embeddings: int = 2048,
                  layer_norm_eps: float = 1e-5, hidden_act: str = "gelu_pytorch_tanh",
                  position_embedding_type: str = "xpos", rope_theta: float = 10000.0, xpos_scale_base: float = 512.0,
-                 xpos_center: float | None = None, use_mup: bool = False, input_mult: float = 1.0,
+                 xpos_center: float | None = None, xpos_block: int | None = None, use_mup: bool = False, input_mult: float = 1.0,
                  output_mult: float = 1.0, mup_scale_factor: float = 1.0,
                  growth_norm_mask: list | None = None, layer_gates: list | None = None,
                  blockwise_attention: bool = False, blockwise_block_size: int | None = None,
@@ -71,6 +73,7 @@ class FLMConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.xpos_scale_base = xpos_scale_base
         self.xpos_center = max_position_embeddings / 2 if xpos_center is None else xpos_center
+        self.xpos_block = int(max_position_embeddings if xpos_block is None else xpos_block)
         self.use_mup = use_mup
         self.input_mult = input_mult
         self.output_mult = output_mult

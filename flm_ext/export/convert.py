@@ -73,6 +73,7 @@ def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.d
         "layer_norm_eps": cfg.layernorm_epsilon, "hidden_act": "gelu_pytorch_tanh",
         "position_embedding_type": cfg.position_embedding, "rope_theta": float(cfg.rotary_base),
         "xpos_scale_base": float(cfg.xpos_scale_base), "xpos_center": cfg.seq_length / 2,
+        "xpos_block": cfg.seq_length,
         "use_mup": cfg.use_mup, "input_mult": cfg.mup_input_mult, "output_mult": cfg.mup_output_mult,
         "mup_scale_factor": cfg.mup_width_mult,
         "growth_norm_mask": [growth.old_hidden_size, lam] if grew_hidden else None,

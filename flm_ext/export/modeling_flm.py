@@ -21,6 +21,13 @@ holds whole heads) and `base_model_tp_plan` says how to shard. Layout and positi
 - Scores depend only on n - m, so the offset a left pad adds to positions changes nothing.
 - The attention mask is built in one place (`attention_mask_for`): causal, pads hidden, packed
   sequences kept apart, and with `blockwise_attention` the xPos paper's blockwise causal attention.
+- Long positions: the decay's reference moves with the position, r_j = c + j * W for block
+  j = p // W (W = `xpos_block`, the training length), so no factor leaves
+  [zeta_0^(W/2/sb), zeta_0^(-W/2/sb)] at any position (one fixed c overflows fp16 past ~4.5k
+  positions, bf16 past ~36k). While every position is below W nothing changes. Past it attention
+  goes through `xpos_block_attention`: a query in block i meets keys of block j with the extra
+  factor zeta^((i - j) W / sb) <= 1, put on the query, so cached keys are still decayed once and
+  never rescaled (docs/long_context.md).
 """
 from __future__ import annotations
 
@@ -38,9 +45,13 @@ from .configuration_flm import FLMConfig
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-def xpos_tables(positions: torch.Tensor, head_dim: int, base: float, scale_base: float | None, center: float):
-    """(cos_q, sin_q, cos_k, sin_k), each positions.shape + [head_dim], in float64 (scale_base None: RoPE)."""
+def xpos_tables(positions: torch.Tensor, head_dim: int, base: float, scale_base: float | None, center: float,
+                block: int | None = None):
+    """(cos_q, sin_q, cos_k, sin_k), each positions.shape + [head_dim], in float64 (scale_base None: RoPE);
+    with `block`, each position's decay is relative to c + block * (position // block)."""
     pos = positions.to(torch.float64)
+    if block is not None:
+        center = center + block * torch.div(positions, block, rounding_mode="floor").to(torch.float64)
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=pos.device) / head_dim)
     angles = pos[..., None] * inv_freq
     cos, sin = torch.cos(angles), torch.sin(angles)
@@ -52,6 +63,52 @@ def xpos_tables(positions: torch.Tensor, head_dim: int, base: float, scale_base:
         q_scale = zeta ** ((pos - center) / scale_base)[..., None]
         k_scale = 1.0 / q_scale
     return tuple(torch.cat([t, t], dim=-1) for t in (cos * q_scale, sin * q_scale, cos * k_scale, sin * k_scale))
+
+
+def xpos_block_decay(head_dim: int, block: int, scale_base: float, num_blocks: int) -> torch.Tensor:
+    """[num_blocks, head_dim] float64: zeta_i^(delta * block / scale_base) for block distances delta."""
+    i = torch.arange(0, head_dim // 2, dtype=torch.float64)
+    zeta = (2 * i / head_dim + 0.4) / 1.4
+    half = zeta[None, :] ** (torch.arange(num_blocks, dtype=torch.float64)[:, None] * (block / scale_base))
+    return torch.cat([half, half], dim=-1)
+
+
+def xpos_block_attention(q, k, v, *, start: int, key_start: int, block: int, decay: torch.Tensor, scale: float,
+                         rule=None, chunk_elements: int = 1 << 25) -> torch.Tensor:
+    """Causal attention of queries at positions start .. start+s-1 over keys at key_start .. key_start+L-1
+    ([b, h, *, d], block-referenced xPos applied): key block j's scores carry the query's factor times
+    decay[i - j]; keys stay as cached. `rule(query positions, key positions)`: an extra boolean mask
+    ([c, l] or [b, 1, c, l]). Scores in fp32 on CPU (the inputs' dtype on GPU), softmax in fp32,
+    queries in chunks. Returns [b, h, s, d]."""
+    b, h, s, d = q.shape
+    length, out_dtype = k.shape[2], v.dtype
+    if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    front = key_start % block  # keys padded in front so that blocks start at multiples of `block`
+    first = (key_start - front) // block
+    blocks = -(-(front + length) // block)
+    keys = F.pad(k, (0, 0, front, blocks * block - length - front)).view(b, h, blocks, block, d)
+    key_pos = torch.arange(key_start - front, key_start - front + blocks * block, device=q.device)
+    key_block = first + torch.arange(blocks, device=q.device)
+    decay = decay.to(q.device)
+    chunk = max(1, chunk_elements // max(1, b * h * blocks * block))
+    out = []
+    for c0 in range(0, s, chunk):
+        q_pos = torch.arange(start + c0, start + min(s, c0 + chunk), device=q.device)
+        seen = min(blocks, int(q_pos[-1]) // block - first + 1)  # key blocks this chunk may see (causal)
+        delta = torch.div(q_pos, block, rounding_mode="floor")[:, None] - key_block[None, :seen]
+        factor = decay[delta.clamp(min=0, max=len(decay) - 1)] * scale * (delta >= 0)[..., None]
+        qx = q[:, :, c0:c0 + len(q_pos), None, :] * factor.to(q.dtype)
+        scores = torch.einsum("bhcjd,bhjwd->bhcjw", qx, keys[:, :, :seen]).reshape(b, h, len(q_pos), -1)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        kp = key_pos[:seen * block]
+        mask = (kp[None, :] <= q_pos[:, None]) & (kp >= key_start)[None, :]
+        if rule is not None:
+            mask = mask & rule(q_pos, kp)
+        probs = scores.masked_fill_(~mask, float("-inf")).softmax(-1)
+        vals = F.pad(v, (0, 0, front, blocks * block - length - front))[:, :, :seen * block]
+        out.append(probs.to(v.dtype) @ vals)
+    return torch.cat(out, dim=2).to(out_dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -157,11 +214,17 @@ class FLMAttention(nn.Module):
         # -1 heads: the local ones when an engine shards qkv_proj column-wise (whole heads per rank).
         qkv = self.qkv_proj(hidden_states).view(b, s, -1, 3 * self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.split(self.head_dim, dim=-1))  # [b, h, s, d]
-        cos_q, sin_q, cos_k, sin_k = tables
+        cos_q, sin_q, cos_k, sin_k, blocks = tables
         q = q * cos_q + rotate_half(q) * sin_q
         k = k * cos_k + rotate_half(k) * sin_k
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
+        if blocks is not None:  # positions past one xPos block (FLMModel._xpos_blocks)
+            context = torch.cat([
+                xpos_block_attention(q[rows], k[rows], v[rows], scale=self.scaling, **call)
+                for rows, call in blocks], dim=0)
+            return self.o_proj(context[torch.argsort(torch.cat([rows for rows, _ in blocks]))]
+                               .transpose(1, 2).reshape(b, s, -1).contiguous())
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         context, _ = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,
                             is_causal=self.is_causal, **kwargs)
@@ -236,8 +299,49 @@ class FLMModel(FLMPreTrainedModel):
         """xPos tables for [b, s] positions, as [b, 1, s, head_dim] in the model's dtype."""
         c = self.config
         scale_base = float(c.xpos_scale_base) if c.position_embedding_type == "xpos" else None
-        tables = xpos_tables(positions, c.head_dim, float(c.rope_theta), scale_base, float(c.xpos_center))
+        tables = xpos_tables(positions, c.head_dim, float(c.rope_theta), scale_base, float(c.xpos_center),
+                             None if scale_base is None else c.xpos_block)
         return tuple(t[:, None].to(dtype) for t in tables)
+
+    def _xpos_blocks(self, positions: torch.Tensor, padding_mask, past: int, dtype):
+        """None while every position is inside the first xPos block (attention as usual), else per group of
+        rows the keyword arguments of `xpos_block_attention`: rows whose positions run past .. past+s-1
+        minus a per-row offset (left pads before them), with pads hidden and blockwise causal attention's
+        window (by cache offsets, as `attention_mask_for`) as the extra rule."""
+        c = self.config
+        if c.position_embedding_type != "xpos" or int(positions.max()) < c.xpos_block:
+            return None
+        b, s = positions.shape
+        index = torch.arange(past, past + s, device=positions.device)
+        offsets = index[-1] - positions[:, -1]  # per row: cache index - position
+        real = None if padding_mask is None else padding_mask[:, -(past + s):].to(torch.bool)
+        for r in range(b):
+            ok = positions[r] == index - offsets[r]
+            if real is not None:
+                ok = ok | ~real[r, -s:]
+            if not bool(ok.all()):
+                raise ValueError("position_ids past xpos_block must run consecutively per row (packed sequences "
+                                 "longer than the training length are not supported)")
+        decay = xpos_block_decay(c.head_dim, c.xpos_block, float(c.xpos_scale_base),
+                                 int(positions.max()) // c.xpos_block + 2).to(torch.promote_types(dtype, torch.float32))
+        bca = self._block()
+        groups = []
+        for off in sorted(set(offsets.tolist())):
+            rows = (offsets == off).nonzero()[:, 0]
+
+            def rule(qp, kp, rows=rows, off=off):  # positions -> cache indices: + off
+                qi, ki = qp + off, kp + off
+                ok = torch.ones(len(qp), len(kp), dtype=torch.bool, device=qp.device)
+                if bca is not None:
+                    ok = torch.div(ki, bca, rounding_mode="floor")[None, :] >= torch.div(qi, bca, rounding_mode="floor")[:, None] - 1
+                if real is None:
+                    return ok
+                keys = real[rows][:, ki.clamp(min=0, max=real.shape[1] - 1)] & (ki >= 0)
+                return ((ok[None] & keys[:, None, :]) | (ki[None, :] == qi[:, None])[None])[:, None]
+
+            groups.append((rows, dict(start=past - off, key_start=-off, block=c.xpos_block, decay=decay,
+                                      rule=rule)))
+        return groups
 
     def _block(self) -> int | None:
         """The blockwise causal attention block length (configuration_flm), or None when off."""
@@ -263,9 +367,11 @@ class FLMModel(FLMPreTrainedModel):
         elif position_ids.dim() == 1:
             position_ids = position_ids[None]
         position_ids = position_ids.expand(b, -1)
-        tables = self._xpos(position_ids, h.dtype)
-        mask = attention_mask_for(self.config._attn_implementation, attention_mask,
-                                  position_ids if given else None, past, s, h.device, self._block())
+        blocks = self._xpos_blocks(position_ids, attention_mask, past, h.dtype)
+        tables = self._xpos(position_ids, h.dtype) + (blocks,)
+        mask = None if blocks is not None else attention_mask_for(
+            self.config._attn_implementation, attention_mask, position_ids if given else None, past, s, h.device,
+            self._block())
         for layer in self.layers:
             h = layer(h, tables, mask, cache if use_cache else None, position_ids=position_ids, **kwargs)
         h = self.norm(h)

@@ -82,7 +82,8 @@ class FLMCoreAttention(MegatronModule):
             with contextlib.ExitStack() as stack:
                 if dropout_p > 0.0:
                     stack.enter_context(tensor_parallel.get_cuda_rng_tracker().fork())
-                decay = self.positions.block_decay(-(-k.shape[2] // self.positions.block), q.device, q.dtype)
+                decay = self.positions.block_decay(-(-k.shape[2] // self.positions.block), q.device,
+                                                   torch.promote_types(q.dtype, torch.float32))
                 context = block_attention(q, k, v, start=0, block=self.positions.block, decay=decay,
                                           scale=self.softmax_scale, dropout_p=dropout_p, allowed=allowed)
         elif bca is not None:
