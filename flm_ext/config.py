@@ -56,6 +56,9 @@ class FLMConfig:
     # the attention width (heads x head size) from hidden_size, as megatron's kv_channels does, so
     # MSG growth can add heads without widening the residual stream (and vice versa).
     kv_channels: int | None = None
+    # The released FLM-101B config's flag (GPT-2's semantics): attention scores of layer l (1-based)
+    # divided by l on top of the usual scale. Off by default; docs/FLM.md section 7 says what is known.
+    scale_attn_by_inverse_layer_idx: bool = False
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:

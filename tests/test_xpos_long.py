@@ -177,3 +177,62 @@ def test_export_32k_forward_and_64_step_cached_decode_in_bf16():
     assert torch.isfinite(decoded).all()
     assert (decoded - expected).abs().max().item() <= 2e-2 * expected.abs().max().item()
     assert (decoded.argmax(-1) == expected.argmax(-1)).float().mean().item() >= 0.9
+
+
+# --- the released config's scale_attn_by_inverse_layer_idx (docs/FLM.md section 7) -----------------------------------
+def _gpt2_style_attention(q, k, v, layer_idx, *, use_mup, center, scale_base=512.0):
+    """GPT-2's attention with scale_attn_weights, scale_attn_by_inverse_layer_idx and
+    reorder_and_upcast_attn, written out: q and k upcast to fp32 (here float64), the scale
+    (1/sqrt(d), or 1/d under µP) times 1/(layer_idx + 1) folded into the product, causal mask,
+    softmax, weights @ v. q, k, v: [b, h, s, d] before xPos (applied by reference_flm)."""
+    s, d = q.shape[-2], q.shape[-1]
+    zq = reference_flm.xpos_complex(q, torch.arange(s), base=10000.0, scale_base=scale_base, center=center,
+                                    is_query=True)
+    zk = reference_flm.xpos_complex(k, torch.arange(s), base=10000.0, scale_base=scale_base, center=center,
+                                    is_query=False)
+    alpha = (1.0 / d if use_mup else 1.0 / math.sqrt(d)) / float(layer_idx + 1)
+    w = torch.einsum("...nd,...md->...nm", zq * alpha, zk.conj()).real
+    w = w.masked_fill(~torch.ones(s, s, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+    return w @ v.double()
+
+
+@pytest.mark.parametrize("use_mup", [False, True])
+def test_scale_attn_by_inverse_layer_idx_trainer_and_export(megatron_single_process, use_mup):
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from flm_ext.config import FLMConfig, to_transformer_config
+    from flm_ext.export.configuration_flm import FLMConfig as ExportConfig
+    from flm_ext.export.modeling_flm import FLMAttention, xpos_tables
+
+    layer_idx, s, h = 2, 40, 2  # the third layer: scores / 3
+    cfg = FLMConfig(num_layers=4, hidden_size=h * D, num_attention_heads=h, seq_length=s, vocab_size=128,
+                    use_mup=use_mup, scale_attn_by_inverse_layer_idx=True)
+    tc = to_transformer_config(cfg)
+    from flm_ext.model.attention import FLMCoreAttention
+
+    attn = FLMCoreAttention(tc, layer_idx + 1, AttnMaskType.causal, "self", softmax_scale=tc.softmax_scale,
+                            xpos_center=s / 2, xpos_block=s, scale_by_inverse_layer=True)
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(s, 1, h, D, generator=gen) * 3 for _ in range(3))
+    expected = _gpt2_style_attention(*(t.permute(1, 2, 0, 3) for t in (q, k, v)), layer_idx, use_mup=use_mup,
+                                     center=s / 2)
+    got = attn(q, k, v, None).view(s, 1, h, D).permute(1, 2, 0, 3)
+    assert (got.double() - expected).abs().max().item() <= 1e-5
+    plain = FLMCoreAttention(tc, layer_idx + 1, AttnMaskType.causal, "self", softmax_scale=tc.softmax_scale,
+                             xpos_center=s / 2, xpos_block=s)
+    assert (plain(q, k, v, None).view(s, 1, h, D).permute(1, 2, 0, 3).double() - expected).abs().max().item() > 1e-2
+
+    # the export's attention module, fed the same q, k, v: identity projections, input [q_h, k_h, v_h] per head
+    ecfg = ExportConfig(vocab_size=128, hidden_size=h * D, num_hidden_layers=4, num_attention_heads=h,
+                        max_position_embeddings=s, use_mup=use_mup, scale_attn_by_inverse_layer_idx=True)
+    eattn = FLMAttention(ecfg, layer_idx).double()
+    eattn.qkv_proj = torch.nn.Linear(3 * h * D, 3 * h * D).double()
+    with torch.no_grad():
+        eattn.qkv_proj.weight.copy_(torch.eye(3 * h * D, dtype=torch.float64))
+        eattn.qkv_proj.bias.zero_()
+        eattn.o_proj.weight.copy_(torch.eye(h * D, dtype=torch.float64))
+        eattn.o_proj.bias.zero_()
+        x = torch.cat([q, k, v], dim=-1).reshape(1, s, 3 * h * D).double()
+        tabs = tuple(t[None, None] for t in xpos_tables(torch.arange(s), D, 10000.0, 512.0, s / 2)) + (None,)
+        out = eattn(x, tabs, None, None, True)
+    assert (out.view(1, s, h, D).transpose(1, 2) - expected).abs().max().item() <= 1e-10

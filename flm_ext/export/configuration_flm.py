@@ -18,6 +18,9 @@ Every number the forward pass needs is a field; nothing is implied by the model'
 - µP (as fields, not folded into weights, so export and import are exact inverses): with
   `use_mup`, the embedding output is multiplied by `input_mult`, the logits by
   `output_mult / mup_scale_factor` and attention scores use 1/head_dim instead of 1/sqrt(head_dim);
+- `scale_attn_by_inverse_layer_idx` (the released FLM-101B config's name, GPT-2's meaning): layer
+  l's (0-based) attention scores are divided by l + 1 as well; off for models trained here unless
+  they were trained with it;
 - a checkpoint exported inside an MSG growth ramp: the masks of new coordinates are folded into
   the weights, but two parts of the masked function are not linear in the weights and are kept
   as fields: `growth_norm_mask` = [old hidden size, lambda] (every LayerNorm takes mask-weighted
@@ -53,7 +56,7 @@ class FLMConfig(PretrainedConfig):
                  layer_norm_eps: float = 1e-5, hidden_act: str = "gelu_pytorch_tanh",
                  position_embedding_type: str = "xpos", rope_theta: float = 10000.0, xpos_scale_base: float = 512.0,
                  xpos_center: float | None = None, xpos_block: int | None = None, use_mup: bool = False, input_mult: float = 1.0,
-                 output_mult: float = 1.0, mup_scale_factor: float = 1.0,
+                 output_mult: float = 1.0, mup_scale_factor: float = 1.0, scale_attn_by_inverse_layer_idx: bool = False,
                  growth_norm_mask: list | None = None, layer_gates: list | None = None,
                  blockwise_attention: bool = False, blockwise_block_size: int | None = None,
                  tie_word_embeddings: bool = True, use_cache: bool = True, initializer_range: float = 0.02,
@@ -78,6 +81,7 @@ class FLMConfig(PretrainedConfig):
         self.input_mult = input_mult
         self.output_mult = output_mult
         self.mup_scale_factor = mup_scale_factor
+        self.scale_attn_by_inverse_layer_idx = bool(scale_attn_by_inverse_layer_idx)
         self.growth_norm_mask = growth_norm_mask
         self.layer_gates = layer_gates
         self.blockwise_attention = bool(blockwise_attention)

@@ -76,6 +76,7 @@ def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.d
         "xpos_block": cfg.seq_length,
         "use_mup": cfg.use_mup, "input_mult": cfg.mup_input_mult, "output_mult": cfg.mup_output_mult,
         "mup_scale_factor": cfg.mup_width_mult,
+        "scale_attn_by_inverse_layer_idx": cfg.scale_attn_by_inverse_layer_idx,
         "growth_norm_mask": [growth.old_hidden_size, lam] if grew_hidden else None,
         "layer_gates": gates,
         "blockwise_attention": False, "blockwise_block_size": None,  # inference option (docs/long_context.md)

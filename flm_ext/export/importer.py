@@ -119,7 +119,8 @@ def training_config(config: dict, where: str) -> FLMConfig:
                 share_embeddings_and_output_weights=config.get("tie_word_embeddings", True),
                 use_mup=config.get("use_mup", False), mup_input_mult=config.get("input_mult", 1.0),
                 mup_output_mult=config.get("output_mult", 1.0),
-                mup_width_mult_override=config.get("mup_scale_factor") if config.get("use_mup") else None)
+                mup_width_mult_override=config.get("mup_scale_factor") if config.get("use_mup") else None,
+                scale_attn_by_inverse_layer_idx=bool(config.get("scale_attn_by_inverse_layer_idx", False)))
         validate(cfg)
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise ExportError(f"--load {where}: config.json does not describe an FLM model ({e})") from None

@@ -208,6 +208,8 @@ class FLMAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * width)
         self.o_proj = nn.Linear(width, config.hidden_size)
         self.scaling = 1.0 / self.head_dim if config.use_mup else self.head_dim ** -0.5
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False):  # the released config's flag (GPT-2's meaning)
+            self.scaling /= layer_idx + 1
 
     def forward(self, hidden_states, tables, attention_mask=None, cache=None, **kwargs):
         b, s, _ = hidden_states.shape

@@ -35,7 +35,7 @@ class FLMCoreAttention(MegatronModule):
                  softmax_scale: Optional[float] = None, cp_comm_type: Optional[str] = None,
                  pg_collection=None, *, position_embedding: str = "xpos", rotary_base: float = 10000.0,
                  xpos_scale_base: float = 512.0, xpos_center: float = 0.0, xpos_impl: Optional[str] = None,
-                 xpos_block: Optional[int] = None):
+                 xpos_block: Optional[int] = None, scale_by_inverse_layer: bool = False):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError("FLMCoreAttention does not support context parallelism")
@@ -43,6 +43,8 @@ class FLMCoreAttention(MegatronModule):
         self.attn_mask_type = attn_mask_type
         head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else head_dim ** -0.5
+        if scale_by_inverse_layer:  # the released config's scale_attn_by_inverse_layer_idx (global 1-based layer)
+            self.softmax_scale /= layer_number
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         tp = config.tensor_model_parallel_size
         self.num_heads_per_partition = divide(config.num_attention_heads, tp)

@@ -59,7 +59,8 @@ def flm_layer_spec(model: FLMConfig, init_seed: Optional[int] = None) -> ModuleS
         module=FLMCoreAttention,
         params=dict(position_embedding=model.position_embedding, rotary_base=float(model.rotary_base),
                     xpos_scale_base=float(model.xpos_scale_base), xpos_center=model.seq_length / 2,
-                    xpos_block=model.seq_length),
+                    xpos_block=model.seq_length,
+                    scale_by_inverse_layer=model.scale_attn_by_inverse_layer_idx),
     )
     return ModuleSpec(
         module=FLMTransformerLayer,

@@ -343,6 +343,8 @@ def _add_model_flags(g) -> None:
     g.add_argument("--mup-input-mult", type=float)
     g.add_argument("--mup-output-mult", type=float)
     g.add_argument("--vocab-size", type=int, help="padded vocabulary size (default: from the tokenizer)")
+    g.add_argument("--scale-attn-by-inverse-layer-idx", action=argparse.BooleanOptionalAction, default=None,
+                   help="the released FLM-101B config's flag: divide layer l's attention scores by l (docs/FLM.md 7)")
 
 
 def _add_parallel_flags(g) -> None:
@@ -405,6 +407,7 @@ def _add_logging_flags(g) -> None:
 MODEL_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "seq_length",
                "position_embedding", "rotary_base", "xpos_scale_base", "init_method_std", "hidden_dropout",
                "attention_dropout", "use_mup", "mup_base_width", "mup_input_mult", "mup_output_mult", "vocab_size")
+MODEL_FLAGS += ("scale_attn_by_inverse_layer_idx",)
 
 
 def model_config_from_args(args: argparse.Namespace) -> FLMConfig:
