@@ -72,6 +72,11 @@ def test_grouped_queries_and_an_extra_mask():
     keep = allowed & torch.ones(length, length, dtype=torch.bool).tril()
     expected = att.masked_fill(~keep, float("-inf")).softmax(-1) @ v.repeat_interleave(2, dim=1)
     assert (got - expected).abs().max().item() <= 1e-12
+    # the same rule as a function of (query positions, key positions)
+    rule = lambda qp, kp: allowed[0, 0][qp][:, kp]  # noqa: E731
+    again = block_attention(_blocked(q, pos, xpos, True), _blocked(k, pos, xpos, False), v, start=0, block=w,
+                            decay=xpos.block_decay(length // w, q.device, q.dtype), scale=0.3, allowed=rule)
+    assert torch.equal(again, got)
 
 
 def test_first_block_is_the_old_scheme_bit_for_bit_and_later_blocks_stay_bounded():

@@ -14,7 +14,7 @@ chunks so memory stays O(chunk x keys). Plain torch: runs on CPU and GPU, differ
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +24,16 @@ _CHUNK_ELEMENTS = 1 << 25
 
 
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, start: int, block: int,
-                    decay: torch.Tensor, scale: float, allowed: Optional[torch.Tensor] = None,
+                    decay: torch.Tensor, scale: float,
+                    allowed: Union[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], None] = None,
                     dropout_p: float = 0.0) -> torch.Tensor:
     """Causal attention of queries at positions start .. start+s-1 over keys at 0 .. L-1.
 
     q: [b, h, s, d] and k, v: [b, g, L, d] (g divides h: grouped queries) with block-referenced
     xPos already applied; decay: [>= number of key blocks, d] from `XPosEmbedding.block_decay`;
-    allowed: optional boolean mask broadcastable to [b, h, s, L] (True = may attend), combined with
-    causality. Returns the context [b, h, s, d].
+    allowed: optional boolean mask broadcastable to [b, h, s, L] (True = may attend), or a function
+    (query positions, key positions) -> such a [c, l] mask for a chunk (e.g. blockwise causal
+    attention's rule, without an s x L mask in memory); combined with causality. Returns [b, h, s, d].
     """
     b, h, s, d = q.shape
     length, out_dtype = k.shape[2], v.dtype
@@ -56,7 +58,9 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, start:
         scores = torch.einsum("bhcjd,bhjwd->bhcjw", qx, keys[:, :, :seen]).reshape(b, h, len(q_pos), seen * block)
         scores = scores[..., :seen_len].to(torch.promote_types(scores.dtype, torch.float32))
         mask = key_pos[None, :seen_len] <= q_pos[:, None]
-        if allowed is not None:
+        if callable(allowed):
+            mask = mask & allowed(q_pos, key_pos[:seen_len])
+        elif allowed is not None:
             rows = allowed if allowed.shape[-2] == 1 else allowed[..., c0:c0 + len(q_pos), :]
             mask = mask & rows[..., :seen_len]
         probs = scores.masked_fill_(~mask, float("-inf")).softmax(-1)
