@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import reference_flm
-from flm_ext.model.xpos import XPosEmbedding, block_decay, rotary_tables, xpos_decay
+from flm_ext.model.xpos import XPosEmbedding, apply_rotary, block_decay, rotary_tables, xpos_decay
 from flm_ext.model.xpos_blocks import block_attention
 
 D = 16
@@ -29,10 +29,9 @@ def _reference_attention(q, k, v, scale, *, base, scale_base, center, start=0):
 
 
 def _blocked(x, positions, xpos, is_query):
+    """x [b, h, s, d] with the block-referenced xPos tables of `xpos` at `positions`."""
     cos_q, sin_q, cos_k, sin_k = rotary_tables(positions, x.shape[-1], base=xpos.base, scale_base=xpos.scale_base,
                                                center=xpos.center, block=xpos.block)
-    from flm_ext.model.xpos import apply_rotary
-
     cos, sin = (cos_q, sin_q) if is_query else (cos_k, sin_k)
     # apply_rotary takes [s, b, h, d]; the tensors here are [b, h, s, d]
     return apply_rotary(x.permute(2, 0, 1, 3), cos.to(x.dtype), sin.to(x.dtype)).permute(1, 2, 0, 3)
