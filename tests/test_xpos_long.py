@@ -229,6 +229,7 @@ def test_scale_attn_by_inverse_layer_idx_trainer_and_export(megatron_single_proc
     # the export's attention module, fed the same q, k, v: identity projections, input [q_h, k_h, v_h] per head
     ecfg = ExportConfig(vocab_size=128, hidden_size=h * D, num_hidden_layers=4, num_attention_heads=h,
                         max_position_embeddings=s, use_mup=use_mup, scale_attn_by_inverse_layer_idx=True)
+    ecfg._attn_implementation = "sdpa"
     eattn = FLMAttention(ecfg, layer_idx).double()
     eattn.qkv_proj = torch.nn.Linear(3 * h * D, 3 * h * D).double()
     with torch.no_grad():
@@ -238,5 +239,5 @@ def test_scale_attn_by_inverse_layer_idx_trainer_and_export(megatron_single_proc
         eattn.o_proj.bias.zero_()
         x = torch.cat([q, k, v], dim=-1).reshape(1, s, 3 * h * D).double()
         tabs = tuple(t[None, None] for t in xpos_tables(torch.arange(s), D, 10000.0, 512.0, s / 2)) + (None,)
-        out = eattn(x, tabs, None, None, True)
+        out = eattn(x, tabs)  # sdpa, causal
     assert (out.view(1, s, h, D).transpose(1, 2) - expected).abs().max().item() <= 1e-10
