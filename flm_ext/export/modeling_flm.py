@@ -302,8 +302,17 @@ class FLMModel(FLMPreTrainedModel):
         c = self.config
         scale_base = float(c.xpos_scale_base) if c.position_embedding_type == "xpos" else None
         tables = xpos_tables(positions, c.head_dim, float(c.rope_theta), scale_base, float(c.xpos_center),
-                             None if scale_base is None else c.xpos_block)
+                             self._xpos_block())
         return tuple(t[:, None].to(dtype) for t in tables)
+
+    def _xpos_block(self) -> int | None:
+        """The xPos block length W, or None: plain RoPE, or an attention implementation other than ours
+        (flash attention, a serving engine's), which cannot apply the cross-block factor: those keep
+        one fixed centre (exact until a factor overflows: ~36k positions from it in bf16, ~4.5k in fp16)."""
+        c = self.config
+        if c.position_embedding_type != "xpos" or c._attn_implementation not in _MASKED_IMPLEMENTATIONS:
+            return None
+        return c.xpos_block
 
     def _xpos_blocks(self, positions: torch.Tensor, padding_mask, past: int, dtype):
         """None while every position is inside the first xPos block (attention as usual), else per group of
@@ -311,7 +320,7 @@ class FLMModel(FLMPreTrainedModel):
         minus a per-row offset (left pads before them), with pads hidden and blockwise causal attention's
         window (by cache offsets, as `attention_mask_for`) as the extra rule."""
         c = self.config
-        if c.position_embedding_type != "xpos" or int(positions.max()) < c.xpos_block:
+        if self._xpos_block() is None or int(positions.max()) < c.xpos_block:
             return None
         b, s = positions.shape
         index = torch.arange(past, past + s, device=positions.device)
