@@ -241,3 +241,19 @@ def test_scale_attn_by_inverse_layer_idx_trainer_and_export(megatron_single_proc
         tabs = tuple(t[None, None] for t in xpos_tables(torch.arange(s), D, 10000.0, 512.0, s / 2)) + (None,)
         out = eattn(x, tabs)  # sdpa, causal
     assert (out.view(1, s, h, D).transpose(1, 2) - expected).abs().max().item() <= 1e-10
+
+
+def test_scale_attn_by_inverse_layer_idx_flag_and_import():
+    """The trainer flag sets the field; an export's config.json field comes back on import."""
+    from flm_ext.export.importer import training_config
+    from flm_ext.training.arguments import build_parser, model_config_from_args
+
+    parser = build_parser()
+    on = model_config_from_args(parser.parse_args(["--model-preset", "tiny-test", "--scale-attn-by-inverse-layer-idx"]))
+    off = model_config_from_args(parser.parse_args(["--model-preset", "tiny-test"]))
+    assert on.scale_attn_by_inverse_layer_idx and not off.scale_attn_by_inverse_layer_idx
+    fields = dict(num_attention_heads=4, head_dim=8, hidden_size=32, num_hidden_layers=2, intermediate_size=128,
+                  max_position_embeddings=32, vocab_size=256, position_embedding_type="xpos", rope_theta=10000.0,
+                  layer_norm_eps=1e-5, tie_word_embeddings=True, xpos_scale_base=512.0)
+    assert training_config({**fields, "scale_attn_by_inverse_layer_idx": True}, "x").scale_attn_by_inverse_layer_idx
+    assert not training_config(fields, "x").scale_attn_by_inverse_layer_idx
