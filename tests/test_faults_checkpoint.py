@@ -101,7 +101,9 @@ ROWS = [  # (fault, flags, message fragment, exit code, latest afterwards)
 @pytest.fixture(scope="module")
 def base(data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults") / "ckpt"
-    tiny_data.train(1, data, root.parent / "base", train_iters=3, save=str(root), save_interval=1, keep_last=0)
+    # The LR decays over 32 samples whatever --train-iters says, so the resumes below may train a 4th step.
+    tiny_data.train(1, data, root.parent / "base", train_iters=3, save=str(root), save_interval=1, keep_last=0,
+                    lr_decay_samples=32)
     assert (root / MARKER).read_text().strip() == "3"
     return root
 
@@ -112,7 +114,8 @@ def _latest(ckpt: Path):
 
 
 def _resume(data, ckpt: Path, *flags, preexec=None) -> subprocess.CompletedProcess:
-    args = tiny_data.train_args(data, train_iters=4, save=str(ckpt), load=str(ckpt), save_interval=1, keep_last=0)
+    args = tiny_data.train_args(data, train_iters=4, save=str(ckpt), load=str(ckpt), save_interval=1, keep_last=0,
+                                lr_decay_samples=32)
     return subprocess.run(tiny_data.command(1, args + list(flags)), capture_output=True, text=True,
                           env=tiny_data.ENV, timeout=300, preexec_fn=preexec)
 
@@ -200,7 +203,7 @@ def test_non_finite_weights_are_never_saved(base, data, tmp_path, megatron_singl
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(base, ckpt)
-    args = tiny_data.train_args(data, train_iters=4, save=str(ckpt), load=str(ckpt))
+    args = tiny_data.train_args(data, train_iters=4, save=str(ckpt), load=str(ckpt), lr_decay_samples=32)
     trainer = Trainer(config_from_args(build_parser().parse_args(args), 1))
     trainer.resume()
     with torch.no_grad():

@@ -52,6 +52,15 @@ class ScheduleConfig:
     lr_decay_samples: int | None = None  # None: decay over all train samples
     lr_decay_style: str = "cosine"  # one of LR_DECAY_STYLES
     lr_warmup_init: float = 0.0
+    typed: tuple[str, ...] = ()  # the flags given in iterations ("train_iters", "lr_warmup_iters")
+
+    def flag(self, name: str) -> str:
+        """`--flag=value` as the user typed it (--train-iters / --lr-warmup-iters are stored in samples)."""
+        value = getattr(self, name)
+        iters = {"train_samples": "train_iters", "lr_warmup_samples": "lr_warmup_iters"}.get(name)
+        if iters in self.typed:
+            return f"--{iters.replace('_', '-')}={value // self.global_batch_size} ({value} samples)"
+        return f"--{name.replace('_', '-')}={value}"
 
     def num_microbatches(self, data_parallel_size: int) -> int:
         return self.global_batch_size // (self.micro_batch_size * data_parallel_size)
@@ -75,6 +84,8 @@ class CheckpointArgs:
     start_new_stage: bool = False  # FLM stages: weights + Adam moments; iteration, data and schedule restart
     ckpt_step: int | None = None  # Megatron's --ckpt-step: load this iteration instead of the latest
     verify_checkpoint: bool = True  # checksums of the manifest before a load
+    override_opt_param_scheduler: bool = False  # Megatron's: a resume takes the flags' LR schedule
+    discard_newer_checkpoints: bool = False  # resuming an older iteration may remove --save's newer ones
 
 
 @dataclass(frozen=True)
@@ -192,8 +203,8 @@ class TrainConfig:
         if s.lr_decay_samples is not None and s.lr_decay_samples < 1:
             raise ConfigError(f"--lr-decay-samples={s.lr_decay_samples} must be >= 1")
         if s.lr_warmup_samples >= (s.lr_decay_samples or s.train_samples):
-            raise ConfigError(f"--lr-warmup-samples={s.lr_warmup_samples} must be shorter than the decay "
-                              f"({s.lr_decay_samples or s.train_samples} samples)")
+            decay = s.flag("lr_decay_samples" if s.lr_decay_samples else "train_samples")
+            raise ConfigError(f"{s.flag('lr_warmup_samples')} must be shorter than the decay ({decay})")
         if not 0.0 <= self.optim.min_lr <= self.optim.lr:
             raise ConfigError(f"--min-lr={self.optim.min_lr} must be in [0, --lr={self.optim.lr}]")
         self._validate_optimizer()
@@ -293,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start-new-stage", action="store_true",
                    help="load weights and optimizer moments (e.g. a grown checkpoint), but restart the iteration, "
                         "data position and LR schedule at 0: the next FLM stage")
+    g.add_argument("--override-opt_param-scheduler", "--override-opt-param-scheduler",
+                   dest="override_opt_param_scheduler", action="store_true",
+                   help="on resume, apply the LR schedule of the flags (--lr, --min-lr, warm-up, decay) from the "
+                        "checkpoint's sample on, instead of refusing a schedule other than the checkpoint's")
+    g.add_argument("--discard-newer-checkpoints", action="store_true",
+                   help="when the run starts from an iteration older than iterations already in --save (e.g. "
+                        "--ckpt-step), remove those newer iterations at its first save instead of refusing")
 
     _add_logging_flags(p.add_argument_group("logging"))
     _add_operations_flags(p.add_argument_group("operations (long runs)"))
@@ -459,7 +477,9 @@ def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
                           clip_grad=args.clip_grad, use_distributed_optimizer=args.use_distributed_optimizer),
         schedule=ScheduleConfig(micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
                                 train_samples=train_samples, lr_warmup_samples=warmup,
-                                lr_decay_samples=args.lr_decay_samples, lr_decay_style=args.lr_decay_style),
+                                lr_decay_samples=args.lr_decay_samples, lr_decay_style=args.lr_decay_style,
+                                typed=tuple(f for f in ("train_iters", "lr_warmup_iters")
+                                            if getattr(args, f) is not None)),
         data=DataConfig(data_path=list(args.data_path), split=args.split, teacher_data_path=args.teacher_data_path,
                         teacher_fraction=args.teacher_fraction, data_cache_path=args.data_cache_path,
                         tokenizer_type=args.tokenizer_type, vocab_file=args.vocab_file, merge_file=args.merge_file,
@@ -469,7 +489,9 @@ def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
         checkpoint=CheckpointArgs(save=args.save, load=args.load, save_interval=args.save_interval,
                                   keep_last=args.keep_last or None, no_load_optim=args.no_load_optim,
                                   finetune=args.finetune, start_new_stage=args.start_new_stage,
-                                  ckpt_step=args.ckpt_step, verify_checkpoint=args.verify_checkpoint),
+                                  ckpt_step=args.ckpt_step, verify_checkpoint=args.verify_checkpoint,
+                                  override_opt_param_scheduler=args.override_opt_param_scheduler,
+                                  discard_newer_checkpoints=args.discard_newer_checkpoints),
         logging=LoggingArgs(log_interval=args.log_interval, eval_interval=args.eval_interval,
                             eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
                             peak_tflops=args.peak_tflops, exit_interval=args.exit_interval,

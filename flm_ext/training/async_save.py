@@ -85,12 +85,13 @@ class CheckpointSaver:
         return self._strategy
 
     def save(self, root: str, iteration: int, chunks, optimizer, scheduler, *, extra: dict,
-             keep: int | None) -> str:
+             keep: int | None, discard_newer: bool = False) -> str:
         """Save `iteration`; returns its final folder. Async: returns once the writer runs; the folder
         becomes the latest when `finalize` publishes it. Waits for a save still in flight first."""
         if not self.async_save:
             return checkpointing.save_checkpoint(root, iteration, chunks, optimizer, scheduler, extra=extra,
-                                                 keep=keep, sharded_strategy=self.strategy())
+                                                 keep=keep, sharded_strategy=self.strategy(),
+                                                 discard_newer=discard_newer)
         self.finalize(blocking=True)
         final, partial = checkpointing.begin_save(root, iteration)
         state = checkpointing._sharded_state(chunks, optimizer, scheduler, is_loading=False,
@@ -129,7 +130,7 @@ class CheckpointSaver:
                                                               + [".metadata"]))
             except (Exception, CheckpointException) as e:  # noqa: BLE001 - a write failed on some rank
                 error = checkpointing.save_error(partial, e)
-            checkpointing.publish_save(root, iteration, files, error, keep)
+            checkpointing.publish_save(root, iteration, files, error, keep, discard_newer=discard_newer)
             self.published.append(final)
 
         if write is None:  # this rank has nothing to write (fully parallel): the side file now

@@ -95,8 +95,11 @@ def weights_finite(chunks) -> bool:
 
 
 def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, extra: dict, keep: int | None = None,
-                    sharded_strategy=None) -> str:
+                    sharded_strategy=None, discard_newer: bool = False) -> str:
     """Save a complete checkpoint for `iteration` and make it the latest; returns its folder.
+
+    `discard_newer`: remove the iterations newer than this one once it is complete (a run resumed
+    from an older iteration that was told to replace them). Otherwise they are never touched.
 
     Raises CheckpointError (on every rank) when the save fails, e.g. disk full: the partial folder
     is removed and the previous checkpoint stays the latest. `sharded_strategy`: megatron's save
@@ -110,7 +113,7 @@ def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, 
         files = describe_own_files(partial)  # right after writing, by the rank that wrote them
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - any write error, on every rank below
         error = save_error(partial, e)
-    publish_save(root, iteration, files, error, keep)
+    publish_save(root, iteration, files, error, keep, discard_newer=discard_newer)
     return final
 
 
@@ -136,7 +139,7 @@ def describe_own_files(partial: str, rank: int | None = None) -> dict:
 
 
 def publish_save(root: str, iteration: int, files: dict | None, error: BaseException | None,
-                 keep: int | None) -> None:
+                 keep: int | None, *, discard_newer: bool = False) -> None:
     """The end of a save on every rank: on any rank's error remove the partial folder and raise
     CheckpointError everywhere; otherwise write the manifest of every rank's files, rename the folder
     and make it the latest (rank 0), then prune."""
@@ -158,6 +161,10 @@ def publish_save(root: str, iteration: int, files: dict | None, error: BaseExcep
             shutil.rmtree(final)
         os.replace(partial, final)
         write_latest(root, iteration)
+        if discard_newer:
+            for newer in iterations_present(root):
+                if newer > iteration:
+                    shutil.rmtree(iteration_dir(root, newer), ignore_errors=True)
         _prune(root, keep, iteration)
     dist.barrier()
 

@@ -22,14 +22,17 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from flm_ext.checkpoint import (LATEST, CheckpointError, check_tokenizer, holds_checkpoint, iteration_of, load_common,
-                                resolve, tokenizer_record)
-from flm_ext.config import describe
+from flm_ext.checkpoint import (LATEST, CheckpointError, check_tokenizer, complete_iterations, holds_checkpoint,
+                                iteration_of, iterations_present, load_common, resolve, tokenizer_record)
+from flm_ext.checkpoint import lock as save_lock
+from flm_ext.checkpoint.run_record import LossLedger, RunContract
+from flm_ext.config import ConfigError, describe
 from flm_ext.model.flm_model import build_model_chunks
 from flm_ext.progress import format_duration
 from flm_ext.runtime import initialize_distributed
 from flm_ext.training import checkpointing
 from flm_ext.training.arguments import TrainConfig, with_vocab
+from flm_ext.training.contract import check_mup, check_resume, contract_of
 from flm_ext.training.data import GlobalBatchSampler, micro_batches
 from flm_ext.training.engine import build_optimizer, eval_step, train_step, wrap_ddp
 from flm_ext.training.metrics import MetricsWriter, default_peak_tflops, flops_per_token
@@ -80,10 +83,11 @@ def check_checkpoint_shape(folder: str, model) -> None:
 
 
 class SkipTracker:
-    """Counts skipped steps; raises once `limit` happen in a row."""
+    """Counts skipped steps; raises once `limit` happen in a row (`advice`: what to do then)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, advice=None):
         self.limit, self.in_a_row, self.total = limit, 0, 0
+        self.advice = advice or (lambda: "resume from the last checkpoint with a lower --lr or check the data.")
 
     def record(self, skipped: bool, iteration: int, loss: float, grad_norm: float | None) -> None:
         if not skipped:
@@ -96,8 +100,7 @@ class SkipTracker:
         if self.in_a_row >= self.limit:
             raise TrainingError(f"{self.in_a_row} consecutive steps had a non-finite loss or gradient norm "
                                 f"(last at step {iteration}); stopping without saving. The weights were not "
-                                f"updated by these steps; resume from the last checkpoint with a lower --lr "
-                                f"or check the data.")
+                                f"updated by these steps; {self.advice()}")
 
 
 class _StopFlag:
@@ -156,40 +159,125 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.iteration = self.consumed = 0
         self.ops = RunOperations(self)  # async saves, watchdog, stragglers, loss spikes, time limit, W&B
+        self.end_iteration = s.train_iters  # recomputed from the samples left when a resume changes the batch
+        self.ledger, self.loaded, self.discard_newer, self.holds_lock = LossLedger(), None, False, False
+
+    # --- one writer per --save -----------------------------------------------------------------------
+    def hold_save_folder(self) -> None:
+        """Rank 0 takes --save's lock (only rank 0: the other ranks, on any host, are the same run);
+        every rank stops, in one line, when another trainer holds it."""
+        ck = self.cfg.checkpoint
+        if not ck.save:
+            return
+        outcome = [None, None]
+        if dist.get_rank() == 0:
+            self.created_save = not os.path.exists(ck.save)  # removed again if the run ends before saving
+            try:
+                outcome[1] = save_lock.acquire(ck.save)
+                self.holds_lock = True
+            except CheckpointError as e:
+                outcome[0] = str(e)
+        dist.broadcast_object_list(outcome, src=0)
+        if outcome[0]:
+            raise ConfigError(outcome[0])
+        if outcome[1]:
+            log(outcome[1])
+
+    def release_save_folder(self) -> None:
+        if self.holds_lock:
+            save = self.cfg.checkpoint.save
+            save_lock.release(save)
+            self.holds_lock = False
+            if self.created_save and not os.listdir(save):
+                os.rmdir(save)
+
+    def check_save_folder(self, start: int) -> None:
+        """Never replace newer iterations of --save silently (e.g. --ckpt-step 4 with an iter_8 there)."""
+        ck = self.cfg.checkpoint
+        newer = [n for n in (iterations_present(ck.save) if ck.save else []) if n > start]
+        if not newer:
+            return
+        listed = ", ".join(str(n) for n in newer[:10]) + (" ..." if len(newer) > 10 else "")
+        if not ck.discard_newer_checkpoints:
+            raise ConfigError(f"--save {ck.save} holds iterations newer than the one this run starts from "
+                              f"({start}): {listed}; this run's saves would replace them. Resume the newest "
+                              f"with --load {ck.save} (without --ckpt-step), pass another --save, or add "
+                              f"--discard-newer-checkpoints to remove them once this run saves")
+        log(f"--discard-newer-checkpoints: iterations {listed} in {ck.save} are removed at this run's first save")
+        self.discard_newer = True
+
+    def recovery_advice(self) -> str:
+        """After a divergence: the newest checkpoint whose weights were still healthy, and how to resume it."""
+        ck = self.cfg.checkpoint
+        on_disk = complete_iterations(ck.save) if ck.save else []
+        newest = self.ledger.newest_healthy(on_disk)
+        if newest is None:
+            if self.loaded and self.ledger.newest_healthy([self.loaded[1]]) is not None:
+                return (f"the newest healthy checkpoint is the one this run loaded: resume it with a lower --lr: "
+                        f"--load {self.loaded[0]} --lr <lower> --override-opt_param-scheduler (or check the data)")
+            return (f"no checkpoint in {ck.save or 'this run'} is known to have healthy weights (none saved, or the "
+                    f"loss was not finite right after each): check the data, or start again with a lower --lr")
+        after = self.ledger.saves[newest].loss
+        diverged = [n for n in on_disk if n > newest]
+        known = [f"{n} (loss {self.ledger.saves[n].loss:.3g} right after it)" for n in diverged
+                 if n in self.ledger.saves and self.ledger.saves[n].loss is not None]
+        later = f"; later iterations are not: {', '.join(known or [str(n) for n in diverged])}" if diverged else ""
+        discard = " --discard-newer-checkpoints" if diverged else ""
+        return (f"the newest checkpoint with healthy weights is iteration {newest} in {ck.save} (loss {after:.4g} "
+                f"right after it){later}. Resume from it with a lower --lr: --load {ck.save} --ckpt-step {newest}"
+                f"{discard} --lr <lower> --override-opt_param-scheduler (or check the data)")
 
     # --- resume -----------------------------------------------------------------------------------
     def resume(self) -> None:
         """Load `--load` if it holds a checkpoint; starting from scratch only for an empty run folder."""
         ck = self.cfg.checkpoint
         if not ck.load:
+            self.check_save_folder(0)
             return
         same_as_save = os.path.abspath(ck.load) == os.path.abspath(ck.save or "")
         if not holds_checkpoint(ck.load) and ck.ckpt_step is None and iteration_of(ck.load) is None:
             if same_as_save:
                 log(f"--load {ck.load} holds no checkpoint yet (no iter_* folder): starting from scratch")
+                self.check_save_folder(0)
                 return
             raise CheckpointError(f"--load {ck.load}: no checkpoint there (no {LATEST} and no "
                                   f"iter_N folder)")
-        folder, _ = resolve(ck.load, ck.ckpt_step)
+        folder, saved_iteration = resolve(ck.load, ck.ckpt_step)
         check_checkpoint_shape(folder, self.cfg.model)
         restart = ck.finetune or ck.start_new_stage
+        saved = load_common(folder)
+        notes = check_mup(saved.get("flm", {}).get("model_config") or {}, self.cfg.model, folder,
+                          finetune=ck.finetune)
         if not restart:  # a new stage or fine-tune may change tokenizers on purpose; a resume may not
-            check_tokenizer(load_common(folder), self.tokenizer, f"--load {folder}")
+            check_tokenizer(saved, self.tokenizer, f"--load {folder}")
+            notes += check_resume(saved, self.cfg, folder, saved_iteration, saved.get("consumed_train_samples", 0),
+                                  override_schedule=ck.override_opt_param_scheduler)
+        self.check_save_folder(0 if restart else saved_iteration)
         load_optim = not (ck.no_load_optim or ck.finetune)
         common = checkpointing.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
                                                load_optimizer=load_optim, load_scheduler=not restart,
                                                verify=ck.verify_checkpoint)
         if not restart:
             self.iteration, self.consumed = common["iteration"], common["consumed_train_samples"]
+            s = self.cfg.schedule
+            self.end_iteration = self.iteration + math.ceil(max(0, s.train_samples - self.consumed)
+                                                            / s.global_batch_size)
+            self.ledger = LossLedger.from_common(common)
+            self.ledger.saved(self.iteration)  # the loaded weights' loss comes with the next step
+            self.loaded = (folder, self.iteration)
         log(f"loaded {folder} (iteration {common['iteration']}); continuing at iteration {self.iteration}, "
             f"{self.consumed:,} samples consumed")
+        for note in notes:
+            log(note)
+        if not restart and self.iteration >= self.end_iteration:
+            log(f"the run is complete at iteration {self.iteration}: nothing left to train")
         if ck.no_load_optim and not restart:
             log("--no-load-optim: Adam's moments start from zero; the LR schedule continues from the checkpoint"
                 if common["loaded_scheduler"] else
                 "--no-load-optim: Adam's moments start from zero; the checkpoint has no LR schedule state, so the "
                 "schedule restarts at warm-up")
         for hook in self.hooks:
-            hook.on_load(common, restart=restart, train_iters=self.cfg.schedule.train_iters)
+            hook.on_load(common, restart=restart, train_iters=self.end_iteration)
         self.scheduler.step(increment=0)  # the loaded param groups carry the saved LR: recompute it for now
 
     # --- data --------------------------------------------------------------------------------------
@@ -218,15 +306,17 @@ class Trainer:
             return
         if not checkpointing.weights_finite(self.model):
             raise TrainingError(f"the weights are not finite at iteration {self.iteration}: not saving them; the "
-                                f"latest checkpoint in {ck.save} is unchanged. Resume from it with a lower --lr "
-                                f"or check the data")
-        flm_extra = {"tokenizer": tokenizer_record(self.tokenizer, self.cfg.data.tokenizer_type)}
+                                f"latest checkpoint in {ck.save} is unchanged; {self.recovery_advice()}")
+        self.ledger.saved(self.iteration)
+        flm_extra = {"tokenizer": tokenizer_record(self.tokenizer, self.cfg.data.tokenizer_type),
+                     RunContract.KEY: contract_of(self.cfg).to_dict(), LossLedger.KEY: self.ledger.to_dict()}
         for hook in self.hooks:
             flm_extra.update(hook.checkpoint_state())
         extra = checkpointing.common_extra(self.cfg.model, self.consumed, self.optimizer, flm_extra)
         with self.ops.saving():
             path = self.ops.saver.save(ck.save, self.iteration, self.model, self.optimizer, self.scheduler,
-                                       extra=extra, keep=ck.keep_last)
+                                       extra=extra, keep=ck.keep_last, discard_newer=self.discard_newer)
+        self.discard_newer = False
         log(f"{'started asynchronous save of' if self.ops.saver.async_save else 'saved'} checkpoint {path} "
             f"({reason})")
 
@@ -235,13 +325,13 @@ class Trainer:
         cfg, s, ck = self.cfg, self.cfg.schedule, self.cfg.checkpoint
         train_iter = self._iterators(self.train_ds, self.consumed, wrap=False)
         self.writer = MetricsWriter(cfg.logging.tensorboard_dir, cfg.logging.metrics_jsonl, dist.get_rank())
-        self.skips = SkipTracker(cfg.max_consecutive_skips)
+        self.skips = SkipTracker(cfg.max_consecutive_skips, advice=self.recovery_advice)
         stop = _StopFlag()
         self.start_iteration, self.run_start = self.iteration, time.time()
         self.interval_start, self.interval_steps = time.time(), 0
         last_loss, last_valid = math.nan, None
         self.ops.start()
-        while self.iteration < s.train_iters:
+        while self.iteration < self.end_iteration:
             if self.ops.skip_batch():  # a batch that spiked before a rollback: no step on it
                 train_iter = self._iterators(self.train_ds, self.consumed, wrap=False)
                 continue
@@ -255,15 +345,16 @@ class Trainer:
             self.interval_steps += 1
             if result.update_successful:
                 self.scheduler.step(increment=s.global_batch_size)
+            self.ledger.observe(self.iteration, result.loss)
             self.skips.record(not result.update_successful, self.iteration, result.loss, result.grad_norm)
             last_loss = result.loss
             if self.ops.after_step(result):  # a loss spike rolled the run back to the latest checkpoint
                 train_iter = self._iterators(self.train_ds, self.consumed, wrap=False)
                 continue
-            if self.iteration % cfg.logging.log_interval == 0 or self.iteration == s.train_iters:
+            if self.iteration % cfg.logging.log_interval == 0 or self.iteration == self.end_iteration:
                 self._log_step(result)
             if cfg.logging.eval_interval and (self.iteration % cfg.logging.eval_interval == 0
-                                              or self.iteration == s.train_iters):
+                                              or self.iteration == self.end_iteration):
                 last_valid = self._evaluate()
             if ck.save_interval and self.iteration % ck.save_interval == 0:
                 self.save(f"every {ck.save_interval} steps")
@@ -277,7 +368,8 @@ class Trainer:
                 log(f"--exit-duration-in-mins {cfg.ops.exit_duration_in_mins} reached at iteration "
                     f"{self.iteration}: saving and stopping")
                 break
-        if ck.save and not (ck.save_interval and self.iteration % ck.save_interval == 0):
+        if ck.save and self.iteration > self.start_iteration and not (ck.save_interval and
+                                                                       self.iteration % ck.save_interval == 0):
             self.save("end of run")
         self.ops.finish()
         self.writer.close()
@@ -296,12 +388,12 @@ class Trainer:
         tflops = tokens_per_step * flops_per_token(cfg.model) / step_time / dist.get_world_size() / 1e12
         peak = cfg.logging.peak_tflops or default_peak_tflops()
         lr = self.optimizer.param_groups[0]["lr"]
-        remaining = ((s.train_iters - self.iteration) * (time.time() - self.run_start)
+        remaining = ((self.end_iteration - self.iteration) * (time.time() - self.run_start)
                      / (self.iteration - self.start_iteration))
         mfu = f"{100 * tflops / peak:.1f}%" if peak else "n/a"
         self.ops.log_interval(step_time, tflops, peak)
         gn = f"{result.grad_norm:.3f}" if result.grad_norm is not None else "n/a"
-        log(f"step {self.iteration:>7d}/{s.train_iters} | samples {self.consumed:,} | loss {result.loss:.4f} | "
+        log(f"step {self.iteration:>7d}/{self.end_iteration} | samples {self.consumed:,} | loss {result.loss:.4f} | "
             f"lr {lr:.3e} | grad norm {gn} | skipped {self.skips.total} | {tokens_per_step / step_time:,.0f} tokens/s "
             f"| {tflops:.2f} TFLOP/s/device | MFU {mfu} | {step_time:.2f} s/step | ETA {format_duration(remaining)}")
         self.writer.scalars(self.iteration, {
@@ -324,6 +416,10 @@ class Trainer:
 def pretrain(cfg: TrainConfig, hooks=()) -> dict:
     """Train; returns a summary dict (iterations, final losses, skipped steps)."""
     trainer = Trainer(cfg, hooks)
-    trainer.resume()
-    trainer.build_data()
-    return trainer.train()
+    try:
+        trainer.hold_save_folder()  # before reading or writing it: one writer per --save
+        trainer.resume()  # refuses to start below iterations already in --save
+        trainer.build_data()
+        return trainer.train()
+    finally:
+        trainer.release_save_folder()
