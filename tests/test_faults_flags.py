@@ -46,6 +46,13 @@ FAULTS = [
     (["--position-embedding-type", "alibi"], "--position-embedding-type: invalid choice: 'alibi'"),
     (["--lr-decay-style", "wsd"], "--lr-decay-style: invalid choice: 'wsd'"),
     (["--tokenizer-type", "SentencePieceTokenizer"], "--tokenizer-type: invalid choice"),
+    # Flags as the user typed them: the schedule is stored in samples, the message names the iterations.
+    (["--lr-warmup-iters", "4"], "--lr-warmup-iters=4 (16 samples) must be shorter than the decay "
+                                 "(--train-iters=4 (16 samples))"),
+    (["--lr-warmup-samples", "16"], "--lr-warmup-samples=16 must be shorter than the decay (--train-iters=4 "
+                                    "(16 samples))"),
+    (["--train-iters", None, "--train-samples", "8", "--lr-warmup-iters", "2"],
+     "--lr-warmup-iters=2 (8 samples) must be shorter than the decay (--train-samples=8)"),
 ]
 
 # Long-run operations (issue 18): saves, watchdog, time limit, loss spikes, W&B.
@@ -84,10 +91,17 @@ def main(monkeypatch):
     return pretrain_main()
 
 
+def _with(base: list[str], flags: list) -> list[str]:
+    """The base flags plus `flags`; a flag followed by None is taken out of the base."""
+    drop = {flags[i] for i in range(len(flags) - 1) if flags[i + 1] is None}
+    argv = [a for i, a in enumerate(base) if a not in drop and (i == 0 or base[i - 1] not in drop)]
+    return argv + [f for i, f in enumerate(flags) if f is not None and f not in drop]
+
+
 @pytest.mark.parametrize("flags, message", FAULTS)
 def test_a_bad_flag_is_one_line_naming_it_and_exit_2(main, capsys, flags, message):
     try:
-        code = main(BASE + flags)
+        code = main(_with(BASE, flags))
     except SystemExit as exit:  # argparse's own refusal (choices)
         code = exit.code
     err = capsys.readouterr().err

@@ -88,9 +88,9 @@ def check_resume(common: dict, cfg, folder: str, iteration: int, consumed: int, 
                f"{' and '.join(typed)} count steps of it" if typed and saved.global_batch_size != new.global_batch_size
                else "")
         keep = " ".join(c[4] for c in changed if c[4])
-        raise ConfigError(f"{flag}: {folder} was trained with {label} {old} but the flags give {new_value}{also}{why}; "
-                          f"pass {keep} to continue its schedule (in samples: any --global-batch-size keeps it), or add "
-                          f"--override-opt_param-scheduler to apply the new schedule from sample {consumed:,}")
+        raise ConfigError(f"{flag}: {folder} was trained with {label} {old} but the flags give {new_value}{also}"
+                          f"{why}; pass {keep} to continue its schedule (in samples: any --global-batch-size keeps it), "
+                          f"or add --override-opt_param-scheduler to apply the new schedule from sample {consumed:,}")
     if changed:
         notes.append(f"--override-opt_param-scheduler: the LR schedule of the flags applies from sample "
                      f"{consumed:,} ({', '.join(f'{c[0]} {c[2]} -> {c[3]}' for c in changed)})")
