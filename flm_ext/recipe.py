@@ -141,6 +141,10 @@ def train_stage(cfg: RecipeConfig, run: Runner, data: dict, stage: Stage, *, loa
     metrics = os.path.join(out, "metrics.jsonl")
     if os.path.exists(metrics):
         os.remove(metrics)
+    if os.path.exists(os.path.join(out, "ckpt")):  # a stage of a new demo run starts over (the trainer refuses
+        import shutil                                # to save below iterations an earlier run left there)
+
+        shutil.rmtree(os.path.join(out, "ckpt"))
     args = [os.path.join(REPO, "pretrain_flm.py"), "--model-preset", stage.preset, "--seq-length", str(cfg.seq_length),
             *data["tok"], "--data-path", "0.535", data["en"], "0.465", data["zh"], "--split", "98,2,0",
             "--data-cache-path", data["cache"], "--micro-batch-size", str(cfg.micro_batch_size),

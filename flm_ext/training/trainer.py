@@ -201,10 +201,17 @@ class Trainer:
         if not ck.discard_newer_checkpoints:
             raise ConfigError(f"--save {ck.save} holds iterations newer than the one this run starts from "
                               f"({start}): {listed}; this run's saves would replace them. Resume the newest "
-                              f"with --load {ck.save} (without --ckpt-step), pass another --save, or add "
+                              f"with --load {ck.save}{self._resume_hint()}, pass another --save, or add "
                               f"--discard-newer-checkpoints to remove them once this run saves")
         log(f"--discard-newer-checkpoints: iterations {listed} in {ck.save} are removed at this run's first save")
         self.discard_newer = True
+
+    def _resume_hint(self) -> str:
+        ck = self.cfg.checkpoint
+        dropped = [flag for flag, given in (("--ckpt-step", ck.ckpt_step is not None),
+                                            ("--start-new-stage", ck.start_new_stage), ("--finetune", ck.finetune))
+                   if given]
+        return f" (without {' / '.join(dropped)})" if dropped else ""
 
     def recovery_advice(self) -> str:
         """After a divergence: the newest checkpoint whose weights were still healthy, and how to resume it."""
