@@ -8,6 +8,11 @@ skips the update if the loss or gradient norm is not finite (stopping after
 saves at `--save-interval`, on SIGTERM / SIGINT (after the current step) and at the end. Features
 that change the model while it trains (an MSG growth ramp) come in as hooks
 (flm_ext.training.hooks); the loop itself knows nothing about them.
+
+Before it reads or writes `--save`, rank 0 takes the folder's lock (flm_ext.checkpoint.lock); a
+resume must keep the run its checkpoint recorded (flm_ext.training.contract) and never starts below
+newer iterations of `--save`; the loss right after each save is recorded, so a divergence names the
+last checkpoint with healthy weights.
 """
 from __future__ import annotations
 
