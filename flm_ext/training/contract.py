@@ -23,8 +23,7 @@ import math
 from flm_ext.checkpoint.run_record import RunContract
 from flm_ext.config import ConfigError
 
-_MUP_FIELDS = (("use_mup", "--use-mup"), ("mup_base_width", "--mup-base-width"),
-               ("mup_input_mult", "--mup-input-mult"), ("mup_output_mult", "--mup-output-mult"))
+_MUP_MULTS = (("mup_input_mult", "--mup-input-mult"), ("mup_output_mult", "--mup-output-mult"))
 _SCHEDULE_FLAGS = (("lr", "--lr"), ("min_lr", "--min-lr"), ("lr_decay_style", "--lr-decay-style"))
 
 
@@ -37,22 +36,40 @@ def contract_of(cfg) -> RunContract:
                        lr_decay_samples=s.lr_decay_samples or s.train_samples, lr_decay_style=s.lr_decay_style)
 
 
+def _width_mult(fields: dict) -> float:
+    """µP's m of a saved model config (what the init, the LR groups and the logits scale by)."""
+    if fields.get("mup_width_mult_override") is not None:
+        return fields["mup_width_mult_override"]
+    return fields["hidden_size"] / fields["mup_base_width"]
+
+
 def check_mup(saved_model: dict, model, folder: str, *, finetune: bool) -> list[str]:
-    """µP on/off and its base shape must match, except for --finetune (weights only), which warns."""
-    wrong = [(flag, saved_model[name], getattr(model, name)) for name, flag in _MUP_FIELDS
-             if name in saved_model and saved_model[name] != getattr(model, name)
-             and (name == "use_mup" or model.use_mup)]
-    if not wrong:
+    """µP on/off, its width multiplier m and its multipliers must match, except for --finetune (weights
+    only), which warns. m, not the base width, is compared: an imported checkpoint records m itself."""
+    if "use_mup" not in saved_model:
         return []
-    flag, old, new = wrong[0]
-    if finetune:
-        return [f"warning: --finetune: {folder} was trained with {flag} {old}, the flags give {new}: µP changes the "
-                f"model's function, expect the loss to jump"]
-    if flag == "--use-mup":
-        keep, was = ("--use-mup", "with µP (--use-mup)") if old else ("--no-use-mup", "without µP")
-        what = f"{folder} was trained {was} but the flags turn it {'off' if old else 'on'}"
+    if saved_model["use_mup"] != model.use_mup:
+        old = saved_model["use_mup"]
+        flag, keep, what = "--use-mup", "--use-mup" if old else "--no-use-mup", (
+            f"{folder} was trained {'with µP (--use-mup)' if old else 'without µP'} but the flags turn it "
+            f"{'off' if old else 'on'}")
+    elif not model.use_mup:
+        return []
+    elif "hidden_size" in saved_model and not math.isclose(_width_mult(saved_model), model.mup_width_mult):
+        m = _width_mult(saved_model)
+        base = model.hidden_size / m
+        flag, keep, what = "--mup-base-width", (f"--mup-base-width {base:g}" if base == int(base) else "the same m"), (
+            f"{folder} was trained with the µP width multiplier m = {m:g} but the flags give "
+            f"{model.mup_width_mult:g} (--hidden-size {model.hidden_size} / --mup-base-width {model.mup_base_width})")
     else:
+        wrong = [(flag, saved_model[name], getattr(model, name)) for name, flag in _MUP_MULTS
+                 if name in saved_model and saved_model[name] != getattr(model, name)]
+        if not wrong:
+            return []
+        flag, old, new = wrong[0]
         keep, what = f"{flag} {old}", f"{folder} was trained with {flag} {old} but the flags give {new}"
+    if finetune:
+        return [f"warning: --finetune: {what}: µP changes the model's function, expect the loss to jump"]
     raise ConfigError(f"{flag}: {what}: µP changes the model's function and its optimizer groups; pass {keep} to "
                       f"continue the run, or --finetune to load only its weights into the new model (the loss "
                       f"will jump)")
@@ -89,8 +106,9 @@ def check_resume(common: dict, cfg, folder: str, iteration: int, consumed: int, 
                else "")
         keep = " ".join(c[4] for c in changed if c[4])
         raise ConfigError(f"{flag}: {folder} was trained with {label} {old} but the flags give {new_value}{also}"
-                          f"{why}; pass {keep} to continue its schedule (in samples: any --global-batch-size keeps it), "
-                          f"or add --override-opt_param-scheduler to apply the new schedule from sample {consumed:,}")
+                          f"{why}; pass {keep} to continue its schedule (in samples: any --global-batch-size keeps "
+                          f"it), or add --override-opt_param-scheduler to apply the new schedule from sample "
+                          f"{consumed:,}")
     if changed:
         notes.append(f"--override-opt_param-scheduler: the LR schedule of the flags applies from sample "
                      f"{consumed:,} ({', '.join(f'{c[0]} {c[2]} -> {c[3]}' for c in changed)})")
