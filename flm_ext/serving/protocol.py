@@ -37,7 +37,7 @@ class Job:
     chat: bool
     prompt: str | None
     prompt_ids: list[int] | None
-    max_tokens: int
+    max_tokens: int | None
     sampling: Sampling
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
@@ -69,7 +69,7 @@ def _number(body: dict, key: str, default, kind=float, low=None, high=None):
     return kind(value)
 
 
-def parse(body, *, chat: bool, model_name: str, max_model_len: int) -> Job:
+def parse(body, *, chat: bool, model_name: str) -> Job:
     """A Job from a request body (RequestError naming the field on bad input)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
@@ -100,7 +100,7 @@ def parse(body, *, chat: bool, model_name: str, max_model_len: int) -> Job:
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise RequestError("'stop' must be a string or a list of strings")
     key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, key, 16 if not chat else max_model_len, int, 1)
+    max_tokens = _number(body, key, None if chat else 16, int, 1)  # chat: up to the context (Worker)
     logprobs = body.get("top_logprobs") if chat else body.get("logprobs")
     if chat and body.get("logprobs") and logprobs is None:
         logprobs = 0

@@ -34,6 +34,8 @@ class Worker:
             raise RequestError("the prompt encodes to no tokens")
         if any(not 0 <= t < self.vocab for t in ids):
             raise RequestError(f"prompt token ids must be in [0, {self.vocab})")
+        if job.max_tokens is None:  # a chat request without a limit: up to the context, as vLLM does
+            job.max_tokens = max(1, self.max_model_len - len(ids))
         if len(ids) + job.max_tokens > self.max_model_len:
             raise RequestError(f"This model's maximum context length is {self.max_model_len} tokens. However, you "
                                f"requested {len(ids) + job.max_tokens} tokens ({len(ids)} in the prompt, "
@@ -121,7 +123,7 @@ class Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw or b"null")
             except ValueError:
                 raise RequestError("the request body is not JSON") from None
-            job = parse(body, chat=routes[self.path], model_name=worker.name, max_model_len=worker.max_model_len)
+            job = parse(body, chat=routes[self.path], model_name=worker.name)
             ids = worker.prompt_ids(job)
         except RequestError as e:
             return self._send_json(e.status, e.body())
