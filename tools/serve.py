@@ -46,9 +46,13 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv=None) -> int:
     args, extra = parse_args(argv)
-    from flm_ext.fileio import stop_cleanly_on_sigterm
+    import signal
 
-    stop_cleanly_on_sigterm("serve")  # an export in progress removes its .partial folder
+    def stop(signum, frame):  # SystemExit: an export in progress removes its .partial folder
+        print(f"serve: stopped by signal {signum}", file=sys.stderr, flush=True)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     from flm_ext.serving.cli import run
 
     return run(args, extra)
