@@ -123,8 +123,8 @@ def _serve_main(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def test_refusals_are_one_line(fallback, trained, tmp_path, capsys):
-    """A port in use, a checkpoint without its tokenizer, a head size vLLM's CPU kernel cannot take
-    and an export inside a growth ramp: exit 2, one line, nothing started."""
+    """A port in use, a checkpoint without its tokenizer, and for vLLM a head size its CPU kernel cannot
+    take, an export inside a growth ramp or with blockwise attention: exit 2, one line, nothing started."""
     folder = export_of(trained)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,7 +134,8 @@ def test_refusals_are_one_line(fallback, trained, tmp_path, capsys):
     assert code == 2 and "in use" in err and f"--port {port}" in err and len(err.strip().splitlines()) == 1
     code, err = _serve_main(["--load", trained["ckpt"], "--port", str(free_port())], capsys)
     assert code == 2 and "--tokenizer-type" in err and len(err.strip().splitlines()) == 1
-    for field, value, words in (("num_attention_heads", 4, "head size 16"), ("layer_gates", [1.0, 0.5], "growth ramp")):
+    for field, value, words in (("num_attention_heads", 4, "head size 16"), ("layer_gates", [1.0, 0.5], "growth ramp"),
+                                ("blockwise_attention", True, "blockwise_attention")):
         copy = tmp_path / field
         shutil.copytree(folder, copy)
         config = json.loads((copy / "config.json").read_text())

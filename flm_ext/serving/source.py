@@ -73,4 +73,7 @@ def check_for_vllm(folder: str, on_gpu: bool) -> dict:
         raise ServeError(f"--load {folder} was exported inside an MSG growth ramp (mask-weighted LayerNorm / layer "
                          f"gates, which vLLM cannot fold into its layers): serve it with --engine transformers, or "
                          f"export a checkpoint past the ramp")
+    if config.get("blockwise_attention"):
+        raise ServeError(f"--load {folder} sets blockwise_attention, which vLLM's attention does not apply (it "
+                         f"ignores the model's mask): serve it with --engine transformers")
     return config
