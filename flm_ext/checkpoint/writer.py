@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkSt
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, TensorWriteData, WriteItem, WriteItemType
 from torch.futures import Future
 
-from flm_ext.checkpoint.integrity import manifest_for_tree
+from flm_ext.checkpoint.integrity import MANIFEST, describe_files, write_manifest
 
 DEFAULT_BUCKET_BYTES = 256 * 2 ** 20
 TORCH_DIST_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
@@ -137,9 +137,10 @@ class _BucketedWriter(FileSystemWriter):
     """One file per bucket of at most `bucket_bytes` (or one chunk), written one bucket at a time
     (or by `workers` processes, one bucket each at a time)."""
 
-    def __init__(self, path: str, bucket_bytes: int, sizes: dict, workers: int = 1):
-        super().__init__(path, single_file_per_rank=True, thread_count=1, sync_files=True)
+    def __init__(self, path: str, bucket_bytes: int, sizes: dict, workers: int = 1, sync_files: bool = True):
+        super().__init__(path, single_file_per_rank=True, thread_count=1, sync_files=sync_files)
         self.bucket_bytes, self.sizes, self.workers = bucket_bytes, sizes, workers
+        self.checksums: dict = {}  # {file name: {"size", "xxh3_64"}} of the files written
 
     def storage_meta(self):
         # torch would record the output path (a pathlib object) in .metadata: the folder is renamed
@@ -156,7 +157,11 @@ class _BucketedWriter(FileSystemWriter):
         if self.workers > 1 and len(subs) > 1:
             results = _write_in_workers(self, subs, planner)
         else:
-            results = [r for sub in subs for r in FileSystemWriter.write_data(self, sub, planner).wait()]
+            results = []
+            for sub in subs:
+                written = FileSystemWriter.write_data(self, sub, planner).wait()
+                self.checksums.update(_checksum_written(str(self.path), written))
+                results += written
         done: Future = Future()
         done.set_result(results)
         return done
@@ -177,9 +182,26 @@ def _worker_start(progress) -> None:
     planner.on_chunk = (lambda c: progress.put((c.key, c.offsets))) if planner.on_chunk is not None else None
 
 
-def _write_bucket(b: int) -> list:
+def _checksum_written(folder: str, results: list) -> dict:
+    """The manifest entries of the file(s) just written, hashed while they are still in the page
+    cache (by the process that wrote them, in parallel, not re-read by the parent at the end), then
+    their write-back started (POSIX_FADV_DONTNEED writes dirty pages back without waiting), so the
+    final fsync finds little left to write."""
+    names = sorted({r.storage_data.relative_path for r in results})
+    entries = describe_files(folder, names)
+    for name in names:
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return entries
+
+
+def _write_bucket(b: int) -> tuple[list, dict]:
     writer, subs, planner = _JOB["writer"], _JOB["subs"], _JOB["planner"]
-    return FileSystemWriter.write_data(writer, subs[b], planner).wait()
+    results = FileSystemWriter.write_data(writer, subs[b], planner).wait()
+    return results, _checksum_written(str(writer.path), results)
 
 
 def _write_in_workers(writer: _BucketedWriter, subs: list[SavePlan], planner: _LazySavePlanner) -> list:
@@ -208,18 +230,24 @@ def _write_in_workers(writer: _BucketedWriter, subs: list[SavePlan], planner: _L
     # The parent's own index objects, as in one process: pickle shares them with the metadata's keys,
     # so `.metadata` comes out byte-identical.
     canonical = {item.index: item.index for sub in subs for item in sub.items}
-    return [dataclasses.replace(r, index=canonical[r.index]) for results in per_bucket for r in results]
+    for _, checksums in per_bucket:
+        writer.checksums.update(checksums)
+    return [dataclasses.replace(r, index=canonical[r.index]) for results, _ in per_bucket for r in results]
 
 
 def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], object], *,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES, on_chunk: Callable[[Chunk], None] | None = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, sync_files: bool = True) -> dict:
     """Write the tensors / byte objects of a torch_dist folder, producing each chunk on demand
-    (in `workers` processes, bucket by bucket; the same bytes as in one)."""
+    (in `workers` processes, bucket by bucket; the same bytes as in one). `sync_files=False` skips
+    the fsync after each file, for a caller that fsyncs the whole folder once at the end (as
+    `fileio.building` does): the disk then writes back while the next chunks are made.
+    Returns the manifest entries of the files written (for `finish_iteration_folder`)."""
     sizes = {_write_item(c).index: c.nbytes for c in chunks}
-    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers)
+    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files)
     try:
         dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk), no_dist=True)
+        return writer.checksums
     except CheckpointException as e:
         # torch wraps every failure (even Ctrl-C / SystemExit from SIGTERM): re-raise the real one.
         original = next(iter(e.failures.values()), None)
@@ -228,9 +256,12 @@ def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], o
         raise
 
 
-def finish_iteration_folder(folder: str, common: dict) -> None:
-    """Write megatron's `common.pt` and `metadata.json` next to the shards, then the manifest."""
+def finish_iteration_folder(folder: str, common: dict, checksums: dict | None = None) -> None:
+    """Write megatron's `common.pt` and `metadata.json` next to the shards, then the manifest
+    (`checksums`: entries `write_chunks` already made; every other file is hashed here)."""
     torch.save(common, os.path.join(folder, "common.pt"))
     with open(os.path.join(folder, "metadata.json"), "w") as f:
         json.dump(TORCH_DIST_METADATA, f)
-    manifest_for_tree(folder)
+    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and n != MANIFEST)
+    known = {n: checksums[n] for n in names if checksums and n in checksums}
+    write_manifest(folder, {**known, **describe_files(folder, [n for n in names if n not in known])})
