@@ -268,3 +268,40 @@ def test_workers_write_the_same_bytes_as_one_process(tmp_path):
     assert outputs[1].keys() == outputs[2].keys()
     for name, data in outputs[1].items():
         assert outputs[2][name] == data, name
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prefetch_and_worker_checksums_write_the_same_bytes(tmp_path, workers):
+    """Making the next chunk while the current one is written (prefetch), skipping the per-file fsync
+    and taking the manifest entries from the writers must not change a byte against the plain
+    serial writer (which hashes every file at the end); `produce` is never run concurrently."""
+    import threading
+    import zlib
+
+    from flm_ext.checkpoint import finish_iteration_folder, tensor_chunks
+    from flm_ext.checkpoint.writer import write_chunks
+
+    chunks = [c for i in range(3) for c in tensor_chunks(f"t{i}", f"t{i}", "param", (64, 32 + i), torch.float32, 4)]
+    chunks += tensor_chunks("emb", "emb", "param", (100, 16), torch.bfloat16, None)
+    busy, seen = threading.Lock(), []
+
+    def produce(c):
+        assert busy.acquire(blocking=False), "produce ran concurrently"
+        try:
+            seen.append((c.key, c.layer))
+            g = torch.Generator().manual_seed(zlib.crc32(f"{c.key}/{c.layer}".encode()))
+            return torch.randn(c.sizes, generator=g).to(c.dtype)
+        finally:
+            busy.release()
+
+    outputs = {}
+    for name, kwargs in {"plain": {}, "fast": dict(prefetch=True, sync_files=False, workers=workers)}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        seen.clear()
+        checksums = write_chunks(str(folder), chunks, produce, bucket_bytes=20_000, **kwargs)
+        assert workers > 1 and name == "fast" or sorted(seen) == sorted((c.key, c.layer) for c in chunks)
+        finish_iteration_folder(str(folder), {"iteration": 1}, checksums if name == "fast" else None)
+        outputs[name] = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert len([n for n in outputs["plain"] if n.endswith(".distcp")]) > 3
+    assert outputs["plain"] == outputs["fast"]

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -91,12 +92,45 @@ def _write_item(c: Chunk) -> WriteItem:
 
 
 class _LazySavePlanner(SavePlanner):
-    """Plans the output from `Chunk`s (shapes only); `produce(chunk)` makes each chunk when asked."""
+    """Plans the output from `Chunk`s (shapes only); `produce(chunk)` makes each chunk when asked.
+
+    With `prefetch`, the next tensor chunk of the same file is made in a helper thread while the
+    current one is serialised and written (torch ops and file writes release the GIL), so making
+    and writing overlap; memory grows by one chunk. One chunk is made at a time, in file order, so
+    `produce` sees the calls it would see without prefetch (its reader is never used concurrently).
+    """
 
     def __init__(self, chunks: list[Chunk], produce: Callable[[Chunk], object],
-                 on_chunk: Callable[[Chunk], None] | None):
+                 on_chunk: Callable[[Chunk], None] | None, prefetch: bool = False):
         self.chunks, self.produce, self.on_chunk = chunks, produce, on_chunk
         self.by_index = {_write_item(c).index: c for c in chunks}
+        self.prefetch = prefetch
+        self.next_in_file: dict = {}  # tensor item index -> the next tensor item's index in its file
+        self.pending = None           # (index, Future) of the chunk being made ahead
+        self.executor = None          # made lazily: never before a fork
+
+    def plan_files(self, files: list[list[WriteItem]]) -> None:
+        """The files' items in write order (torch writes each file's byte objects, then its tensors)."""
+        for items in files:
+            tensors = [item.index for item in items if item.type != WriteItemType.BYTE_IO]
+            self.next_in_file.update(zip(tensors, tensors[1:]))
+
+    def _make(self, index):
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            ahead, future = pending
+            data = future.result()
+            if ahead == index:
+                return data
+        return self.produce(self.by_index[index])
+
+    def close(self) -> None:
+        if self.pending is not None:
+            self.pending[1].cancel()
+            self.pending = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
 
     def set_up_planner(self, state_dict, storage_meta=None, is_coordinator=False):
         pass
@@ -112,7 +146,12 @@ class _LazySavePlanner(SavePlanner):
 
     def resolve_data(self, write_item):
         chunk = self.by_index[write_item.index]
-        data = self.produce(chunk)
+        data = self._make(write_item.index)
+        following = self.next_in_file.get(write_item.index) if self.prefetch else None
+        if following is not None:
+            if self.executor is None:
+                self.executor = ThreadPoolExecutor(1, thread_name_prefix="flm-prefetch")
+            self.pending = (following, self.executor.submit(self.produce, self.by_index[following]))
         if self.on_chunk is not None:
             self.on_chunk(chunk)
         return data
@@ -154,12 +193,16 @@ class _BucketedWriter(FileSystemWriter):
         subs = [dataclasses.replace(plan, items=items,
                                     storage_data=dataclasses.replace(plan.storage_data, prefix=f"{prefix}{b}_"))
                 for b, items in enumerate(buckets)]
+        planner.plan_files(buckets)
         if self.workers > 1 and len(subs) > 1:
             results = _write_in_workers(self, subs, planner)
         else:
             results = []
             for sub in subs:
-                written = FileSystemWriter.write_data(self, sub, planner).wait()
+                try:
+                    written = FileSystemWriter.write_data(self, sub, planner).wait()
+                finally:
+                    planner.close()
                 self.checksums.update(_checksum_written(str(self.path), written))
                 results += written
         done: Future = Future()
@@ -200,7 +243,10 @@ def _checksum_written(folder: str, results: list) -> dict:
 
 def _write_bucket(b: int) -> tuple[list, dict]:
     writer, subs, planner = _JOB["writer"], _JOB["subs"], _JOB["planner"]
-    results = FileSystemWriter.write_data(writer, subs[b], planner).wait()
+    try:
+        results = FileSystemWriter.write_data(writer, subs[b], planner).wait()
+    finally:
+        planner.close()
     return results, _checksum_written(str(writer.path), results)
 
 
@@ -237,16 +283,18 @@ def _write_in_workers(writer: _BucketedWriter, subs: list[SavePlan], planner: _L
 
 def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], object], *,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES, on_chunk: Callable[[Chunk], None] | None = None,
-                 workers: int = 1, sync_files: bool = True) -> dict:
+                 workers: int = 1, sync_files: bool = True, prefetch: bool = False) -> dict:
     """Write the tensors / byte objects of a torch_dist folder, producing each chunk on demand
     (in `workers` processes, bucket by bucket; the same bytes as in one). `sync_files=False` skips
     the fsync after each file, for a caller that fsyncs the whole folder once at the end (as
     `fileio.building` does): the disk then writes back while the next chunks are made.
+    `prefetch`: make the next chunk while the current one is written (see `_LazySavePlanner`).
     Returns the manifest entries of the files written (for `finish_iteration_folder`)."""
     sizes = {_write_item(c).index: c.nbytes for c in chunks}
     writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files)
     try:
-        dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk), no_dist=True)
+        dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk, prefetch),
+                 no_dist=True)
         return writer.checksums
     except CheckpointException as e:
         # torch wraps every failure (even Ctrl-C / SystemExit from SIGTERM): re-raise the real one.

@@ -211,7 +211,8 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
         out_dir = iteration_dir(partial, iteration)
         os.makedirs(out_dir)
         checksums = write_chunks(out_dir, chunks, _grower(ckpt.reader, plan, method), bucket_bytes=bucket_bytes,
-                                 on_chunk=on_chunk, workers=workers, sync_files=False)  # building() fsyncs the tree
+                                 on_chunk=on_chunk, workers=workers, sync_files=False,  # building() fsyncs the tree
+                                 prefetch=True)
         finish_iteration_folder(out_dir, grown_common(ckpt.common, plan, ramp_steps, iteration, load, method),
                                 checksums)
         write_latest(partial, iteration)
