@@ -157,7 +157,9 @@ def test_a_failed_async_write_stops_the_run_and_keeps_the_previous_checkpoint(da
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # report EFBIG instead of killing the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (shard // 2, shard // 2))
 
-    args = tiny_data.train_args(data, train_iters=4, save=str(ckpt), load=str(ckpt), async_save=True)
+    # One more step than the base run: a longer schedule on resume is refused unless asked for.
+    args = tiny_data.train_args(data, train_iters=4, save=str(ckpt), load=str(ckpt), async_save=True,
+                                override_opt_param_scheduler=True)
     proc = subprocess.run(tiny_data.command(1, args), capture_output=True, text=True, env=ENV, timeout=300,
                           preexec_fn=limit_file_size)
     out = proc.stdout + proc.stderr

@@ -22,12 +22,15 @@ EXAMPLES = REPO / "examples"
 
 # A stand-in interpreter: `--check-config` passes; a torchrun call is recorded (its argv, NUL-separated,
 # and its FLM_LAUNCH_ID) and exits with the next code in $CODES_FILE; code "term" waits for SIGTERM and
-# then exits 0 (a clean stop); "grow" also writes the stage's latest-checkpoint marker.
+# then exits 0 (a clean stop); "grow" also writes the stage's latest-checkpoint marker. Recording holds a
+# lock: concurrent "nodes" appending without it interleaved their lines.
 FAKE_PYTHON = r"""#!/bin/bash
 for a in "$@"; do [[ "$a" == --check-config ]] && exit 0; done
 if [[ "$1" == */tools/torchrun.py ]]; then
+  exec 9>>"$RECORD.lock"; flock 9  # the sbatch tests start one launcher per "node" at once
   { printf '%s\0' "$FLM_LAUNCH_ID" "$@"; echo; } >> "$RECORD"
   code=$(head -n 1 "$CODES_FILE"); sed -i 1d "$CODES_FILE"; code=${code:-0}
+  flock -u 9; exec 9>&-
   case "$code" in
     term) trap 'echo stopped >> "$RECORD.stops"; exit 0' TERM; touch "$RECORD.ready"; while :; do sleep 0.05; done ;;
     grow) mkdir -p "$CKPT" && echo 5 > "$CKPT/latest_checkpointed_iteration.txt"; exit 1 ;;

@@ -149,8 +149,14 @@ class RunOperations:
     def finish(self) -> None:
         """End of the loop: publish the save in flight, stop the watchdog."""
         self._log_published(self.saver.finalize(blocking=True))
+        self.stop_watchdog()
+
+    def stop_watchdog(self) -> None:
+        """Also on an error out of the loop: a watchdog left running in a process that goes on (a tool's
+        main() called in-process) would later name a hang that is not one and exit that process."""
         if self.watchdog:
             self.watchdog.stop()
+            self.watchdog = None
 
     @staticmethod
     def _log_published(folders: list[str]) -> None:

@@ -434,4 +434,6 @@ def pretrain(cfg: TrainConfig, hooks=()) -> dict:
         trainer.build_data()
         return trainer.train()
     finally:
+        if getattr(trainer, "ops", None) is not None:
+            trainer.ops.stop_watchdog()
         trainer.release_save_folder()
