@@ -6,7 +6,7 @@ fallback server and vLLM (tools/serve.py, HTTP over loopback) for 1 and 8 concur
 time to first token (streamed requests). Every request generates exactly --new-tokens tokens
 (ignore_eos) from the same prompts; greedy.
 
-  python benchmarks/serve_throughput.py --load /tmp/flm-export --vllm-python /work/venvs/vllm/bin/python
+  python benchmarks/serve_throughput.py --load /tmp/flm-export --vllm-python VLLM_VENV/bin/python
 
 Aggregate tokens/s = all generated tokens / wall time of the whole round (first request sent to
 last response). Prints a markdown table and writes --json.

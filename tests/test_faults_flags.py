@@ -55,7 +55,7 @@ FAULTS = [
      "--lr-warmup-iters=2 (8 samples) must be shorter than the decay (--train-samples=8)"),
 ]
 
-# Long-run operations (issue 18): saves, watchdog, time limit, loss spikes, W&B.
+# Long-run operations: saves, watchdog, time limit, loss spikes, W&B.
 NO_WANDB = pytest.mark.skipif(__import__("importlib.util").util.find_spec("wandb") is not None,
                               reason="wandb is refused only where it is not installed")
 FAULTS += [
