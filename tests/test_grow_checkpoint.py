@@ -17,8 +17,8 @@ import torch
 
 from flm_ext.checkpoint import manifest_for_tree
 
-from distributed import free_port, run_then_sigkill
-from tiny_data import train  # `data`, the tiny bilingual set, is a session fixture (conftest.py)
+from distributed import run_then_sigkill
+from tiny_data import run_tool, train  # `data`, the tiny bilingual set, is a session fixture (conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
@@ -34,8 +34,7 @@ def _train(nproc: int, data: dict, out: Path, **flags) -> dict[int, float]:
 
 
 def _grow_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True,
-                          env=dict(ENV, MASTER_PORT=str(free_port())), timeout=600)
+    return run_tool("grow_checkpoint.py", *args, env=ENV)
 
 
 @pytest.fixture(scope="module")

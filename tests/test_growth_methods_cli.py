@@ -7,14 +7,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from distributed import free_port
-from tiny_data import train
+from tiny_data import run_tool, train
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -32,8 +30,7 @@ GROWTHS = {
 
 
 def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools" / name), *args], capture_output=True, text=True,
-                          env=dict(ENV, MASTER_PORT=str(free_port())), timeout=600)
+    return run_tool(name, *args, env=ENV)
 
 
 @pytest.fixture(scope="module")

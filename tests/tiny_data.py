@@ -91,6 +91,14 @@ def train_args(paths: dict, **overrides) -> list[str]:
     return args
 
 
+def run_tool(name: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """tools/<name> in its own interpreter, on a port of its own for any single-process rendezvous."""
+    from distributed import free_port
+
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools", name), *args], capture_output=True, text=True,
+                          env=dict(env or ENV, MASTER_PORT=str(free_port())), timeout=timeout)
+
+
 def command(nproc: int, args: list[str]) -> list[str]:
     """pretrain_flm.py in one process, or under torchrun with `nproc` gloo ranks."""
     from distributed import free_port
