@@ -67,8 +67,7 @@ class CheckpointSaver:
         self._queue = None
         self.in_flight: tuple[str, int, int | None] | None = None  # (root, iteration, keep)
         self.published: list[str] = []  # folders made the latest by `finalize` since the last look
-        if writers_die_with_trainer:
-            writer_processes_die_with_trainer()
+        self._guard_writers = writers_die_with_trainer  # done at the first save, when megatron would start them
 
     def strategy(self):
         """megatron's torch_dist save strategy, fully parallel over the DP group when asked (built once)."""
@@ -88,6 +87,9 @@ class CheckpointSaver:
              keep: int | None, discard_newer: bool = False) -> str:
         """Save `iteration`; returns its final folder. Async: returns once the writer runs; the folder
         becomes the latest when `finalize` publishes it. Waits for a save still in flight first."""
+        if self._guard_writers:  # not at start-up: a run that never saves starts no Manager
+            writer_processes_die_with_trainer()
+            self._guard_writers = False
         if not self.async_save:
             return checkpointing.save_checkpoint(root, iteration, chunks, optimizer, scheduler, extra=extra,
                                                  keep=keep, sharded_strategy=self.strategy(),
