@@ -31,14 +31,14 @@ def main() -> None:
     import torch
 
     from flm_ext.config import num_parameters
-    from flm_ext.training import checkpointing
+    from flm_ext.checkpoint import training_io
     from flm_ext.training.async_save import CheckpointSaver
 
     torch.set_num_threads(1)
     cfg, model, optimizer, step = model_with_adam_state(args, seq_length=64)
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
-    extra = checkpointing.common_extra(cfg, 0, optimizer)
+    extra = training_io.common_extra(cfg, 0, optimizer)
     sync_saver = CheckpointSaver(async_save=False, fully_parallel=False)
     async_saver = CheckpointSaver(async_save=True, fully_parallel=False)
     rows = {"sync": [], "async_call": [], "async_publish": [], "async_blocked": [], "async_until_latest": [],
@@ -73,7 +73,7 @@ def main() -> None:
                 rows["async_until_latest"].append(time.perf_counter() - t0)
                 rows["steps_meanwhile"].append(len(steps))
                 rows["step_meanwhile"].append(statistics.median(steps))
-            assert checkpointing.resolve(root)[0] == folder
+            assert training_io.resolve(root)[0] == folder
             size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder))
             print(f"repeat {r} {variant}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in rows.items()
                                                         if v and (k.startswith(variant) or k == "step_alone" or

@@ -31,20 +31,20 @@ def main() -> None:
 
     from flm_ext.checkpoint.integrity import describe_files, verify_files
     from flm_ext.config import num_parameters
-    from flm_ext.training import checkpointing
+    from flm_ext.checkpoint import training_io
 
     cfg, model, optimizer, _ = model_with_adam_state(args, seq_length=256)
     root = os.path.join(args.workdir, "ckpt")
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
-    extra = checkpointing.common_extra(cfg, 0, optimizer)
+    extra = training_io.common_extra(cfg, 0, optimizer)
 
     times = {k: [] for k in ("save_plain", "save_manifest", "load_plain", "load_verified", "checksums")}
     size = 0
     for r in range(args.repeats):
         plain = os.path.join(args.workdir, f"plain_{r}")
         os.makedirs(plain)
-        state = checkpointing._sharded_state(model, optimizer, None, is_loading=False, extra={"iteration": r, **extra})
+        state = training_io._sharded_state(model, optimizer, None, is_loading=False, extra={"iteration": r, **extra})
         t = time.perf_counter()
         dist_checkpointing.save(state, plain)
         times["save_plain"].append(time.perf_counter() - t)
@@ -52,11 +52,11 @@ def main() -> None:
         describe_files(plain, sorted(os.listdir(plain)))  # what the manifest adds to a save
         times["save_manifest"].append(times["save_plain"][-1] + time.perf_counter() - t)
         shutil.rmtree(plain)
-        folder = checkpointing.save_checkpoint(root, r + 1, model, optimizer, None, extra=extra, keep=1)
+        folder = training_io.save_checkpoint(root, r + 1, model, optimizer, None, extra=extra, keep=1)
         size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder))
         for verify in (False, True) if r % 2 == 0 else (True, False):
             t = time.perf_counter()
-            checkpointing.load_checkpoint(root, model, optimizer, None, verify=verify)
+            training_io.load_checkpoint(root, model, optimizer, None, verify=verify)
             times["load_verified" if verify else "load_plain"].append(time.perf_counter() - t)
         t = time.perf_counter()
         verify_files(folder)  # the checksum work alone

@@ -50,7 +50,7 @@ def main() -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
     tool = os.path.join(REPO, "tools", "grow_checkpoint.py")
-    _, baseline, _ = run([sys.executable, "-c", "import flm_ext.growth.checkpoint"])
+    _, baseline, _ = run([sys.executable, "-c", "import flm_ext.growth.offline"])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
           f"import-only RSS {baseline:.0f} MiB", flush=True)
     rows = []

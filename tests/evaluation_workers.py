@@ -28,7 +28,7 @@ def train_tokenizer(out_dir: str) -> str:
 def save_checkpoint_worker(rank: int, world_size: int, out_dir: str, tp: int, pp: int, vocab: int) -> None:
     from flm_ext.model.flm_model import build_model_chunks
     from flm_ext.runtime import initialize_distributed
-    from flm_ext.training.checkpointing import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
 
     parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     initialize_distributed(parallel, seed=1234)

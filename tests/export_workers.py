@@ -41,7 +41,7 @@ def save_layouts(rank, world_size, out_dir):
     from megatron.core import parallel_state
 
     from flm_ext.runtime import initialize_distributed
-    from flm_ext.training.checkpointing import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
 
     for index, (name, (cfg, layout)) in enumerate(LAYOUTS.items()):
         if index:
@@ -54,7 +54,7 @@ def save_layouts(rank, world_size, out_dir):
 def save_ramp(root: str) -> None:
     """A TP=1 checkpoint of GROWN inside its growth ramp (in this process's TP=PP=1 megatron state)."""
     from flm_ext.growth import GrowthState
-    from flm_ext.training.checkpointing import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
 
     state = GrowthState(num_layers=3, hidden_size=48, old_hidden_size=32, num_attention_heads=6,
                         old_num_attention_heads=4, head_dim=8, ffn_hidden_size=96, old_ffn_hidden_size=64,

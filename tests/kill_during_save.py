@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from flm_ext.config import FLMConfig, ParallelConfig  # noqa: E402
 from flm_ext.model.flm_model import build_model_chunks  # noqa: E402
 from flm_ext.runtime import initialize_distributed  # noqa: E402
-from flm_ext.training import checkpointing  # noqa: E402
+from flm_ext.checkpoint import training_io  # noqa: E402
 from flm_ext.training.engine import OptimConfig, build_optimizer, wrap_ddp  # noqa: E402
 
 CFG = FLMConfig(num_layers=2, hidden_size=32, num_attention_heads=2, seq_length=16, vocab_size=128)
@@ -42,7 +42,7 @@ def check_iteration_1_loads(root) -> None:
     with torch.no_grad():
         for p in model[0].parameters():
             p.add_(5.0)  # whatever the fresh weights were, only the load can bring back iteration 1's
-    common = checkpointing.load_checkpoint(str(root), model, optimizer, None)
+    common = training_io.load_checkpoint(str(root), model, optimizer, None)
     assert common["iteration"] == 1 and common["consumed_train_samples"] == 8, common
     want = torch.load(f"{root}/weights_at_1.pt")
     got = model[0].module.state_dict()
@@ -52,17 +52,17 @@ def check_iteration_1_loads(root) -> None:
 def main(root: str) -> None:
     initialize_distributed(ParallelConfig(), seed=7, rank=0, world_size=1)
     model, optimizer = build()
-    checkpointing.save_checkpoint(root, 1, model, optimizer, None, extra=checkpointing.common_extra(CFG, 8))
+    training_io.save_checkpoint(root, 1, model, optimizer, None, extra=training_io.common_extra(CFG, 8))
     remember_weights_then_change_them(model, root)
-    real_save = checkpointing.dist_checkpointing.save
+    real_save = training_io.dist_checkpointing.save
 
     def save_then_hang(*args, **kwargs):
         real_save(*args, **kwargs)
         print("hanging in save 2", flush=True)
         time.sleep(600)
 
-    checkpointing.dist_checkpointing.save = save_then_hang
-    checkpointing.save_checkpoint(root, 2, model, optimizer, None, extra=checkpointing.common_extra(CFG, 16))
+    training_io.dist_checkpointing.save = save_then_hang
+    training_io.save_checkpoint(root, 2, model, optimizer, None, extra=training_io.common_extra(CFG, 16))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def export(tmp_path_factory, megatron_single_process) -> Path:
     from flm_ext.data.train_bpe import train_bpe
     from flm_ext.export import open_for_export
     from flm_ext.export.export import export_checkpoint
-    from flm_ext.training.checkpointing import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
 
     d = tmp_path_factory.mktemp("faults_export")
     with open(d / "text.jsonl", "w", encoding="utf-8") as f:

@@ -106,7 +106,7 @@ def test_training_continues_after_width_growth_at_pp2_and_round_trips(data, runs
 
 
 def test_depth_growth_preserves_logits_and_the_next_loss(data, runs, old, next_loss, megatron_single_process):
-    from flm_ext.growth.checkpoint import grow_checkpoint
+    from flm_ext.growth.offline import grow_checkpoint
     from flm_ext.growth.verify import verify_growth
 
     deep = runs / "deep"
@@ -134,7 +134,7 @@ def test_depth_growth_preserves_logits_and_the_next_loss(data, runs, old, next_l
     (dict(hidden_size=128, num_attention_heads=4), "GrowthError", "keeps the head size fixed: head_dim 16 -> 32"),
 ])
 def test_impossible_shapes_are_refused(runs, old, sizes, error, message):
-    from flm_ext.growth.checkpoint import grow_checkpoint
+    from flm_ext.growth.offline import grow_checkpoint
 
     out = runs / f"refused_{'_'.join(map(str, sizes.values()))}"
     with pytest.raises(Exception) as info:
@@ -152,7 +152,7 @@ def test_cli_refusal_names_the_problem_and_exits_2(runs, old):
 
 
 def test_bad_input_and_existing_output_are_refused(runs, old, wide):
-    from flm_ext.growth.checkpoint import GrowCheckpointError, grow_checkpoint
+    from flm_ext.growth.offline import GrowCheckpointError, grow_checkpoint
 
     grow = lambda load, save: grow_checkpoint(str(load), str(save), WIDE, log=lambda _: None)  # noqa: E731
     with pytest.raises(GrowCheckpointError, match="no such file"):
@@ -180,7 +180,7 @@ def test_bad_input_and_existing_output_are_refused(runs, old, wide):
 
 def test_an_error_during_growth_leaves_nothing(runs, old, monkeypatch):
     """E.g. a full disk half-way (a Ctrl-C there is wrapped the same way by torch's checkpoint writer)."""
-    import flm_ext.growth.checkpoint as gc
+    import flm_ext.growth.offline as gc
     import flm_ext.growth.methods.msg as msg
 
     calls = {"n": 0}
@@ -224,7 +224,7 @@ def test_bf16_weights_and_their_fp32_main_copies_grow_alike(tmp_path):
     from flm_ext.config import get_preset
     from flm_ext.growth import GrowthPlan, is_layer_key
     from flm_ext.checkpoint import CheckpointReader
-    from flm_ext.growth.checkpoint import grow_checkpoint
+    from flm_ext.growth.offline import grow_checkpoint
     from flm_ext.growth.synthetic import write_synthetic_checkpoint
 
     cfg = get_preset("tiny-stage1", num_layers=2, vocab_size=512)

@@ -341,7 +341,7 @@ def test_non_finite_loss_skips_the_update_and_too_many_stop_the_run(megatron_sin
 
 
 def test_untie_adam_steps_gives_every_parameter_its_own_step():
-    from flm_ext.training.checkpointing import untie_adam_steps
+    from flm_ext.checkpoint.training_io import untie_adam_steps
 
     params = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
     adam = torch.optim.Adam(params)

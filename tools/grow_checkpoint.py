@@ -15,7 +15,7 @@ tensor by tensor (memory: a few of the largest tensors, not the model). Sizes no
 --verify builds both models on this machine (TP=1, float64), runs a probe batch and prints
 `max abs logit diff: <value>` and `loss jump: <value>` before the grown checkpoint is published:
 for a function-preserving method (msg, clone) a difference above --tolerance exits 1 and the grown
-files are removed (nothing at --save). See flm_ext/growth/checkpoint.py and flm_ext/growth/verify.py.
+files are removed (nothing at --save). See flm_ext/growth/offline.py and flm_ext/growth/verify.py.
 """
 import argparse
 import os
@@ -28,7 +28,7 @@ from flm_ext.fileio import stop_cleanly_on_sigterm  # noqa: E402
 
 quiet_megatron_import_warnings()
 from flm_ext.config import ConfigError  # noqa: E402
-from flm_ext.growth.checkpoint import GrowCheckpointError, grow_checkpoint  # noqa: E402
+from flm_ext.growth.offline import GrowCheckpointError, grow_checkpoint  # noqa: E402
 from flm_ext.growth.methods import get_method, method_names  # noqa: E402
 from flm_ext.growth.operators import DEPTH_INITS, DEPTH_PLACEMENTS, GrowthError  # noqa: E402
 

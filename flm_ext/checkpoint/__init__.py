@@ -1,11 +1,16 @@
-"""The checkpoint format: the one owner of the on-disk layout, read by training, growth,
-evaluation and export.
+"""The checkpoint format and every path that writes or reads it: the one owner of the on-disk
+layout, read by training, growth, evaluation and export.
 
 - `layout`: run roots, `iter_N` folders, the latest marker; never a silent "no checkpoint".
 - `integrity`: the manifest (sizes + xxh3 checksums) and loading that never runs code.
 - `reader`: `open_checkpoint(path)` -> a verified `Checkpoint` with its FLMConfig, common state and
   a reader of global tensor slices at any saved TP/PP.
-- `writer`: tensor-by-tensor torch_dist output for offline tools.
+- `writer`: tensor-by-tensor torch_dist output for offline tools (growth, import, synthetic inputs).
+- `training_io`: the trainer's save and load of a live, distributed model (all ranks, megatron's
+  dist_checkpointing, optimizer and RNG state, the fixes megatron's torch-Adam load path needs);
+  `async_save`: the same save written in the background.
+- `model_state`: model weights alone, into built model chunks (evaluation, growth checks).
+- `run_record`, `lock`: the run contract and loss ledger a checkpoint carries; one writer per folder.
 """
 from flm_ext.checkpoint.integrity import MANIFEST, load_common, load_metadata, manifest_for_tree, verify_files
 from flm_ext.checkpoint.layout import (LATEST, CheckpointError, complete_iterations, holds_checkpoint,

@@ -1,7 +1,8 @@
 """Growth for FLM: MSG's tensor operators (`operators`) and runtime masks (`masks`), the growth
-record (`state`), the other operators (`methods`) and the checkpoint tool (`checkpoint`).
+record (`state`), the other operators (`methods`) and the growth of a saved checkpoint (`offline`:
+what tools/grow_checkpoint.py runs).
 
-Names are resolved on first use (PEP 562), so that `flm_ext.growth.checkpoint` and the growth
+Names are resolved on first use (PEP 562), so that `flm_ext.growth.offline` and the growth
 tool do not import megatron (masks.py hooks megatron modules; the tool only moves tensors).
 """
 from __future__ import annotations

@@ -12,8 +12,8 @@ import os
 
 import torch.distributed as dist
 
-from flm_ext.training import checkpointing
-from flm_ext.training.async_save import CheckpointSaver
+from flm_ext.checkpoint import training_io
+from flm_ext.checkpoint.async_save import CheckpointSaver
 from flm_ext.training.monitoring import LossSpikeDetector, StepTimer, TimeLimit, describe_spread
 from flm_ext.training.watchdog import Watchdog
 
@@ -96,13 +96,13 @@ class RunOperations:
             return False
         self._log_published(self.saver.finalize(blocking=True))
         try:
-            folder, _ = checkpointing.resolve(ck.save)
-        except checkpointing.CheckpointError:
+            folder, _ = training_io.resolve(ck.save)
+        except training_io.CheckpointError:
             _log(f"step {t.iteration}: no checkpoint in {ck.save} to roll back to yet; going on")
             return False
         t.scheduler.num_steps = 0  # megatron's scheduler load *adds* the saved step count to its own
-        common = checkpointing.load_checkpoint(folder, t.model, t.optimizer, t.scheduler,
-                                               verify=ck.verify_checkpoint)
+        common = training_io.load_checkpoint(folder, t.model, t.optimizer, t.scheduler,
+                                             verify=ck.verify_checkpoint)
         spiked_at = t.iteration
         t.iteration, t.consumed = common["iteration"], common["consumed_train_samples"]
         for hook in t.hooks:

@@ -35,7 +35,7 @@ from flm_ext.config import ConfigError, describe
 from flm_ext.model.flm_model import build_model_chunks
 from flm_ext.progress import format_duration
 from flm_ext.runtime import initialize_distributed
-from flm_ext.training import checkpointing
+from flm_ext.checkpoint import training_io
 from flm_ext.training.arguments import TrainConfig, with_vocab
 from flm_ext.training.contract import check_mup, check_resume, contract_of
 from flm_ext.training.data import GlobalBatchSampler, micro_batches
@@ -266,9 +266,9 @@ class Trainer:
                                   override_schedule=ck.override_opt_param_scheduler)
         self.check_save_folder(0 if restart else saved_iteration)
         load_optim = not (ck.no_load_optim or ck.finetune)
-        common = checkpointing.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
-                                               load_optimizer=load_optim, load_scheduler=not restart,
-                                               verify=ck.verify_checkpoint)
+        common = training_io.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
+                                             load_optimizer=load_optim, load_scheduler=not restart,
+                                             verify=ck.verify_checkpoint)
         if not restart:
             self.iteration, self.consumed = common["iteration"], common["consumed_train_samples"]
             s = self.cfg.schedule
@@ -316,7 +316,7 @@ class Trainer:
         ck = self.cfg.checkpoint
         if not ck.save:
             return
-        if not checkpointing.weights_finite(self.model):
+        if not training_io.weights_finite(self.model):
             raise TrainingError(f"the weights are not finite at iteration {self.iteration}: not saving them; the "
                                 f"latest checkpoint in {ck.save} is unchanged; {self.recovery_advice()}")
         self.ledger.saved(self.iteration)
@@ -324,7 +324,7 @@ class Trainer:
                      RunContract.KEY: contract_of(self.cfg).to_dict(), LossLedger.KEY: self.ledger.to_dict()}
         for hook in self.hooks:
             flm_extra.update(hook.checkpoint_state())
-        extra = checkpointing.common_extra(self.cfg.model, self.consumed, self.optimizer, flm_extra)
+        extra = training_io.common_extra(self.cfg.model, self.consumed, self.optimizer, flm_extra)
         with self.ops.saving():
             path = self.ops.saver.save(ck.save, self.iteration, self.model, self.optimizer, self.scheduler,
                                        extra=extra, keep=ck.keep_last, discard_newer=self.discard_newer)

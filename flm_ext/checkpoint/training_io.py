@@ -1,5 +1,5 @@
-"""Training checkpoints: megatron-core's dist_checkpointing (torch_dist) in the layout and with the
-guarantees of `flm_ext.checkpoint`.
+"""The trainer's checkpoints: save and load a live model on every rank with megatron-core's
+dist_checkpointing (torch_dist), in the layout and with the guarantees of `flm_ext.checkpoint`.
 
 A save writes `iter_N.partial/`, each rank hashes the files it wrote into the manifest, and only
 after every rank has finished is the folder renamed to `iter_N/` and the latest marker replaced

@@ -1,4 +1,5 @@
-"""Grow a torch_dist training checkpoint offline, tensor by tensor (FLM's 16B -> 51B -> 101B steps).
+"""Grow a saved torch_dist training checkpoint offline, tensor by tensor (FLM's 16B -> 51B -> 101B
+steps).
 
 `grow_checkpoint(load, save, overrides)` reads a checkpoint the trainer wrote (any TP/PP, verified,
 through `flm_ext.checkpoint`) and writes one the trainer loads at any TP/PP, with the model, Adam

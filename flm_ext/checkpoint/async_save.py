@@ -8,7 +8,7 @@ a larger buffer (DDP's parameter buffer), and the fork; on a GPU also the copy t
 The writer child checksums the files it wrote (off the training process's critical path) into a
 side file. Finalisation runs on every rank at a later step (polled each step, without waiting) or
 before the next save / at the end (waiting): megatron's own finalisation (torch's `.metadata`,
-`metadata.json`), then `checkpointing.publish_save`: the manifest of every rank's checksums, the
+`metadata.json`), then `training_io.publish_save`: the manifest of every rank's checksums, the
 rename of `iter_N.partial` and the latest marker. A crash before that leaves `iter_N.partial`
 unpublished and the previous checkpoint the latest; a write error on any rank raises
 CheckpointError on every rank. One save is in flight at a time.
@@ -30,7 +30,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from torch.distributed.checkpoint.api import CheckpointException
 
 from flm_ext.processes import die_with_parent, forked_children_die_with_parent
-from flm_ext.training import checkpointing
+from flm_ext.checkpoint import training_io
 
 CHECKSUM_SIDE_FILE = ".flm_files_{rank}.json"  # written by a rank's writer child, read and removed at publish
 
@@ -91,21 +91,21 @@ class CheckpointSaver:
             writer_processes_die_with_trainer()
             self._guard_writers = False
         if not self.async_save:
-            return checkpointing.save_checkpoint(root, iteration, chunks, optimizer, scheduler, extra=extra,
-                                                 keep=keep, sharded_strategy=self.strategy(),
-                                                 discard_newer=discard_newer)
+            return training_io.save_checkpoint(root, iteration, chunks, optimizer, scheduler, extra=extra,
+                                               keep=keep, sharded_strategy=self.strategy(),
+                                               discard_newer=discard_newer)
         self.finalize(blocking=True)
-        final, partial = checkpointing.begin_save(root, iteration)
-        state = checkpointing._sharded_state(chunks, optimizer, scheduler, is_loading=False,
-                                             extra={"iteration": iteration, **extra})
+        final, partial = training_io.begin_save(root, iteration)
+        state = training_io._sharded_state(chunks, optimizer, scheduler, is_loading=False,
+                                           extra={"iteration": iteration, **extra})
         error = request = None
         try:
             request = dist_checkpointing.save(state, partial, sharded_strategy=self.strategy(),
                                               validate_access_integrity=True, async_sharded_save=True)
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - planning failed: every rank raises below
-            error = checkpointing.save_error(partial, e)
-        if checkpointing._collect_errors(error) is not None:
-            checkpointing.publish_save(root, iteration, None, error, keep)  # raises everywhere
+            error = training_io.save_error(partial, e)
+        if training_io._collect_errors(error) is not None:
+            training_io.publish_save(root, iteration, None, error, keep)  # raises everywhere
         if self._queue is None:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
@@ -127,12 +127,12 @@ class CheckpointSaver:
                     fn()
                 files = _read_side_file(partial, rank)
                 if rank == 0:
-                    files.update(checkpointing.describe_files(partial, [n for n in ("common.pt", "metadata.json")
-                                                                        if os.path.exists(os.path.join(partial, n))]
-                                                              + [".metadata"]))
+                    files.update(training_io.describe_files(partial, [n for n in ("common.pt", "metadata.json")
+                                                                      if os.path.exists(os.path.join(partial, n))]
+                                                            + [".metadata"]))
             except (Exception, CheckpointException) as e:  # noqa: BLE001 - a write failed on some rank
-                error = checkpointing.save_error(partial, e)
-            checkpointing.publish_save(root, iteration, files, error, keep, discard_newer=discard_newer)
+                error = training_io.save_error(partial, e)
+            training_io.publish_save(root, iteration, files, error, keep, discard_newer=discard_newer)
             self.published.append(final)
 
         if write is None:  # this rank has nothing to write (fully parallel): the side file now
@@ -167,7 +167,7 @@ def _write_side_file(partial: str, rank: int) -> None:
     files = {}
     try:
         names = [n for n in os.listdir(partial) if n.startswith(f"__{rank}_")]
-        files = checkpointing.describe_files(partial, names)
+        files = training_io.describe_files(partial, names)
     finally:
         with open(os.path.join(partial, CHECKSUM_SIDE_FILE.format(rank=rank)), "w") as f:
             json.dump(files, f)
