@@ -26,7 +26,8 @@ LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)\)")
 REPO_PATH = re.compile(r"(?<![\w./$~-])((?:flm_ext|tools|tests|docs|examples|benchmarks|\.ci)/[\w./*{},<>:-]*"
                        r"[\w*}>/])")
 MODULE = re.compile(r"(?<![\w./-])(flm_ext(?:\.\w+)+)")
-SECTION_REF = re.compile(r"((?:docs/)?[\w]+\.md)(?:\)|,)?\s*\(?\"([^\"\n]+)\"")
+SECTION_REF = re.compile(r"((?:docs/)?[\w]+\.md|README)(?:\)|,)?\s*\(?\"([^\"\n]+)\"")
+SECTION_REF_STRICT = re.compile(r"((?:docs/)?\w+\.md),? \(\"([^\"\n]+)\"\)")  # in code: `docs/X.md ("Title")` only
 SECTION_NUMBER = re.compile(r"(docs/FLM\.md)(?:'s)?,? sections? (\d+(?:\.\d+)?)")
 FILE_BLOCK = re.compile(r"(?:file|append)=(\S+)")
 
@@ -138,9 +139,12 @@ def module_problem(dotted: str, root: Path = REPO) -> str | None:
 
 
 def dangling_modules(text: str, root: Path = REPO) -> list[str]:
+    created = {p[:-3].replace("/", ".") for p in created_by_examples(text) if p.endswith(".py")}
     bad = []
     for dotted in sorted(set(MODULE.findall(text))):
         dotted = dotted.rstrip(".")
+        if any(dotted == c or dotted.startswith(c + ".") for c in created):
+            continue
         problem = module_problem(dotted, root)
         if problem:
             bad.append(f"{dotted}: {problem}")
@@ -163,11 +167,12 @@ def dangling_links(doc: Path) -> list[str]:
     return bad
 
 
-def dangling_sections(doc: Path) -> list[str]:
+def dangling_sections(doc: Path, refs: re.Pattern = SECTION_REF) -> list[str]:
     """docs/X.md ("Title") must name a heading of X (a prefix is enough); docs/FLM.md section N one of its."""
     text = doc.read_text(encoding="utf-8")
     bad = []
-    for name, title in SECTION_REF.findall(text):
+    for name, title in refs.findall(text):
+        name = "README.md" if name == "README" else name
         target = REPO / "docs" / Path(name).name if not (REPO / name).is_file() else REPO / name
         if not target.is_file():
             continue  # reported by the path check
@@ -384,6 +389,18 @@ def test_every_flag_in_the_pages_commands_is_one_the_tool_takes():
     assert not bad, "flags the tools do not take:\n  " + "\n  ".join(bad)
 
 
+def test_the_code_cites_docs_that_exist():
+    """Docstrings and comments point readers at docs/*.md (and their sections): those resolve too."""
+    files = [p for d in ("flm_ext", "tools", "benchmarks", "examples", "tests") for p in (REPO / d).rglob("*")
+             if p.suffix in (".py", ".sh") and p.name != "test_docs.py"] + [REPO / "pretrain_flm.py", REPO / "Makefile"]
+    bad = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        docs_only = "\n".join(t for t in REPO_PATH.findall(text) if t.startswith("docs/"))
+        bad += [f"{rel(path)}: {b}" for b in dangling_paths(docs_only) + dangling_sections(path, SECTION_REF_STRICT)]
+    assert not bad, "\n".join(bad)
+
+
 # --- controls: each check reports what it is there to catch ---------------------------------------
 
 def test_controls_a_planted_dangling_reference_is_reported(tmp_path):
@@ -393,11 +410,15 @@ def test_controls_a_planted_dangling_reference_is_reported(tmp_path):
                                     "flm_ext/no_such.py: no flm_ext/no_such.py",
                                     "tests/test_docs.py::no_such_test: tests/test_docs.py defines no no_such_test"]
     assert dangling_modules(text) == ["flm_ext.growth.no_such_name: flm_ext.growth defines no no_such_name"]
+    example = "```python file=flm_ext/growth/methods/toy.py\n```\n`flm_ext/growth/methods/toy.py`, `flm_ext.growth.methods.toy.Toy`"
+    assert dangling_paths(example) == [] and dangling_modules(example) == []  # what a worked example creates
+    assert dangling_paths(example.split("\n", 2)[2]) == ["flm_ext/growth/methods/toy.py: no flm_ext/growth/methods/toy.py"]
     page = tmp_path / "page.md"
     page.write_text('# Title\n\n[a](#title) [b](#no-such) [c](nowhere.md) docs/FLM.md section 77, '
-                    'docs/growth.md ("No such heading").\n')
+                    'docs/growth.md ("No such heading"), README "Evaluation".\n')
     assert dangling_links(page) == ["#no-such: no heading with that anchor", "nowhere.md: no such file"]
     assert dangling_sections(page) == ['docs/growth.md ("No such heading"): no such heading',
+                                       'README.md ("Evaluation"): no such heading',
                                        "docs/FLM.md section 77: no such section"]
 
 
