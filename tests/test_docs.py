@@ -29,6 +29,7 @@ MODULE = re.compile(r"(?<![\w./-])(flm_ext(?:\.\w+)+)")
 SECTION_REF = re.compile(r"((?:docs/)?[\w]+\.md|README)(?:\)|,)?\s*\(?\"([^\"\n]+)\"")
 SECTION_REF_STRICT = re.compile(r"((?:docs/)?\w+\.md),? \(\"([^\"\n]+)\"\)")  # in code: `docs/X.md ("Title")` only
 SECTION_NUMBER = re.compile(r"(docs/FLM\.md)(?:'s)?,? sections? (\d+(?:\.\d+)?)")
+BARE_MD = re.compile(r"(?<![\w/.-])([\w-]+\.md)\b")  # DESIGN.md, KINDS.md: a page named without its folder
 FILE_BLOCK = re.compile(r"(?:file|append)=(\S+)")
 
 
@@ -331,10 +332,20 @@ def test_readme_fits_on_a_few_screens():
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; at most {README_MAX_LINES}: move detail to docs/"
 
 
+def dangling_bare_pages(doc: Path) -> list[str]:
+    """A page named without its folder (`KINDS.md`) must be next to the doc, in the root or in docs/,
+    or be written by one of the page's own commands (`--markdown eval.md`)."""
+    text = doc.read_text(encoding="utf-8")
+    written = {Path(v).name for cmd in commands(text) for flag, v in zip(cmd, cmd[1:]) if flag in OUTPUT_FLAGS}
+    return [f"{name}: not in this repository" for name in sorted(set(BARE_MD.findall(text)))
+            if name not in written and not any((d / name).is_file() for d in (doc.parent, REPO, REPO / "docs"))]
+
+
 @pytest.mark.parametrize("doc", doc_files(), ids=rel)
 def test_links_paths_modules_and_sections_resolve(doc):
     text = doc.read_text(encoding="utf-8")
-    bad = dangling_links(doc) + dangling_paths(text) + dangling_modules(text) + dangling_sections(doc)
+    bad = (dangling_links(doc) + dangling_paths(text) + dangling_modules(text) + dangling_sections(doc)
+           + dangling_bare_pages(doc))
     assert not bad, f"{rel(doc)}: dangling references:\n  " + "\n  ".join(bad)
 
 
@@ -410,9 +421,10 @@ def test_controls_a_planted_dangling_reference_is_reported(tmp_path):
                                     "flm_ext/no_such.py: no flm_ext/no_such.py",
                                     "tests/test_docs.py::no_such_test: tests/test_docs.py defines no no_such_test"]
     assert dangling_modules(text) == ["flm_ext.growth.no_such_name: flm_ext.growth defines no no_such_name"]
-    example = "```python file=flm_ext/growth/methods/toy.py\n```\n`flm_ext/growth/methods/toy.py`, `flm_ext.growth.methods.toy.Toy`"
+    mention = "`flm_ext/growth/methods/toy.py`, `flm_ext.growth.methods.toy.Toy`"
+    example = "```python file=flm_ext/growth/methods/toy.py\n```\n" + mention
     assert dangling_paths(example) == [] and dangling_modules(example) == []  # what a worked example creates
-    assert dangling_paths(example.split("\n", 2)[2]) == ["flm_ext/growth/methods/toy.py: no flm_ext/growth/methods/toy.py"]
+    assert dangling_paths(mention) == ["flm_ext/growth/methods/toy.py: no flm_ext/growth/methods/toy.py"]
     page = tmp_path / "page.md"
     page.write_text('# Title\n\n[a](#title) [b](#no-such) [c](nowhere.md) docs/FLM.md section 77, '
                     'docs/growth.md ("No such heading"), README "Evaluation".\n')
@@ -420,13 +432,17 @@ def test_controls_a_planted_dangling_reference_is_reported(tmp_path):
     assert dangling_sections(page) == ['docs/growth.md ("No such heading"): no such heading',
                                        'README.md ("Evaluation"): no such heading',
                                        "docs/FLM.md section 77: no such section"]
+    page.write_text("a measured matmul (H200, KINDS.md); see FLM.md\n"
+                    "```bash\npython tools/evaluate.py --markdown e.md\n```\ne.md\n")
+    assert dangling_bare_pages(page) == ["KINDS.md: not in this repository"]  # FLM.md is in docs/, e.md written
 
 
 def test_controls_stray_example_paths_are_reported():
     text = ("```bash\npython tools/generate.py --load exports/flm-tiny --prompt x\n"
             "python tools/export_hf.py --load runs/s3 --save runs/mine --tokenizer-model data/bpe.json\n"
             "python tools/generate.py --load runs/mine --prompt y\n"
-            "python tools/generate.py --load runs/demo/stage3/ckpt --tokenizer-model runs/demo/data/bpe4096.json\n```\n")
+            "python tools/generate.py --load runs/demo/stage3/ckpt \\\n"
+            "    --tokenizer-model runs/demo/data/bpe4096.json\n```\n")
     assert dangling_examples(text) == [
         "--load exports/flm-tiny: neither written by make demo, the repository, nor this page",
         "--load runs/s3: neither written by make demo, the repository, nor this page",
@@ -444,7 +460,8 @@ def test_controls_the_demo_layout_is_what_the_recipe_writes():
 
 
 def test_controls_a_flag_the_tool_does_not_take_is_reported():
-    page = ('```bash\nRUN="--tasks perplexity --no-such-eval-flag"\npython tools/evaluate.py --load runs/demo/stage3/ckpt $RUN\n```\n'
+    page = ('```bash\nRUN="--tasks perplexity --no-such-eval-flag"\n'
+            "python tools/evaluate.py --load runs/demo/stage3/ckpt $RUN\n```\n"
             "and `tools/evaluate.py --lengths 1x,2x --nor-this-one`.\n")
     assert unknown_flags({"page": page}) == ["page: tools/evaluate.py --no-such-eval-flag",
                                              "page: tools/evaluate.py --nor-this-one"]
