@@ -108,6 +108,33 @@ def test_chinese_and_auto(tmp_path, tok, punkt):
         assert filecmp.cmp(out + ext, str(tmp_path / "ref") + ext, shallow=False)
 
 
+# Mixed documents on either side of auto's rule (Han characters >= a third of the Latin letters: zh),
+# split by hand: 13 Han against 7 Latin letters is Chinese; 1 Han against 17 Latin letters is English.
+MIXED_ZH = ("Chapter 1 起初神创造天地。地是空虚混沌。", ["Chapter 1 起初神创造天地。", "地是空虚混沌。"])
+MIXED_EN = "The word 道 means the way. It is old."
+
+
+def test_bilingual_jsonl_is_split_per_document_by_default_and_counted(tmp_path, tok, punkt):
+    """No --lang: each document of a bilingual file by its own language's rule, and the tool says how
+    many documents it treated as each; --lang en still forces Punkt on all of them."""
+    texts = [EN[0], list(ZH)[0], EN[1], list(ZH)[1], MIXED_ZH[0], MIXED_EN, list(ZH)[2]]
+    expected = [punkt.tokenize(EN[0]), ZH[list(ZH)[0]], punkt.tokenize(EN[1]), ZH[list(ZH)[1]], MIXED_ZH[1],
+                punkt.tokenize(MIXED_EN), ZH[list(ZH)[2]]]
+    assert len(expected[5]) == 2  # the mixed English document is cut by Punkt, after "way."
+    inp = write_jsonl(str(tmp_path / "bilingual.jsonl"), [{"text": t} for t in texts])
+    base = ["--input", inp, "--tokenizer-type", "GPT2BPETokenizer", "--append-eod", "--split-sentences"]
+    for lang, docs, report in ((None, expected, "en: 3, zh: 4 (--lang auto: zh when"),
+                               ("en", [punkt.tokenize(t) for t in texts], "en: 7, zh: 0 (--lang en)")):
+        prefix = tmp_path / (lang or "auto")
+        r = run_tool("preprocess_data.py", *base, "--output-prefix", prefix, *(["--lang", lang] if lang else []))
+        assert r.returncode == 0, r.stderr
+        assert f"documents split as each language: {report}" in r.stdout
+        _megatron_reference(str(tmp_path / "ref"), docs, tok)
+        for ext in (".bin", ".idx"):
+            assert filecmp.cmp(f"{prefix}_text_sentence{ext}", str(tmp_path / "ref") + ext, shallow=False), lang
+    assert punkt.tokenize(list(ZH)[1]) != ZH[list(ZH)[1]]  # forcing en really changes the Chinese documents
+
+
 def test_without_the_flag_output_is_megatrons(tmp_path, tok):
     """No --split-sentences: one sequence per document, the bytes megatron-core's builder writes."""
     out = _run(tmp_path, EN + list(ZH), "doc")

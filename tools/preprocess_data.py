@@ -9,7 +9,9 @@ fingerprint, counts, largest id, inputs, flags: the trainer checks it against it
 With --split-sentences every sentence is its own sequence, grouped by document in the .idx, and
 the output is data/en_text_sentence.*. English sentences come from nltk's Punkt with parameters
 trained by nltk's PunktTrainer on the King James Bible (tools/train_punkt.py; no PyPI package
-ships nltk's own), Chinese ones end at 。！？. See flm_ext/data/preprocess.py for the details.
+ships nltk's own), Chinese ones end at 。！？; each document is split by the rule of the language
+detected in it (--lang auto, the default; the tool reports how many documents it split as each),
+or --lang en|zh forces one. See flm_ext/data/preprocess.py for the details.
 Errors (a bad line, an empty input) print one line, exit 2 and leave nothing behind.
 """
 import argparse
@@ -38,8 +40,9 @@ def parse_args(argv=None) -> PreprocessConfig:
     g.add_argument("--keep-newlines", action="store_true",
                    help="with --split-sentences: keep the whitespace (newlines) after each sentence")
     g.add_argument("--lang", choices=["en", "zh", "auto"], default=None,
-                   help="with --split-sentences: en (nltk Punkt, parameters trained on the King James Bible), "
-                        "zh (split after 。！？), auto (per document; default en)")
+                   help="with --split-sentences: auto (the default: per document, zh when its Han characters are at "
+                        "least a third as many as its Latin letters, else en), en (nltk Punkt, parameters trained "
+                        "on the King James Bible), zh (split after 。！？)")
     g = p.add_argument_group("tokenizer")
     g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
     g.add_argument("--vocab-file", help="GPT2BPETokenizer: encoder.json (default: the bundled one)")
@@ -63,7 +66,7 @@ def parse_args(argv=None) -> PreprocessConfig:
             tokenizer_model=a.tokenizer_model, append_eod=a.append_eod, workers=a.workers,
             partitions=a.partitions, teacher_signal=a.teacher_signal,
             skip_bad_lines=a.skip_bad_lines, log_interval=a.log_interval,
-            split_sentences=a.split_sentences, keep_newlines=a.keep_newlines, lang=a.lang or "en",
+            split_sentences=a.split_sentences, keep_newlines=a.keep_newlines, lang=a.lang or "auto",
         )
     except ValueError as e:
         p.error(str(e))
@@ -87,6 +90,12 @@ def main(argv=None) -> int:
           f"in {dt:.2f}s ({stats.bytes / dt / 1e6:.2f} MB/s, {stats.tokens / dt:,.0f} tokens/s)")
     for s in cfg.streams:
         print(f"wrote {cfg.output_path(s)}.bin/.idx/.json")
+    if cfg.split_sentences:
+        from flm_ext.data.sentences import AUTO_RULE
+
+        counts = ", ".join(f"{lang}: {stats.languages[lang]:,}" for lang in ("en", "zh"))
+        how = f"--lang auto: {AUTO_RULE}" if cfg.lang == "auto" else f"--lang {cfg.lang}"
+        print(f"documents split as each language: {counts} ({how})")
     if cfg.skip_bad_lines:
         counts = ", ".join(f"{r}={n}" for r, n in sorted(stats.skipped.items())) or "none"
         print(f"skipped bad lines: {sum(stats.skipped.values())} ({counts})")

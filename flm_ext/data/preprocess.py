@@ -17,7 +17,8 @@ Sentence mode (``split_sentences``, Megatron-LM's ``--split-sentences``): every 
 (``flm_ext.data.sentences``) is its own sequence and the ``.idx`` document index groups each
 document's sentences (megatron-core's GPTDataset, like Megatron-LM's, then shuffles and splits
 sentences, not documents: the mode is meant for sentence-level objectives); EOD (with ``append_eod``) ends the last sentence; the output is
-``<prefix>_<key>_sentence``. Each output dataset gets a sidecar ``<dataset>.json``
+``<prefix>_<key>_sentence``. Each document is split as the language ``lang`` forces, or by default
+(``auto``) as the one ``sentences.detect_language`` reads off it; ``Stats.languages`` counts them. Each output dataset gets a sidecar ``<dataset>.json``
 (``flm_ext.data.sidecar``). An input with no document at all is an error.
 
 Teacher-signal mode (FreeLM) reads ``{"text", "proposition", "label": true|false}`` and writes
@@ -81,7 +82,7 @@ class PreprocessConfig:
     skip_bad_lines: bool = False
     split_sentences: bool = False  # one sequence per sentence, documents grouped in the .idx
     keep_newlines: bool = False  # with split_sentences: keep the whitespace after each sentence
-    lang: str = "en"  # with split_sentences: en (Punkt) | zh (。！？) | auto (per document)
+    lang: str = "auto"  # with split_sentences: auto (per document, sentences.detect_language) | en (Punkt) | zh (。！？)
     log_interval: float = 5.0  # seconds between progress lines
     chunk_lines: int = 256  # lines per task sent to a worker
 
@@ -339,13 +340,13 @@ def _encode_chunk(task: Tuple[int, List[Tuple[int, bytes]], "PreprocessConfig"])
     bad lines, n_bytes)."""
     unit_index, lines, cfg = task
     keys, teacher, append_eod = cfg.json_keys, cfg.teacher_signal, cfg.append_eod
-    sentences = _splitter(cfg.lang, cfg.keep_newlines) if cfg.split_sentences else None
     tok = _TOKENIZER
     streams = (TEACHER_STREAM, TEACHER_MASK_STREAM) if teacher else keys
     ids: Dict[str, List[int]] = {s: [] for s in streams}
     lengths: Dict[str, List[int]] = {s: [] for s in streams}
     doc_counts: Dict[str, List[int]] = {s: [] for s in streams}
     bad: List[Tuple[int, str, str]] = []
+    languages: Counter = Counter()  # with split_sentences: documents split as each language
     n_bytes = 0
     eod = [tok.eod] if append_eod else []
     for line_no, raw in lines:
@@ -365,7 +366,12 @@ def _encode_chunk(task: Tuple[int, List[Tuple[int, bytes]], "PreprocessConfig"])
                 doc_counts[s].append(1)
         else:
             for key in keys:
-                seqs = _sentence_ids(tok, obj[key], sentences, eod) if sentences else [tok.tokenize(obj[key]) + eod]
+                if cfg.split_sentences:
+                    lang = _language(cfg.lang, obj[key])
+                    languages[lang] += 1
+                    seqs = _sentence_ids(tok, obj[key], _splitter(lang, cfg.keep_newlines), eod)
+                else:
+                    seqs = [tok.tokenize(obj[key]) + eod]
                 for seq in seqs:
                     ids[key] += seq
                     lengths[key].append(len(seq))
@@ -373,7 +379,16 @@ def _encode_chunk(task: Tuple[int, List[Tuple[int, bytes]], "PreprocessConfig"])
     dtype = token_dtype(tok.vocab_size)
     out = {s: (numpy.array(ids[s], dtype=dtype), numpy.array(lengths[s], dtype=numpy.int32),
                numpy.array(doc_counts[s], dtype=numpy.int32)) for s in streams}
-    return unit_index, out, bad, n_bytes
+    return unit_index, out, bad, n_bytes, languages
+
+
+def _language(lang: str, text: str) -> str:
+    """The language a document is split as: the forced one, or (auto) the detected one."""
+    if lang != "auto":
+        return lang
+    from flm_ext.data.sentences import detect_language
+
+    return detect_language(text)
 
 
 # ----------------------------------------------------------------------------- one partition
@@ -415,6 +430,7 @@ class Stats:
     output_failed: bool = False  # the error is OutputError (writing), not a bad input line
     stream_tokens: Counter = dataclasses.field(default_factory=Counter)  # per output dataset
     max_id: Dict[str, int] = dataclasses.field(default_factory=dict)  # largest id per output dataset
+    languages: Counter = dataclasses.field(default_factory=Counter)  # documents split as each language
 
     def add(self, other: "Stats") -> None:
         self.documents += other.documents
@@ -426,6 +442,7 @@ class Stats:
         self.stream_tokens.update(other.stream_tokens)
         for s, m in other.max_id.items():
             self.max_id[s] = max(m, self.max_id.get(s, -1))
+        self.languages.update(other.languages)
 
     def add_chunk(self, out: Dict[str, Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]], first: str,
                   token_streams: Sequence[str]) -> None:
@@ -479,7 +496,7 @@ def run_partition(cfg: PreprocessConfig, units: Sequence[Unit], part_prefix: str
         else:
             results = map(_encode_chunk, tasks)
         token_streams = [s for s in cfg.streams if s != TEACHER_MASK_STREAM]
-        for unit_index, out, bad, n_bytes in results:
+        for unit_index, out, bad, n_bytes, languages in results:
             throttle.done()
             if bad and not cfg.skip_bad_lines:
                 stats.error = _locate(units[unit_index], bad[0])
@@ -488,6 +505,7 @@ def run_partition(cfg: PreprocessConfig, units: Sequence[Unit], part_prefix: str
             for s, (ids, lengths, doc_counts) in out.items():
                 writers[s].add(ids, lengths, doc_counts)
             stats.add_chunk(out, cfg.streams[0], token_streams)
+            stats.languages.update(languages)
             if bad:
                 stats.skipped.update(reason for _, reason, _ in bad)
             now = time.time()

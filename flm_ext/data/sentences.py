@@ -8,7 +8,9 @@ gzip without a timestamp: the same bytes on every run). Trained on the KJV, it k
 abbreviations ("Dr.", "e.g."), so such text may be split after them.
 
 Chinese: a split after sentence-final punctuation (。！？, a run of them, and the closing quotes
-or brackets that follow), with the ``regex`` package. ``auto`` picks one of the two per document.
+or brackets that follow), with the ``regex`` package. ``auto`` (the default) picks one of the two per
+document: Chinese when its Han characters are at least a third as many as its Latin letters
+(``detect_language``), so a bilingual corpus needs no flag and each half is split by its own rule.
 
 Whitespace follows Punkt's convention: the whitespace between two sentences is dropped, or with
 ``keep_newlines`` (Megatron-LM's ``--keep-newlines``) kept at the end of the sentence before it
@@ -92,6 +94,14 @@ def is_chinese(text: str) -> bool:
     return 3 * len(_HAN.findall(text)) >= len(_LATIN.findall(text)) and bool(_HAN.search(text))
 
 
+AUTO_RULE = "zh when a document's Han characters are at least a third as many as its Latin letters, else en"
+
+
+def detect_language(text: str) -> str:
+    """The language ``auto`` splits a document as: "zh" or "en" (`is_chinese`)."""
+    return "zh" if is_chinese(text) else "en"
+
+
 def build_splitter(lang: str = "en", keep_newlines: bool = False, params_path: str = PUNKT_PARAMS
                    ) -> Callable[[str], List[str]]:
     """``text -> sentences`` for ``lang`` in en | zh | auto."""
@@ -104,4 +114,4 @@ def build_splitter(lang: str = "en", keep_newlines: bool = False, params_path: s
     punkt = PunktSentenceTokenizer(punkt_params(params_path), lang_vars=punkt_language_vars(keep_newlines))
     if lang == "en":
         return punkt.tokenize
-    return lambda text: split_chinese(text, keep_newlines) if is_chinese(text) else punkt.tokenize(text)
+    return lambda text: split_chinese(text, keep_newlines) if detect_language(text) == "zh" else punkt.tokenize(text)
