@@ -99,7 +99,8 @@ HAND = [
 
 @pytest.mark.parametrize("kind, lang, prompt, meta, answer", HAND, ids=[f"{h[0]}_{h[1]}" for h in HAND])
 def test_solvers_on_hand_worked_items(kind, lang, prompt, meta, answer):
-    assert solvers.solve(kind, lang or "en", prompt, meta) == answer
+    test = suite.BY_NAME[f"iq_{kind}" + (f"_{lang}" if lang else "")]  # the solver registered with the sub-test
+    assert test.solve(prompt, lang or "en", meta) == answer
 
 
 @pytest.mark.parametrize("kind, prompt, meta", [
@@ -115,8 +116,10 @@ def test_solvers_on_hand_worked_items(kind, lang, prompt, meta, answer):
     ("single_fact", "Anna went to the kitchen.\nQuestion: Where is Ben?\nAnswer:", {}),
 ])
 def test_solvers_refuse_ambiguous_items(kind, prompt, meta):
+    lang = "zh" if kind == "symbolic_sentiment" else "en"
+    test = suite.BY_NAME[f"iq_{kind}" + ("" if kind == "head_tail" else f"_{lang}")]
     with pytest.raises(solvers.Ambiguous):
-        solvers.solve(kind, "zh" if kind == "symbolic_sentiment" else "en", prompt, meta)
+        test.solve(prompt, lang, meta)
 
 
 def test_a_wrong_stored_answer_is_caught():

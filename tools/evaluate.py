@@ -76,16 +76,23 @@ def _check(p, args) -> tuple[list[str], dict]:
         files[lang] = path
     if args.teacher_data and not os.path.exists(args.teacher_data):
         p.error(f"--teacher-data {args.teacher_data} does not exist")
+    from flm_ext.evaluation import tasks as registry  # light: no torch
+
+    def given(flag: str) -> bool:
+        return bool(getattr(args, flag.lstrip("-").replace("-", "_")))
+
     if args.tasks is None:
-        tasks = (["perplexity"] if files else []) + (["teacher"] if args.teacher_data else [])
+        tasks = registry.defaults(given)
     else:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
-        p.error("nothing to evaluate: give --tasks, --valid-data or --teacher-data")
-    if "perplexity" in tasks and not files:
-        p.error("--tasks perplexity needs --valid-data LANG=FILE.jsonl")
-    if "teacher" in tasks and not args.teacher_data:
-        p.error("--tasks teacher needs --teacher-data FILE.jsonl")
+        p.error("nothing to evaluate: give --tasks, or the inputs of a default task ("
+                + "; ".join(f"{t.name}: {' '.join(f for f, _ in t.needs)}" for t in registry.tasks()
+                            if t.default) + ")")
+    for name in tasks:
+        for flag, metavar in getattr(registry.find(name), "needs", ()):
+            if not given(flag):
+                p.error(f"--tasks {name} needs {flag} {metavar}")
     for path in [args.iq_dir] + args.include_path:
         if path and not os.path.isdir(path):
             p.error(f"{'--iq-dir' if path == args.iq_dir else '--include-path'} {path} is not a folder")
@@ -112,8 +119,10 @@ def _check(p, args) -> tuple[list[str], dict]:
         p.error(f"--blockwise-block-size {args.blockwise_block_size} must be >= 1")
     if args.max_eval_tokens < 1:
         p.error(f"--max-eval-tokens {args.max_eval_tokens} must be >= 1")
-    if os.path.isfile(os.path.join(args.load, "config.json")) and tasks != ["perplexity"]:
-        p.error(f"--load {args.load} is an exported model: only --tasks perplexity runs on it")
+    if os.path.isfile(os.path.join(args.load, "config.json")) and not all(
+            getattr(registry.find(t), "on_export", False) for t in tasks):
+        p.error(f"--load {args.load} is an exported model: only --tasks "
+                f"{', '.join(t.name for t in registry.tasks() if t.on_export)} runs on it")
     return tasks, files
 
 

@@ -8,10 +8,18 @@
 - `runner`: what `tools/evaluate.py` runs: our tasks and any lm-eval task, one results table;
   `paper`: the paper's figures placed beside ours.
 
-The names below are imported by the recipe, the tests and the benchmarks; lm-eval is imported
-only by `backend`, `runner` and `lm_eval_cli`, so training-side users never pay for it.
-"""
-from flm_ext.evaluation.core import (evaluate, label_log_probs, language_loss, load_model, task_family,
-                                     zero_shot_accuracy)
+- `tasks`: the registry of our tasks (`tools/evaluate.py --tasks`); one module per task.
 
+The names below are imported by the recipe, the tests and the benchmarks, lazily: reading the task
+registry (the CLI's checks) needs no torch. lm-eval is imported only by `backend`, `runner`'s lm-eval
+path and `lm_eval_cli`, so training-side users never pay for it.
+"""
 __all__ = ["evaluate", "label_log_probs", "language_loss", "load_model", "task_family", "zero_shot_accuracy"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from flm_ext.evaluation import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'flm_ext.evaluation' has no attribute {name!r}")

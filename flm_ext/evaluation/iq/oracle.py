@@ -14,14 +14,13 @@ import lm_eval.models  # noqa: F401  (fills lm-eval's registry before ours is ad
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from flm_ext.evaluation.iq import solvers
 from flm_ext.evaluation.iq.suite import BY_NAME
 
 
 def _solve(instance) -> str:
     test = BY_NAME[instance.task_name]
     context = instance.args[0]
-    return solvers.solve(test.kind, test.lang or "en", context, instance.doc.get("meta") or {})
+    return test.solve(context, test.lang or "en", instance.doc.get("meta") or {})
 
 
 @register_model("iq-oracle")

@@ -8,6 +8,9 @@ demonstrations fit no rule or more than one (`Ambiguous`): that is the "exactly 
 answer" check. Symbolic mapping of real reviews is the one case where the class itself cannot be
 derived from text: the solver takes the review's source label from `meta` and still reads the
 symbol of that class off the demonstrations.
+
+Every public solver has the signature `(prompt, lang, meta=None) -> answer text`; `suite.register`
+pairs each with its generator.
 """
 from __future__ import annotations
 
@@ -88,7 +91,7 @@ def _boolq_class(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- rule understanding
-def _counting(prompt: str, lang: str) -> str:
+def counting(prompt: str, lang: str, meta: dict | None = None) -> str:
     lines = prompt.split("\n")
     target = re.search(r'"(.+?)"' if lang == "en" else r"“(.+?)”", lines[0]).group(1)
     items = lines[1].split(", " if lang == "en" else "、")
@@ -105,7 +108,7 @@ def _io_pairs(prompt: str, lang: str) -> tuple[list[tuple[str, str]], str]:
     return pairs, _last_line_value(query.split("\n")[0], w["input"])
 
 
-def _replace_lowercase(prompt: str, lang: str) -> str:
+def replace_lowercase(prompt: str, lang: str, meta: dict | None = None) -> str:
     pairs, query = _io_pairs(prompt, lang)
     marks = {o for i, out in pairs for c, o in zip(i, out) if c in string.ascii_lowercase}
     kept = all(len(i) == len(out) and all(c == o for c, o in zip(i, out) if c not in string.ascii_lowercase)
@@ -126,7 +129,7 @@ def _changed_span(a: str, b: str) -> tuple[str, str]:
     return a[p:len(a) - s], b[p:len(b) - s]
 
 
-def _replace_word(prompt: str, lang: str) -> str:
+def replace_word(prompt: str, lang: str, meta: dict | None = None) -> str:
     pairs, query = _io_pairs(prompt, lang)
     spans = {_changed_span(i, o) for i, o in pairs}
     if len(spans) != 1:
@@ -147,7 +150,8 @@ def pattern_rules() -> dict:
     return rules
 
 
-def _pattern(prompt: str, lang: str) -> str:
+def pattern(prompt: str, lang: str, meta: dict | None = None) -> str:
+    """Head & tail, full repeating and head slicing alike: the one rule that fits the demonstrations."""
     pairs, query = _io_pairs(prompt, "en")
     fits = [rule for name, rule in pattern_rules().items()
             if all(" ".join(rule(i.split())) == o for i, o in pairs)]
@@ -183,7 +187,7 @@ def _events(lines: list[str], lang: str) -> list[tuple[str, dict]]:
     return events
 
 
-def _single_fact(prompt: str, lang: str) -> str:
+def single_fact(prompt: str, lang: str, meta: dict | None = None) -> str:
     lines, question = _story(prompt, lang)
     person = question.removeprefix("Where is ").removesuffix("?") if lang == "en" else question[:-len("在哪里？")]
     places = [f["l"] for kind, f in _events(lines, lang) if kind == "move" and f["p"] == person]
@@ -192,7 +196,7 @@ def _single_fact(prompt: str, lang: str) -> str:
     return places[-1]
 
 
-def _two_facts(prompt: str, lang: str) -> str:
+def two_facts(prompt: str, lang: str, meta: dict | None = None) -> str:
     lines, question = _story(prompt, lang)
     thing = question.removeprefix("Where is the ").removesuffix("?") if lang == "en" else question[:-len("在哪里？")]
     where, holder, placed = {}, {}, {}
@@ -212,7 +216,7 @@ def _two_facts(prompt: str, lang: str) -> str:
     raise Ambiguous(f"nobody handled the {thing}")
 
 
-def _multikey(prompt: str, lang: str) -> str:
+def multikey(prompt: str, lang: str, meta: dict | None = None) -> str:
     lines, question = _story(prompt, lang)
     if lang == "en":
         codes = re.findall(r"^The passcode for door (\w+) is (\d+)\.$", "\n".join(lines), re.M)
@@ -226,19 +230,18 @@ def _multikey(prompt: str, lang: str) -> str:
     return found[0]
 
 
-def solve(kind: str, lang: str, prompt: str, meta: dict) -> str:
-    """The answer text (for choices: the correct choice) of one item of sub-test `kind`."""
-    if kind == "symbolic_nli":
-        return _demo_symbols(prompt, lang, _entailment_class(lang))
-    if kind == "symbolic_boolq":
-        return _demo_symbols(prompt, lang, _boolq_class)
-    if kind == "symbolic_sentiment":
-        # the class of a review is its source label; demonstrations show theirs through `meta`
-        return _demo_symbols_by_label(prompt, lang, meta)
-    solvers = {"counting": _counting, "replace_lowercase": _replace_lowercase, "replace_word": _replace_word,
-               "head_tail": _pattern, "full_repeating": _pattern, "head_slicing": _pattern,
-               "multikey": _multikey, "single_fact": _single_fact, "two_facts": _two_facts}
-    return solvers[kind](prompt, lang)
+# --------------------------------------------------------------------------- symbolic mapping, per kind
+def symbolic_nli(prompt: str, lang: str, meta: dict | None = None) -> str:
+    return _demo_symbols(prompt, lang, _entailment_class(lang))
+
+
+def symbolic_boolq(prompt: str, lang: str, meta: dict | None = None) -> str:
+    return _demo_symbols(prompt, lang, _boolq_class)
+
+
+def symbolic_sentiment(prompt: str, lang: str, meta: dict | None = None) -> str:
+    """The class of a review is its source label; demonstrations show theirs through `meta`."""
+    return _demo_symbols_by_label(prompt, lang, meta or {})
 
 
 def _demo_symbols_by_label(prompt: str, lang: str, meta: dict) -> str:

@@ -5,6 +5,10 @@ Sub-tests are named `iq_<kind>[_<lang>]` (pattern mining is language-neutral). E
 from `random.Random(f"{seed}:{name}")`, so a sub-test's items do not depend on which others are
 generated, and the same seed gives byte-identical files. Every item is checked against its solver
 before anything is written.
+
+The sub-tests are a registry: `register` below adds one item kind (its generator and solver, family,
+output type, shots and the paper column per language) once; everything else (the suite's files and
+groups, `tools/evaluate.py --tasks` names, the report's columns, the oracle model) reads `SUBTESTS`.
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import collections
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import yaml
 
@@ -21,41 +26,70 @@ from flm_ext.evaluation.iq import generators, solvers
 
 FAMILIES = ("symbolic_mapping", "rule_understanding", "pattern_mining", "anti_interference")
 LANGS = ("en", "zh")
+OUTPUTS = ("choice", "generate")
 
 
 @dataclass(frozen=True)
 class SubTest:
-    kind: str      # generator / solver name
+    kind: str      # the item kind (its generator and solver)
     family: str
     lang: str      # en, zh, or "" for language-neutral
     output: str    # "choice" (accuracy) or "generate" (exact match)
     shots: int     # demonstrations inside each prompt
     paper: str     # the paper's column this sub-test stands for (flm_ext.evaluation.paper)
+    generate_items: Callable[[random.Random, int, str], list[dict]] = field(compare=False, repr=False)
+    solve: Callable[[str, str, dict], str] = field(compare=False, repr=False)
 
     @property
     def name(self) -> str:
         return f"iq_{self.kind}" + (f"_{self.lang}" if self.lang else "")
 
 
-def _subtests() -> list[SubTest]:
-    out = [SubTest("symbolic_nli", "symbolic_mapping", "en", "choice", 4, "superglue_iq"),
-           SubTest("symbolic_boolq", "symbolic_mapping", "en", "choice", 4, "superglue_iq"),
-           SubTest("symbolic_nli", "symbolic_mapping", "zh", "choice", 4, "clue_iq"),
-           SubTest("symbolic_sentiment", "symbolic_mapping", "zh", "choice", 4, "clue_iq"),
-           SubTest("replace_lowercase", "rule_understanding", "en", "generate", 4, "replace_lowercase")]
-    for lang in LANGS:
-        out += [SubTest("counting", "rule_understanding", lang, "generate", 0, "counting"),
-                SubTest("replace_word", "rule_understanding", lang, "generate", 4, "replace_word")]
-    out += [SubTest(kind, "pattern_mining", "", "generate", 5, kind)
-            for kind in ("head_tail", "full_repeating", "head_slicing")]
-    for lang in LANGS:
-        out += [SubTest(kind, "anti_interference", lang, "choice", 0, kind)
-                for kind in ("multikey", "single_fact", "two_facts")]
-    return out
+SUBTESTS: list[SubTest] = []         # in registration order: the order of the suite's files and groups
+BY_NAME: dict[str, SubTest] = {}
 
 
-SUBTESTS = _subtests()
-BY_NAME = {t.name: t for t in SUBTESTS}
+def register(kind: str, family: str, output: str, shots: int, generate_items, solve,
+             papers: dict[str, str]) -> list[SubTest]:
+    """One item kind as sub-tests: `papers` maps each language it is generated in ("" for
+    language-neutral) to the paper's column it stands for. `generate_items(rng, n, lang)` makes
+    items, `solve(prompt, lang, meta)` answers one from its prompt alone (generators.py, solvers.py)."""
+    from flm_ext.evaluation import paper
+
+    if family not in FAMILIES or output not in OUTPUTS:
+        raise ValueError(f"IQ kind {kind}: family {family!r} or output {output!r} unknown "
+                         f"(families {FAMILIES}, outputs {OUTPUTS})")
+    tests = [SubTest(kind, family, lang, output, shots, column, generate_items, solve)
+             for lang, column in papers.items()]
+    for test in tests:
+        if test.lang not in ("", *LANGS) or test.paper not in paper.IQ:
+            raise ValueError(f"{test.name}: language {test.lang!r} or paper column {test.paper!r} unknown")
+        if test.name in BY_NAME:
+            raise ValueError(f"IQ sub-test {test.name} is registered twice")
+    SUBTESTS.extend(tests)
+    BY_NAME.update((t.name, t) for t in tests)
+    return tests
+
+
+G, S = generators, solvers
+register("symbolic_nli", "symbolic_mapping", "choice", 4, G.symbolic_nli, S.symbolic_nli,
+         {"en": "superglue_iq", "zh": "clue_iq"})
+register("symbolic_boolq", "symbolic_mapping", "choice", 4, G.symbolic_boolq, S.symbolic_boolq, {"en": "superglue_iq"})
+register("symbolic_sentiment", "symbolic_mapping", "choice", 4, G.symbolic_sentiment, S.symbolic_sentiment,
+         {"zh": "clue_iq"})
+register("replace_lowercase", "rule_understanding", "generate", 4, G.replace_lowercase, S.replace_lowercase,
+         {"en": "replace_lowercase"})
+register("counting", "rule_understanding", "generate", 0, G.counting, S.counting, {"en": "counting", "zh": "counting"})
+register("replace_word", "rule_understanding", "generate", 4, G.replace_word, S.replace_word,
+         {"en": "replace_word", "zh": "replace_word"})
+register("head_tail", "pattern_mining", "generate", 5, G.head_tail, S.pattern, {"": "head_tail"})
+register("full_repeating", "pattern_mining", "generate", 5, G.full_repeating, S.pattern, {"": "full_repeating"})
+register("head_slicing", "pattern_mining", "generate", 5, G.head_slicing, S.pattern, {"": "head_slicing"})
+register("multikey", "anti_interference", "choice", 0, G.multikey, S.multikey, {"en": "multikey", "zh": "multikey"})
+register("single_fact", "anti_interference", "choice", 0, G.single_fact, S.single_fact,
+         {"en": "single_fact", "zh": "single_fact"})
+register("two_facts", "anti_interference", "choice", 0, G.two_facts, S.two_facts,
+         {"en": "two_facts", "zh": "two_facts"})
 
 
 def select(langs=LANGS) -> list[SubTest]:
@@ -65,7 +99,7 @@ def select(langs=LANGS) -> list[SubTest]:
 def generate(test: SubTest, seed: int, n: int) -> list[dict]:
     """n checked items of one sub-test."""
     rng = random.Random(f"{seed}:{test.name}")
-    docs = getattr(generators, test.kind)(rng, n, test.lang or "en")
+    docs = test.generate_items(rng, n, test.lang or "en")
     for i, doc in enumerate(docs):
         check(test, doc, where=f"{test.name} item {i}")
     return docs
@@ -74,7 +108,7 @@ def generate(test: SubTest, seed: int, n: int) -> list[dict]:
 def check(test: SubTest, doc: dict, where: str = "") -> None:
     """The solver's answer is the stored one, and (for choices) occurs exactly once."""
     expected = doc["choices"][doc["gold"]] if test.output == "choice" else doc["answer"]
-    got = solvers.solve(test.kind, test.lang or "en", doc["prompt"], doc.get("meta", {}))
+    got = test.solve(doc["prompt"], test.lang or "en", doc.get("meta", {}))
     if got != expected:
         raise AssertionError(f"{where}: solver says {got!r}, generator stored {expected!r}")
     if test.output == "choice" and doc["choices"].count(got) != 1:
