@@ -272,8 +272,32 @@ def dangling_examples(text: str) -> list[str]:
 
 # --- flags ----------------------------------------------------------------------------------------
 
-ENTRY = re.compile(r"^(?:tools/\w+\.py|pretrain_flm\.py)$")
+ENTRY = re.compile(r"^(?:tools/\w+\.py|pretrain_flm\.py|benchmarks/\w+\.py)$")
 SUBCOMMAND_TOOLS = ("tools/predict_loss.py",)
+# Flags the pages name for programs that are not this repository's (vLLM, pip, venv, SLURM, Megatron-LM),
+# and placeholders; a flag of ours is checked against the tool's --help instead.
+FOREIGN_FLAGS = {
+    "vLLM": {"--chat-template", "--enforce-eager", "--model-impl", "--gpu-memory-utilization"},
+    "pip / venv": {"--no-build-isolation", "--report", "--system-site-packages", "--dry-run"},
+    "SLURM": {"--kill-on-bad-exit", "--requeue", "--signal"},
+    "Megatron-LM": {"--rerun-mode", "--legacy-tokenizer", "--fp16"},
+    "placeholders": {"--no-FLAG", "--x"},
+}
+
+
+def entry_points() -> list[tuple[str, str]]:
+    """The CLIs whose --help is run: tools/ and pretrain_flm.py."""
+    return [(rel(p), "") for p in sorted((REPO / "tools").glob("*.py"))] + [("pretrain_flm.py", "")]
+
+
+def benchmark_flags() -> dict[str, set[str]]:
+    """The benchmark scripts' flags, read from their add_argument calls (running a benchmark that parses
+    no flags would start measuring; importing all of them costs more than this whole file)."""
+    scripts = {p.stem: p.read_text() for p in sorted((REPO / "benchmarks").glob("*.py"))}
+    own = {name: set(re.findall(r"add_argument\(\s*[\"'](--[\w-]+)", text)) for name, text in scripts.items()}
+    return {f"benchmarks/{name}.py": own[name].union(*(own[other] for other in scripts if other != name and
+                                                       re.search(rf"^\s*(?:from|import) {other}\b", text, re.M)))
+            for name, text in scripts.items()}  # with the flags of a sibling it takes its parser from
 
 
 def tool_invocations(text: str) -> dict[tuple[str, str], set[str]]:
@@ -377,27 +401,35 @@ def test_the_readme_map_lists_the_layers_of_importlinter():
 
 
 def unknown_flags(pages: dict[str, str]) -> list[str]:
-    """`where: tool flag` for each flag a page's command gives a tool whose --help does not list it."""
+    """`where: tool flag` for each flag a page's command gives a tool whose --help does not list it, and
+    `where: flag` for each flag written in backticks that no CLI here (nor a FOREIGN_FLAGS program) takes."""
     wanted: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for where, text in pages.items():
         for key, flags in tool_invocations(text).items():
             wanted.setdefault(key, set()).update((f, where) for f in flags)
-    helps = help_texts(tuple(sorted(wanted)))
-    bad = []
+    benches = benchmark_flags()
+    helps = help_texts(tuple(sorted({k for k in wanted if k[0] not in benches} | set(entry_points()))))
+    bad, every = [], set().union(*FOREIGN_FLAGS.values(), *benches.values())
+    for key, text in helps.items():
+        assert "FAILED" not in text and "usage" in text.lower(), f"{key} --help: {text[-500:]}"
+        every |= flags_in_help(text)
     for (tool, sub), uses in sorted(wanted.items()):
-        text = helps[f"{tool} {sub}"]
-        assert "FAILED" not in text and "usage" in text.lower(), f"{tool} {sub} --help: {text[-500:]}"
-        known = flags_in_help(text)
+        known = benches[tool] if tool in benches else flags_in_help(helps[f"{tool} {sub}"])
         bad += [f"{where}: {tool} {sub} {flag}".replace("  ", " ") for flag, where in sorted(uses) if flag not in known]
+    for where, text in pages.items():
+        spans = " ".join(span for _, span in INLINE.findall(prose(text)))
+        for flag in sorted(set(re.findall(r"(?<![\w-])(--[a-zA-Z][\w-]*)", spans))):
+            if flag not in every and not (flag.startswith("--no-") and "--" + flag[5:] in every):
+                bad.append(f"{where}: {flag}")
     return bad
 
 
-def test_every_flag_in_the_pages_commands_is_one_the_tool_takes():
+def test_every_flag_the_pages_name_is_one_a_tool_takes():
     pages = {rel(doc): doc.read_text(encoding="utf-8") for doc in doc_files()}
     assert {("pretrain_flm.py", ""), ("tools/grow_checkpoint.py", ""), ("tools/evaluate.py", "")} <= \
         set().union(*(tool_invocations(t) for t in pages.values()))  # the scan sees the commands
     bad = unknown_flags(pages)
-    assert not bad, "flags the tools do not take:\n  " + "\n  ".join(bad)
+    assert not bad, "flags no tool takes:\n  " + "\n  ".join(bad)
 
 
 def test_the_code_cites_docs_that_exist():
@@ -463,5 +495,6 @@ def test_controls_a_flag_the_tool_does_not_take_is_reported():
     page = ('```bash\nRUN="--tasks perplexity --no-such-eval-flag"\n'
             "python tools/evaluate.py --load runs/demo/stage3/ckpt $RUN\n```\n"
             "and `tools/evaluate.py --lengths 1x,2x --nor-this-one`.\n")
-    assert unknown_flags({"page": page}) == ["page: tools/evaluate.py --no-such-eval-flag",
-                                             "page: tools/evaluate.py --nor-this-one"]
+    assert unknown_flags({"page": page + "`--gone-flag`, `--no-bf16`, `--no-gone-flag`\n"}) == [
+        "page: tools/evaluate.py --no-such-eval-flag", "page: tools/evaluate.py --nor-this-one",
+        "page: --gone-flag", "page: --no-gone-flag", "page: --nor-this-one"]
