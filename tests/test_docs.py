@@ -238,11 +238,17 @@ def launcher_checkpoints() -> set[str]:
             for m in re.findall(r"\$CKPT_ROOT/([\w.-]+)", script.read_text())}
 
 
+def written_paths(cmds: list[list[str]]) -> set[str]:
+    """What a page's commands write: the values of OUTPUT_FLAGS, `tee FILE`, `> FILE`, `>> FILE`."""
+    return {v.rstrip("/") for cmd in cmds for flag, v in zip(cmd, cmd[1:])
+            if flag in OUTPUT_FLAGS + (">", ">>") or flag == "tee" and cmd[0] == "tee"}
+
+
 def dangling_examples(text: str) -> list[str]:
     """Relative paths that commands read must be the demo's outputs, the repository's files, or what an
     earlier command on the same page writes."""
     cmds = commands(text)
-    written = {v.rstrip("/") for cmd in cmds for flag, v in zip(cmd, cmd[1:]) if flag in OUTPUT_FLAGS}
+    written = written_paths(cmds)
     written |= {v.split("=", 1)[1].rstrip("/") for cmd in cmds for v in cmd if "=" in v and
                 v.split("=", 1)[0] in ("OLD", "NEW", "CKPT", "GROWN")}
     bad = []
@@ -360,7 +366,7 @@ def dangling_bare_pages(doc: Path) -> list[str]:
     """A page named without its folder (`KINDS.md`) must be next to the doc, in the root or in docs/,
     or be written by one of the page's own commands (`--markdown eval.md`)."""
     text = doc.read_text(encoding="utf-8")
-    written = {Path(v).name for cmd in commands(text) for flag, v in zip(cmd, cmd[1:]) if flag in OUTPUT_FLAGS}
+    written = {Path(v).name for v in written_paths(commands(text))}
     return [f"{name}: not in this repository" for name in sorted(set(BARE_MD.findall(text)))
             if name not in written and not any((d / name).is_file() for d in (doc.parent, REPO, REPO / "docs"))]
 
@@ -465,8 +471,8 @@ def test_controls_a_planted_dangling_reference_is_reported(tmp_path):
                                        'README.md ("Evaluation"): no such heading',
                                        "docs/FLM.md section 77: no such section"]
     page.write_text("a measured matmul (H200, KINDS.md); see FLM.md\n"
-                    "```bash\npython tools/evaluate.py --markdown e.md\n```\ne.md\n")
-    assert dangling_bare_pages(page) == ["KINDS.md: not in this repository"]  # FLM.md is in docs/, e.md written
+                    "```bash\npython tools/evaluate.py --markdown e.md | tee t.md\n```\ne.md, t.md\n")
+    assert dangling_bare_pages(page) == ["KINDS.md: not in this repository"]  # FLM.md in docs/, e.md, t.md written
 
 
 def test_controls_stray_example_paths_are_reported():
