@@ -53,12 +53,11 @@ def save_layouts(rank, world_size, out_dir):
 
 def save_ramp(root: str) -> None:
     """A TP=1 checkpoint of GROWN inside its growth ramp (in this process's TP=PP=1 megatron state)."""
-    from flm_ext.growth import GrowthState
+    from flm_ext.growth.state import AxisChange, GrowthState
     from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
 
-    state = GrowthState(num_layers=3, hidden_size=48, old_hidden_size=32, num_attention_heads=6,
-                        old_num_attention_heads=4, head_dim=8, ffn_hidden_size=96, old_ffn_hidden_size=64,
-                        new_layers=(1,), ramp_steps=RAMP["ramp_steps"], start_iteration=RAMP["start_iteration"])
+    state = GrowthState((AxisChange("hidden", 32, 48), AxisChange("heads", 4, 6, unit=3 * 8), AxisChange("ffn", 64, 96),
+                         AxisChange("layers", 2, 3, positions=(1,))), RAMP["ramp_steps"], RAMP["start_iteration"])
     chunks = perturbed_chunks(GROWN, ParallelConfig(), seed=3)
     save_checkpoint(root, RAMP["iteration"], chunks, None, None, extra=common_extra(GROWN, 0, flm_extra={"growth": state.to_dict()}))
 

@@ -79,7 +79,8 @@ def test_width_growth_preserves_the_logits_and_reports_progress(wide):
     common = torch.load(out / f"iter_{GROWN_AT:07d}" / "common.pt", weights_only=False)
     assert common["iteration"] == GROWN_AT and common["parallel_layout"] is None
     assert common["flm"]["model_config"]["hidden_size"] == 128
-    assert common["flm"]["growth"]["old_hidden_size"] == 64 and common["flm"]["growth"]["ramp_steps"] == 3
+    hidden = [c for c in common["flm"]["growth"]["changes"] if c["axis"] == "hidden"]
+    assert [(c["old"], c["new"]) for c in hidden] == [(64, 128)] and common["flm"]["growth"]["ramp_steps"] == 3
     assert common["flm"]["growth"]["start_iteration"] == GROWN_AT
 
 

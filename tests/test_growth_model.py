@@ -3,6 +3,8 @@
 The reference for "function preserved" is the pre-growth model itself (and, for the masks at an
 intermediate lambda, the independent float64 MSG forward in reference_msg.py).
 """
+import dataclasses
+
 import pytest
 import torch
 
@@ -121,7 +123,8 @@ def test_masks_are_not_parameters_or_checkpoint_state(megatron_single_process):
 
 def test_growth_state_must_match_the_model(megatron_single_process):
     _, grown, plan, _ = _grown("ffn", False)
-    wrong = GrowthState.from_plan(plan, ramp_steps=4).replace(ffn_hidden_size=192)
+    state = GrowthState.from_plan(plan, ramp_steps=4)
+    wrong = state.replace(changes=[dataclasses.replace(state.change("ffn"), new=192)])
     with pytest.raises(GrowthError, match="ffn_hidden_size=192"):
         attach_growth([grown], wrong)
     attach_growth([grown], GrowthState.from_plan(plan, ramp_steps=4))

@@ -171,19 +171,42 @@ def test_growth_state_round_trips_and_ramps():
     plan = GrowthPlan(OLD, NEW, depth_placement="interleave")
     state = GrowthState.from_plan(plan, ramp_steps=100, start_iteration=1000)
     data = state.to_dict()
-    assert data["new_layers"] == [1, 3] and data["old_hidden_size"] == 32 and data["ramp_steps"] == 100
+    assert [(c["axis"], c["old"], c["new"]) for c in data["changes"]] == [
+        ("hidden", 32, 48), ("heads", 4, 6), ("ffn", 64, 96), ("layers", 2, 4)]
+    assert data["changes"][3]["positions"] == [1, 3] and data["ramp_steps"] == 100
     assert GrowthState.from_dict(data) == state
     assert [state.lambda_at(i) for i in (0, 1000, 1025, 1100, 5000)] == [0.0, 0.0, 0.25, 1.0, 1.0]
     assert state.replace(ramp_steps=0).lambda_at(1000) == 1.0
-    assert state.new_qkv_rows().tolist() == [False] * 96 + [True] * 48
+    assert state.change("heads").is_new().tolist() == [False] * 96 + [True] * 48  # 3 x head_dim 8 rows per head
+    assert state.change("layers").is_new().tolist() == [False, True, False, True]
+    assert GrowthState.from_plan(GrowthPlan(OLD, OLD.replace(num_layers=3)), 5).to_dict()["changes"] == [
+        {"axis": "layers", "old": 2, "new": 3, "positions": [2], "unit": 1, "method": "msg", "knobs": {}}]
     with pytest.raises(GrowthError, match="unknown growth state field"):
         GrowthState.from_dict({**data, "lam": 0.5})
     with pytest.raises(GrowthError, match=r"lacks field\(s\) \['ramp_steps'\]"):
         GrowthState.from_dict({k: v for k, v in data.items() if k != "ramp_steps"})
+    with pytest.raises(GrowthError, match="unknown growth axis 'vocab'"):
+        GrowthState.from_dict({**data, "changes": [{"axis": "vocab", "old": 40, "new": 48}]})
     with pytest.raises(GrowthError, match="ramp_steps=-1"):
         state.replace(ramp_steps=-1)
-    with pytest.raises(GrowthError, match="new_layers"):
-        state.replace(new_layers=(7,))
+    with pytest.raises(GrowthError, match=r"layers: positions=\[7, 1\]"):
+        GrowthState.from_dict({**data, "changes": [{**data["changes"][3], "positions": [7, 1]}]})
+
+
+def test_a_record_from_before_the_per_axis_list_still_loads():
+    """Checkpoints grown before GrowthState held a list stored one old/new pair per axis."""
+    old_style = {"num_layers": 4, "hidden_size": 48, "old_hidden_size": 32, "num_attention_heads": 6,
+                 "old_num_attention_heads": 4, "head_dim": 8, "ffn_hidden_size": 96, "old_ffn_hidden_size": 64,
+                 "new_layers": [1, 3], "ramp_steps": 100, "start_iteration": 1000}
+    state = GrowthState.from_dict(old_style)
+    assert state == GrowthState.from_plan(GrowthPlan(OLD, NEW, depth_placement="interleave"), 100, 1000)
+    assert state.change("hidden").is_new().tolist() == [False] * 32 + [True] * 16
+    depth_only = {**old_style, "hidden_size": 32, "num_attention_heads": 4, "ffn_hidden_size": 64}
+    assert [c.axis for c in GrowthState.from_dict(depth_only).changes] == ["layers"]
+    with pytest.raises(GrowthError, match="old=48 exceeds new=32"):
+        GrowthState.from_dict({**old_style, "hidden_size": 32, "old_hidden_size": 48})
+    with pytest.raises(GrowthError, match=r"lacks field\(s\) \['head_dim'\]"):
+        GrowthState.from_dict({k: v for k, v in old_style.items() if k != "head_dim"})
 
 
 def test_split_layer_name():

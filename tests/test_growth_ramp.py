@@ -6,15 +6,13 @@ import re
 
 import pytest
 
-from flm_ext.growth import GrowthState
+from flm_ext.growth.state import AxisChange, GrowthState
 from flm_ext.growth.ramp import GrowthRamp
 
 
 def grown_common(ramp_steps: int, start_iteration: int = 0) -> dict:
     """The common state of a depth-grown checkpoint (4 -> 8 layers), as the growth tool records it."""
-    state = GrowthState(num_layers=8, hidden_size=128, old_hidden_size=128, num_attention_heads=8,
-                        old_num_attention_heads=8, head_dim=16, ffn_hidden_size=512, old_ffn_hidden_size=512,
-                        new_layers=(4, 5, 6, 7), ramp_steps=ramp_steps, start_iteration=start_iteration)
+    state = GrowthState((AxisChange("layers", 4, 8, positions=(4, 5, 6, 7)),), ramp_steps, start_iteration)
     return {"iteration": start_iteration, "flm": {"growth": state.to_dict()}}
 
 

@@ -9,12 +9,11 @@ so peak memory is one block (at most 512 MiB by default) plus the stored chunk i
 not the model or its largest tensor.
 
 Growth ramps: a checkpoint saved while MSG masks ramp (flm_ext/growth/masks.py) is exported as the
-function it computes at its iteration. Scaling masks are folded into the weights they follow:
-the hidden mask c into the embedding's columns (the tied output layer then carries the final
-LayerNorm's output mask), per-layer LayerNorm gains and biases, and the rows of the attention
-output and FC2 projections (bias included); the head mask into QKV rows; the FFN mask into FC1
-rows. What is not a weight scaling stays a config field: mask-weighted LayerNorm statistics
-(`growth_norm_mask`) and new layers' gates (`layer_gates`). Such an export cannot be imported back
+function it computes at its iteration. The mask rules are flm_ext/growth/rules.py's, the ones the
+trainer's hooks follow: each scaling mask is folded into the tensors its site lists (`Folding`;
+e.g. the hidden mask into the embedding's columns, LayerNorm gains and biases, and the rows of the
+attention output and FC2 projections), and what is not a weight scaling stays a config field:
+mask-weighted LayerNorm statistics (`growth_norm_mask`) and new layers' gates (`layer_gates`). Such an export cannot be imported back
 (the masks cannot be unfolded); train past the ramp for a round-trippable model.
 """
 from __future__ import annotations
@@ -27,6 +26,7 @@ import torch
 
 from flm_ext.config import FLMConfig
 from flm_ext.export.errors import ExportError
+from flm_ext.growth.rules import EMBEDDING, OUTPUT, axis_rule, fold_table, mask_values
 from flm_ext.growth.state import GrowthState
 
 # megatron checkpoint key -> HF name ({i}: layer index). Layer keys are stacked [L, ...].
@@ -44,8 +44,6 @@ LAYER_KEYS = {
     "decoder.layers.mlp.linear_fc2.weight": "model.layers.{i}.mlp.fc2.weight",
     "decoder.layers.mlp.linear_fc2.bias": "model.layers.{i}.mlp.fc2.bias",
 }
-EMBEDDING = "embedding.word_embeddings.weight"
-OUTPUT = "output_layer.weight"
 OTHER_KEYS = {
     EMBEDDING: "model.embed_tokens.weight",
     "decoder.final_layernorm.weight": "model.norm.weight",
@@ -58,10 +56,7 @@ VOCAB_KEYS = (EMBEDDING, OUTPUT)
 def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.dtype, iteration: int,
               growth: GrowthState | None = None, lam: float = 1.0) -> dict:
     """config.json of the export (see configuration_flm.py for what each field means)."""
-    grew_hidden = growth is not None and growth.hidden_size > growth.old_hidden_size
-    gates = None
-    if growth is not None and growth.new_layers:
-        gates = [lam if j in growth.new_layers else 1.0 for j in range(cfg.num_layers)]
+    norm_mask, gates = _config_masks(growth, lam)
     return {
         "architectures": ["FLMForCausalLM"], "model_type": "flm",
         "auto_map": {"AutoConfig": "configuration_flm.FLMConfig", "AutoModel": "modeling_flm.FLMModel",
@@ -77,7 +72,7 @@ def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.d
         "use_mup": cfg.use_mup, "input_mult": cfg.mup_input_mult, "output_mult": cfg.mup_output_mult,
         "mup_scale_factor": cfg.mup_width_mult,
         "scale_attn_by_inverse_layer_idx": cfg.scale_attn_by_inverse_layer_idx,
-        "growth_norm_mask": [growth.old_hidden_size, lam] if grew_hidden else None,
+        "growth_norm_mask": norm_mask,
         "layer_gates": gates,
         "blockwise_attention": False, "blockwise_block_size": None,  # inference option (docs/long_context.md)
         "tie_word_embeddings": cfg.share_embeddings_and_output_weights,
@@ -89,48 +84,47 @@ def hf_config(cfg: FLMConfig, vocab_size: int, eos_token_id: int, dtype: torch.d
     }
 
 
-def _masks(growth: GrowthState | None, lam: float) -> dict[str, torch.Tensor]:
-    """Per-axis mask vectors (1 on old coordinates, lambda on new), as flm_ext/growth/masks.py builds them."""
-    if growth is None:
-        return {}
-    out = {}
-    for name, new, grew in (("hidden", growth.new_hidden(), growth.hidden_size > growth.old_hidden_size),
-                            ("qkv", growth.new_qkv_rows(), growth.num_attention_heads > growth.old_num_attention_heads),
-                            ("ffn", growth.new_ffn(), growth.ffn_hidden_size > growth.old_ffn_hidden_size)):
-        if grew:
-            out[name] = 1.0 - new.to(torch.float64) * (1.0 - lam)
-    return out
+def _config_masks(growth: GrowthState | None, lam: float) -> tuple[list | None, list[float] | None]:
+    """The mask sites that are not a weight scaling (rules.py), as config fields: the LayerNorms'
+    mask-weighted statistics ([first new hidden dim, lambda]) and each layer's gate."""
+    norm_mask = gates = None
+    for change in growth.changes if growth is not None else ():
+        rule = axis_rule(change.axis)
+        if rule.has("norm"):
+            if change.positions is not None or norm_mask is not None:
+                raise ExportError(f"growth of {change.axis} does not fit growth_norm_mask (appended dims of one axis)")
+            norm_mask = [change.old, lam]
+        if rule.has("gate"):
+            gates = mask_values(change.new_units(), lam).tolist()
+    return norm_mask, gates
 
 
-# Which mask scales which axis of a tensor (rows: axis 0, columns: axis 1).
-_FOLD = {
-    EMBEDDING: ("hidden", 1), OUTPUT: ("hidden", 1),
-    "decoder.layers.input_layernorm.weight": ("hidden", 0), "decoder.layers.input_layernorm.bias": ("hidden", 0),
-    "decoder.layers.pre_mlp_layernorm.weight": ("hidden", 0), "decoder.layers.pre_mlp_layernorm.bias": ("hidden", 0),
-    "decoder.layers.self_attention.linear_proj.weight": ("hidden", 0),
-    "decoder.layers.self_attention.linear_proj.bias": ("hidden", 0),
-    "decoder.layers.mlp.linear_fc2.weight": ("hidden", 0), "decoder.layers.mlp.linear_fc2.bias": ("hidden", 0),
-    "decoder.layers.self_attention.linear_qkv.weight": ("qkv", 0),
-    "decoder.layers.self_attention.linear_qkv.bias": ("qkv", 0),
-    "decoder.layers.mlp.linear_fc1.weight": ("ffn", 0), "decoder.layers.mlp.linear_fc1.bias": ("ffn", 0),
-}
+class Folding:
+    """The growth masks at lambda, folded into the tensors they follow as rules.py lists them."""
 
+    def __init__(self, growth: GrowthState | None, lam: float):
+        changes = [] if growth is None else [c for c in growth.changes if axis_rule(c.axis).has("scale")
+                                             or axis_rule(c.axis).has("norm")]
+        self.masks = {c.axis: mask_values(c.is_new(), lam) for c in changes}
+        self.table = fold_table(self.masks)
 
-def fold(key: str, tensor: torch.Tensor, masks: dict[str, torch.Tensor], row: int = 0) -> torch.Tensor:
-    """`tensor` (rows `row`.. of the whole tensor) with the growth mask that follows it multiplied
-    in (unchanged without one).
+    def __call__(self, key: str, tensor: torch.Tensor, row: int = 0) -> torch.Tensor:
+        """`tensor` (rows `row`.. of the whole tensor) with the growth mask that follows it multiplied
+        in (unchanged without one).
 
-    A folded tensor comes back in float64 (one rounding, when the caller casts it to its output
-    dtype), so a float64 model built from it is exact: tests measure the fold, not rounding.
-    """
-    rule = _FOLD.get(key)
-    if rule is None or rule[0] not in masks:
-        return tensor
-    mask = masks[rule[0]]
-    if rule[1] == 0:  # the mask runs along the rows: this block's part of it
-        mask = mask[row:row + tensor.shape[0]]
-        mask = mask[:, None] if tensor.dim() == 2 else mask
-    return tensor.to(torch.float64) * mask
+        A folded tensor comes back in float64 (one rounding, when the caller casts it to its output
+        dtype), so a float64 model built from it is exact: tests measure the fold, not rounding.
+        """
+        rule = self.table.get(key)
+        if rule is None:
+            return tensor
+        axis, dim = rule
+        shape = [1] * tensor.dim()
+        shape[dim] = tensor.shape[dim]
+        mask = self.masks[axis]
+        if dim == 0:  # the mask runs along the rows: this block's part of it
+            mask = mask[row:row + tensor.shape[0]]
+        return tensor.to(torch.float64) * mask.reshape(shape)
 
 
 # torch's checkpoint reader loads each stored chunk whole to cut a slice from it, so smaller blocks
@@ -147,7 +141,7 @@ def plan_tensors(ckpt, vocab_size: int, block_bytes: int = DEFAULT_BLOCK_BYTES
     so memory stays at one block whatever the tensor's size. `ckpt` is an open
     flm_ext.checkpoint Checkpoint."""
     cfg, reader = ckpt.config, ckpt.reader
-    masks = _masks(*growth_of(ckpt))
+    fold = Folding(*growth_of(ckpt))
     missing = [k for k in [EMBEDDING, *LAYER_KEYS, "decoder.final_layernorm.weight"] if k not in reader.tensors]
     if missing:
         raise ExportError(f"{ckpt.folder}: no tensor {missing[0]!r}; not an FLM model checkpoint")
@@ -162,7 +156,7 @@ def plan_tensors(ckpt, vocab_size: int, block_bytes: int = DEFAULT_BLOCK_BYTES
                 n = min(step, shape[0] - r)
                 offsets = lead + (r,) + (0,) * (len(shape) - 1)
                 block = reader.read(key, offsets, (1,) * len(lead) + (n,) + tuple(shape[1:]))
-                yield fold(key, block[0] if lead else block, masks, r)
+                yield fold(key, block[0] if lead else block, r)
         return produce
 
     shape = (vocab_size, cfg.hidden_size)

@@ -14,8 +14,10 @@ coordinate (old ones have 1):
 At lambda = 0 the new dims of the residual stream stay exactly 0, so the new weights that read
 them see zeros and the old coordinates compute what they computed before growth.
 
-`GrowthState` (state.py) records which coordinates are new and the ramp. The trainer calls `apply_growth_schedule(chunks, state,
-iteration)` before each step: lambda rises linearly from 0 (first step after growth) to 1 after
+Where each mask acts is written once, in rules.py (the export folds the same rules into the
+weights); this module turns those sites into hooks. `GrowthState` (state.py) records which
+coordinates are new and the ramp. The trainer calls `apply_growth_schedule(chunks, state, iteration)`
+before each step: lambda rises linearly from 0 (first step after growth) to 1 after
 `ramp_steps` steps, and then the masks are dropped so the model runs at full speed.
 
 The masks are forward hooks on megatron's own modules (embedding, QKV / fc1 / output
@@ -34,6 +36,7 @@ from typing import Iterable
 import torch
 
 from flm_ext.growth.operators import GrowthError
+from flm_ext.growth.rules import LAYERS, Site, axis_rule, mask_values
 from flm_ext.growth.state import GrowthState
 from flm_ext.model.flm_model import unwrap
 from flm_ext.model.norm import FLMLayerNorm
@@ -51,7 +54,7 @@ class _Mask:
         if self.new is None:  # a layer gate: a scalar
             self.value = float(lam)
         else:
-            self.value = (1.0 - self.new.to(self.dtype) * (1.0 - lam))
+            self.value = mask_values(self.new, lam, self.dtype)
 
 
 class _Installed:
@@ -74,15 +77,14 @@ def _tp_block(new: torch.Tensor, local_size: int) -> torch.Tensor:
 
 
 def _output_hook(mask: _Mask):
+    """Scales a module's output: a tensor (the embedding) or megatron's (output, bias) pair."""
     def hook(_module, _inputs, output):
-        out, bias = output
         m = mask.value
+        if isinstance(output, torch.Tensor):
+            return output * m
+        out, bias = output
         return out * m, (bias * m if bias is not None else None)
     return hook
-
-
-def _embedding_hook(mask: _Mask):
-    return lambda _module, _inputs, output: output * mask.value
 
 
 def _gate_hook(gate: _Mask):
@@ -96,16 +98,52 @@ def _gate_hook(gate: _Mask):
 
 def _check_shape(model, state: GrowthState) -> None:
     cfg = model.flm_config
-    expected = dict(num_layers=state.num_layers, hidden_size=state.hidden_size,
-                    num_attention_heads=state.num_attention_heads, head_dim=state.head_dim,
-                    ffn_hidden_size=state.ffn_hidden_size)
-    for name, value in expected.items():
-        if getattr(cfg, name) != value:
-            raise GrowthError(f"growth state has {name}={value} but the model has {getattr(cfg, name)}")
+    for change in state.changes:
+        name = axis_rule(change.axis).size_field
+        if getattr(cfg, name) != change.new:
+            raise GrowthError(f"growth state has {name}={change.new} but the model has {getattr(cfg, name)}")
+
+
+def _modules(model, path: str) -> list[tuple[int | None, torch.nn.Module]]:
+    """(global 0-based layer index or None, module) for a rules.py site path on this rank's chunk;
+    none where the chunk lacks it (the embedding off the first pipeline stage, the final norm off
+    the last)."""
+    if path == "decoder.layers":
+        return [(layer.layer_number - 1, layer) for layer in model.decoder.layers]  # layer_number: global, 1-based
+    if path.startswith(LAYERS):
+        return [(layer.layer_number - 1, layer.get_submodule(path[len(LAYERS):])) for layer in model.decoder.layers]
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return []
+    return [] if module is None else [(None, module)]
+
+
+def _attach_site(inst: _Installed, model, site: Site, is_new: torch.Tensor, like: torch.Tensor,
+                 shared: _Mask) -> None:
+    """Install one rules.py site of one grown axis (`shared`: the whole-axis mask, for unsplit outputs)."""
+    for layer, module in _modules(model, site.module):
+        if site.kind == "gate":
+            if is_new[layer]:
+                gate = _Mask(None, like)
+                inst.masks.append(gate)
+                inst.handles.append(module.register_forward_hook(_gate_hook(gate), with_kwargs=True))
+        elif site.kind == "norm":
+            if not isinstance(module, FLMLayerNorm):
+                raise GrowthError(f"mask site {site.module} is a {type(module).__name__}, not an FLMLayerNorm")
+            inst.norms.append((module, shared))
+        else:
+            mask = shared
+            local = getattr(module, "output_size_per_partition", None)  # column-parallel: split over TP
+            if local is not None:
+                mask = _Mask(_tp_block(is_new, local), like)
+                inst.masks.append(mask)
+            inst.handles.append(module.register_forward_hook(_output_hook(mask)))
 
 
 def attach_growth(chunks: Iterable[torch.nn.Module], state: GrowthState, lam: float = 0.0) -> None:
-    """Install the masks of `state` in this rank's model chunks (DDP-wrapped or not) at `lam`."""
+    """Install the masks of `state` in this rank's model chunks (DDP-wrapped or not) at `lam`:
+    for every grown axis, its sites as rules.py lists them."""
     for chunk in chunks:
         model = unwrap(chunk)
         if getattr(model, "_flm_growth", None) is not None:
@@ -113,34 +151,13 @@ def attach_growth(chunks: Iterable[torch.nn.Module], state: GrowthState, lam: fl
         _check_shape(model, state)
         inst = _Installed(state)
         like = next(model.parameters())
-        grow_hidden = state.hidden_size > state.old_hidden_size
-        hidden = _Mask(state.new_hidden(), like) if grow_hidden else None
-        if hidden is not None:
-            inst.masks.append(hidden)
-            if getattr(model, "pre_process", False):
-                inst.handles.append(model.embedding.register_forward_hook(_embedding_hook(hidden)))
-            for module in model.modules():
-                if isinstance(module, FLMLayerNorm):
-                    inst.norms.append((module, hidden))
-        for layer in model.decoder.layers:
-            attention, mlp = layer.self_attention, layer.mlp
-            if hidden is not None:
-                for proj in (attention.linear_proj, mlp.linear_fc2):
-                    inst.handles.append(proj.register_forward_hook(_output_hook(hidden)))
-            if state.num_attention_heads > state.old_num_attention_heads:
-                qkv = attention.linear_qkv
-                heads = _Mask(_tp_block(state.new_qkv_rows(), qkv.output_size_per_partition), like)
-                inst.masks.append(heads)
-                inst.handles.append(qkv.register_forward_hook(_output_hook(heads)))
-            if state.ffn_hidden_size > state.old_ffn_hidden_size:
-                fc1 = mlp.linear_fc1
-                ffn = _Mask(_tp_block(state.new_ffn(), fc1.output_size_per_partition), like)
-                inst.masks.append(ffn)
-                inst.handles.append(fc1.register_forward_hook(_output_hook(ffn)))
-            if layer.layer_number - 1 in state.new_layers:  # layer_number: global, 1-based
-                gate = _Mask(None, like)
-                inst.masks.append(gate)
-                inst.handles.append(layer.register_forward_hook(_gate_hook(gate), with_kwargs=True))
+        for change in state.changes:
+            rule, is_new = axis_rule(change.axis), change.is_new()
+            shared = _Mask(is_new, like) if rule.has("scale") or rule.has("norm") else None
+            if shared is not None:
+                inst.masks.append(shared)
+            for site in rule.sites:
+                _attach_site(inst, model, site, is_new, like, shared)
         model._flm_growth = inst
         _set(model, lam)
 

@@ -142,7 +142,8 @@ def grown_common(common: dict, plan: GrowthPlan, ramp_steps: int, iteration: int
     flm["model_config"] = asdict(plan.new)
     flm.pop("growth", None)
     if method.uses_masks:
-        flm["growth"] = GrowthState.from_plan(plan, ramp_steps, start_iteration=iteration).to_dict()
+        flm["growth"] = GrowthState.from_plan(plan, ramp_steps, start_iteration=iteration, method=method.name,
+                                              knobs=method.settings).to_dict()
     flm["grown_from"] = {"path": os.path.abspath(source), "model_config": asdict(plan.old),
                          "depth_init": plan.depth_init, "depth_placement": plan.depth_placement, "seed": plan.seed,
                          **method.record()}

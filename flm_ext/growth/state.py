@@ -1,17 +1,98 @@
-"""The MSG growth record a grown checkpoint carries (`flm.growth`): which coordinates are new and how
-the masks ramp. New coordinates are appended at the end of their axis, so an old size says it all;
-new layers are listed. `to_dict`/`from_dict` give the plain dict a checkpoint stores. Kept apart
-from masks.py (which hooks megatron modules) so that offline tools read and write it without
+"""The MSG growth record a grown checkpoint carries (`flm.growth`): one `AxisChange` per axis that
+grew (hidden dims, heads, FFN units, layers, or any axis registered in rules.py) and how the masks
+ramp. `to_dict`/`from_dict` give the plain dict a checkpoint stores; `from_dict` also reads the
+record of checkpoints written before the per-axis list (one old/new field pair per axis). Kept
+apart from masks.py (which hooks megatron modules) so that offline tools read and write it without
 importing megatron.
+
+The stored dict: {"changes": [{"axis", "old", "new", "positions", "unit", "method", "knobs"}, ...],
+"ramp_steps", "start_iteration"}.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 
 from flm_ext.growth.operators import GrowthError, GrowthPlan
+from flm_ext.growth.rules import axis_rule, axis_rules
+
+
+def _positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GrowthError(f"{name}={value!r} must be a positive integer")
+
+
+def _known_fields(cls, data: Mapping, what: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    if set(data) - names:
+        raise GrowthError(f"unknown {what} field(s) {sorted(set(data) - names)}; known: {sorted(names)}")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if required - set(data):
+        raise GrowthError(f"{what} lacks field(s) {sorted(required - set(data))}")
+
+
+@dataclass(frozen=True)
+class AxisChange:
+    """One axis grown from `old` to `new` units.
+
+    positions: indices of the new units in the grown axis (None: appended, i.e. old .. new-1; MSG
+    appends width and may interleave layers). unit: coordinates per unit where the mask acts (3 x
+    head_dim QKV rows per head). method, knobs: the operator that made the change and its settings,
+    for the record (the masks depend only on the positions).
+    """
+
+    axis: str
+    old: int
+    new: int
+    positions: tuple[int, ...] | None = None
+    unit: int = 1
+    method: str = "msg"
+    knobs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        axis_rule(self.axis)  # a registered axis
+        for name in ("old", "new", "unit"):
+            _positive(f"{self.axis}.{name}", getattr(self, name))
+        if self.old > self.new:
+            raise GrowthError(f"{self.axis}: old={self.old} exceeds new={self.new}")
+        if self.positions is not None:
+            positions = tuple(int(j) for j in self.positions)
+            object.__setattr__(self, "positions", positions)
+            bad = [j for j in positions if not 0 <= j < self.new]
+            if bad or len(set(positions)) != len(positions) or len(positions) != self.new - self.old:
+                raise GrowthError(f"{self.axis}: positions={list(positions)} must be {self.new - self.old} distinct "
+                                  f"indices below new={self.new}")
+        object.__setattr__(self, "knobs", dict(self.knobs))
+
+    def new_units(self) -> torch.Tensor:
+        """Bool per unit of the grown axis: True where the unit is new."""
+        flags = torch.zeros(self.new, dtype=torch.bool)
+        if self.positions is None:
+            flags[self.old:] = True
+        else:
+            flags[list(self.positions)] = True
+        return flags
+
+    def is_new(self) -> torch.Tensor:
+        """Bool per coordinate at the mask sites (each unit repeated `unit` times)."""
+        flags = self.new_units()
+        return flags.repeat_interleave(self.unit) if self.unit > 1 else flags
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["positions"] = None if self.positions is None else list(self.positions)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "AxisChange":
+        if not isinstance(data, Mapping):
+            raise GrowthError(f"growth change {data!r} is not a dict")
+        _known_fields(cls, data, "growth change")
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -24,60 +105,71 @@ class GrowthState:
     up the same value.
     """
 
-    num_layers: int
-    hidden_size: int
-    old_hidden_size: int
-    num_attention_heads: int
-    old_num_attention_heads: int
-    head_dim: int
-    ffn_hidden_size: int
-    old_ffn_hidden_size: int
-    new_layers: tuple[int, ...]
+    changes: tuple[AxisChange, ...]
     ramp_steps: int
     start_iteration: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "new_layers", tuple(int(j) for j in self.new_layers))
-        for name in ("num_layers", "hidden_size", "old_hidden_size", "num_attention_heads",
-                     "old_num_attention_heads", "head_dim", "ffn_hidden_size", "old_ffn_hidden_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise GrowthError(f"{name}={value!r} must be a positive integer")
-        for new, old in (("hidden_size", "old_hidden_size"), ("num_attention_heads", "old_num_attention_heads"),
-                         ("ffn_hidden_size", "old_ffn_hidden_size")):
-            if getattr(self, old) > getattr(self, new):
-                raise GrowthError(f"{old}={getattr(self, old)} exceeds {new}={getattr(self, new)}")
-        if not isinstance(self.ramp_steps, int) or self.ramp_steps < 0:
+        object.__setattr__(self, "changes", tuple(self.changes))
+        axes = [c.axis for c in self.changes]
+        if len(set(axes)) != len(axes):
+            raise GrowthError(f"growth state lists an axis twice: {axes}")
+        if isinstance(self.ramp_steps, bool) or not isinstance(self.ramp_steps, int) or self.ramp_steps < 0:
             raise GrowthError(f"ramp_steps={self.ramp_steps!r} must be a non-negative integer")
-        bad = [j for j in self.new_layers if not 0 <= j < self.num_layers]
-        if bad or len(set(self.new_layers)) != len(self.new_layers):
-            raise GrowthError(f"new_layers={list(self.new_layers)} must be distinct indices below "
-                              f"num_layers={self.num_layers}")
 
     @classmethod
-    def from_plan(cls, plan: GrowthPlan, ramp_steps: int, start_iteration: int = 0) -> "GrowthState":
-        old, new = plan.old, plan.new
-        return cls(num_layers=new.num_layers, hidden_size=new.hidden_size, old_hidden_size=old.hidden_size,
-                   num_attention_heads=new.num_attention_heads,
-                   old_num_attention_heads=old.num_attention_heads, head_dim=new.head_dim,
-                   ffn_hidden_size=new.ffn_hidden_size, old_ffn_hidden_size=old.ffn_hidden_size,
-                   new_layers=plan.new_layers, ramp_steps=ramp_steps, start_iteration=start_iteration)
+    def from_plan(cls, plan: GrowthPlan, ramp_steps: int, start_iteration: int = 0, method: str = "msg",
+                  knobs: Mapping | None = None) -> "GrowthState":
+        """A change for every registered axis the plan grows."""
+        changes = []
+        for rule in axis_rules():
+            old, new = getattr(plan.old, rule.size_field), getattr(plan.new, rule.size_field)
+            if new != old:
+                changes.append(AxisChange(rule.name, old, new, positions=rule.positions(plan), unit=rule.unit(plan.new),
+                                          method=method, knobs=dict(knobs or {})))
+        return cls(tuple(changes), ramp_steps, start_iteration)
+
+    def change(self, axis: str) -> AxisChange | None:
+        """The change of `axis`, or None when it did not grow."""
+        return next((c for c in self.changes if c.axis == axis), None)
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["new_layers"] = list(self.new_layers)
-        return out
+        return {"changes": [c.to_dict() for c in self.changes], "ramp_steps": self.ramp_steps,
+                "start_iteration": self.start_iteration}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GrowthState":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - fields
+    def from_dict(cls, data: Mapping) -> "GrowthState":
+        if "changes" not in data:
+            return cls._from_pair_record(data)
+        _known_fields(cls, data, "growth state")
+        if not isinstance(data["changes"], (list, tuple)):
+            raise GrowthError(f"growth state changes={data['changes']!r} must be a list")
+        return cls(tuple(AxisChange.from_dict(c) for c in data["changes"]), data["ramp_steps"],
+                   data.get("start_iteration", 0))
+
+    @classmethod
+    def _from_pair_record(cls, data: Mapping) -> "GrowthState":
+        """A record written before the per-axis list: an old/new pair per width axis, new_layers."""
+        fields = {"num_layers", "hidden_size", "old_hidden_size", "num_attention_heads", "old_num_attention_heads",
+                  "head_dim", "ffn_hidden_size", "old_ffn_hidden_size", "new_layers", "ramp_steps"}
+        unknown = set(data) - fields - {"start_iteration"}
         if unknown:
-            raise GrowthError(f"unknown growth state field(s) {sorted(unknown)}; known: {sorted(fields)}")
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-        if required - set(data):
-            raise GrowthError(f"growth state lacks field(s) {sorted(required - set(data))}")
-        return cls(**data)
+            raise GrowthError(f"unknown growth state field(s) {sorted(unknown)}; known: changes, ramp_steps, "
+                              f"start_iteration (or the per-axis pairs of older checkpoints)")
+        if fields - set(data):
+            raise GrowthError(f"growth state lacks field(s) {sorted(fields - set(data))}")
+        for name in fields - {"new_layers", "ramp_steps"}:
+            _positive(name, data[name])
+        changes = [AxisChange(axis, data[f"old_{size}"], data[size], unit=unit)
+                   for axis, size, unit in (("hidden", "hidden_size", 1),
+                                            ("heads", "num_attention_heads", 3 * data["head_dim"]),
+                                            ("ffn", "ffn_hidden_size", 1))
+                   if data[size] != data[f"old_{size}"]]
+        new_layers = list(data["new_layers"])
+        if new_layers:
+            changes.append(AxisChange("layers", data["num_layers"] - len(new_layers), data["num_layers"],
+                                      positions=tuple(new_layers)))
+        return cls(tuple(changes), data["ramp_steps"], data.get("start_iteration", 0))
 
     def replace(self, **changes) -> "GrowthState":
         """E.g. `state.replace(ramp_steps=args.growth_ramp_steps)` to override the recorded ramp."""
@@ -89,16 +181,5 @@ class GrowthState:
             return 1.0
         return min(1.0, max(0.0, (iteration - self.start_iteration) / self.ramp_steps))
 
-    # Per-axis "is new" vectors over the whole (global) axis.
-    def new_hidden(self) -> torch.Tensor:
-        return torch.arange(self.hidden_size) >= self.old_hidden_size
 
-    def new_qkv_rows(self) -> torch.Tensor:
-        heads = torch.arange(self.num_attention_heads) >= self.old_num_attention_heads
-        return heads.repeat_interleave(3 * self.head_dim)  # rows grouped per head: [q_h, k_h, v_h]
-
-    def new_ffn(self) -> torch.Tensor:
-        return torch.arange(self.ffn_hidden_size) >= self.old_ffn_hidden_size
-
-
-__all__ = ["GrowthState"]
+__all__ = ["GrowthState", "AxisChange"]

@@ -14,12 +14,15 @@ An operator grows whole global tensors (`grow_width` for one tensor or one layer
 operators.py ("param", "exp_avg", "exp_avg_sq"), so the checkpoint tool, the tests and the
 comparison benchmark all share it. To add one: a module with a subclass that sets `name`,
 `preserving`, `uses_masks`, `options` (its knobs, the tool's flags `--<option-with-dashes>`), and
-implements `check` and the two grow functions; then `register(TheClass)` at its end and an
-import below (docs/growth.md).
+implements `check` and the two grow functions; then `register(TheClass)` at its end. Every
+module of this package is imported with it (`_import_operators`), so that is all: no list to edit
+(docs/extending.md shows one).
 """
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 from typing import ClassVar, Mapping
 
 import torch
@@ -135,7 +138,15 @@ def nonnegative_float(option: str, value) -> float:
     return float(value)
 
 
-# The built-in operators register themselves on import.
-from flm_ext.growth.methods import msg, stack, clone, random_init  # noqa: E402,F401
+def _import_operators() -> None:
+    """Import every module of this package: each registers its operator, so adding one is a module
+    and its `register` call, nothing else. The built-in ones first, in the order --method lists them."""
+    builtin = ("msg", "stack", "clone", "random_init")
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    for name in builtin + tuple(n for n in found if n not in builtin):
+        importlib.import_module(f"{__name__}.{name}")
+
+
+_import_operators()
 
 __all__ = ["GrowthMethod", "register", "get_method", "method_names", "method_of", "flag"]
