@@ -11,6 +11,7 @@ torch's writer keeps every tensor of a file alive until the file is closed.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import multiprocessing
 import os
@@ -313,3 +314,22 @@ def finish_iteration_folder(folder: str, common: dict, checksums: dict | None = 
     names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and n != MANIFEST)
     known = {n: checksums[n] for n in names if checksums and n in checksums}
     write_manifest(folder, {**known, **describe_files(folder, [n for n in names if n not in known])})
+
+
+# Linear layers whose megatron modules save an `_extra_state` object per layer (empty without
+# transformer-engine's fp8 state); megatron's loader expects them.
+EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1", "mlp.linear_fc2")
+
+
+def extra_state_chunks(num_layers: int) -> list[Chunk]:
+    """The per-layer `_extra_state` byte objects of an offline writer's checkpoint (see `empty_extra_state`)."""
+    return [Chunk(f"decoder.layers.{module}._extra_state/shard_{j}_{num_layers}", None, None, j, (), (), (), None)
+            for module in EXTRA_STATE_MODULES for j in range(num_layers)]
+
+
+def empty_extra_state() -> io.BytesIO:
+    """What megatron's linear layers save as their (empty) extra state."""
+    buffer = io.BytesIO()
+    torch.save([None], buffer)
+    buffer.seek(0)
+    return buffer

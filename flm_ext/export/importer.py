@@ -22,7 +22,6 @@ rather than dropped.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import asdict
@@ -33,9 +32,6 @@ import torch
 from flm_ext.config import ConfigError, FLMConfig, validate
 from flm_ext.export.convert import EMBEDDING, LAYER_KEYS, OTHER_KEYS, OUTPUT, VOCAB_KEYS, ExportError
 from flm_ext.fileio import building
-
-# Linear layers whose megatron modules save an `_extra_state` object per layer.
-_EXTRA_STATE = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1", "mlp.linear_fc2")
 
 
 def _read_config(folder: str) -> dict:
@@ -229,7 +225,8 @@ _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 def _plan(cfg: FLMConfig, tensors: _Tensors):
     """flm_ext.checkpoint Chunks of the checkpoint, and a function producing each one."""
-    from flm_ext.checkpoint import Chunk, tensor_chunks
+    from flm_ext.checkpoint import tensor_chunks
+    from flm_ext.checkpoint.writer import empty_extra_state, extra_state_chunks
 
     dtype = tensors.where[OTHER_KEYS[EMBEDDING]].get_slice(OTHER_KEYS[EMBEDDING]).get_dtype()
     dtype = _DTYPES[dtype]
@@ -242,16 +239,11 @@ def _plan(cfg: FLMConfig, tensors: _Tensors):
         chunks += tensor_chunks(key, key, "param", shape, dtype, None)
     for key, name in LAYER_KEYS.items():
         chunks += tensor_chunks(key, key, "param", tensors.shape(name.format(i=0)), dtype, L)
-    for module in _EXTRA_STATE:
-        base = f"decoder.layers.{module}._extra_state"
-        chunks += [Chunk(f"{base}/shard_{j}_{L}", None, None, j, (), (), (), None) for j in range(L)]
+    chunks += extra_state_chunks(L)
 
     def produce(c) -> object:
         if c.dtype is None:
-            buffer = io.BytesIO()
-            torch.save([None], buffer)  # what megatron's linears save as their (empty) extra state
-            buffer.seek(0)
-            return buffer
+            return empty_extra_state()
         if c.layer is None:
             tensor = tensors.get(OTHER_KEYS[c.key])
             if c.key in VOCAB_KEYS:

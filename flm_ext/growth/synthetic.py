@@ -10,6 +10,7 @@ import torch
 
 from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, Chunk, finish_iteration_folder, iteration_dir, tensor_chunks,
                                 write_chunks, write_latest)
+from flm_ext.checkpoint.writer import empty_extra_state, extra_state_chunks
 from flm_ext.config import FLMConfig
 from flm_ext.growth.operators import _TENSORS, GrowthPlan, is_layer_key
 
@@ -19,8 +20,9 @@ def write_synthetic_checkpoint(root: str, cfg: FLMConfig, *, iteration: int = 10
                                bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
     """A checkpoint of `cfg` with random weights in the trainer's layout: weights in `dtype`, fp32
     Adam moments and, for a low-precision `dtype`, the fp32 main weights (`fp32_param`, equal to the
-    weights up to rounding, as in bf16 training). It lacks the trainer's per-layer `_extra_state`
-    objects and optimizer hyper-parameters: input for the offline tools, not for `pretrain_flm.py`."""
+    weights up to rounding, as in bf16 training), and the linear layers' (empty) `_extra_state` objects, so
+    megatron's loader reads its weights (growth --verify, evaluation, export). It lacks the optimizer
+    hyper-parameters: input for the offline tools, not for `pretrain_flm.py`."""
     plan = GrowthPlan(cfg, cfg)
     keys = [k for k in _TENSORS if k != "output_layer.weight" or not cfg.share_embeddings_and_output_weights]
     states = (("exp_avg", "exp_avg_sq") + (("fp32_param",) if dtype != torch.float32 else ())) if optimizer else ()
@@ -34,7 +36,11 @@ def write_synthetic_checkpoint(root: str, cfg: FLMConfig, *, iteration: int = 10
             chunks += tensor_chunks(f"optimizer.state.{name}.{model_key}", model_key, roles[name], shape,
                                     torch.float32, layers)
 
+    chunks += extra_state_chunks(cfg.num_layers)
+
     def produce(c: Chunk):
+        if c.dtype is None:
+            return empty_extra_state()
         name = c.model_key if c.role == "param" else c.key  # a weight and its fp32 main copy share values
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"{name}/{c.layer}".encode()))
         out = torch.randn(c.sizes, generator=g, dtype=torch.float32).mul_(0.02)
