@@ -1,6 +1,6 @@
 """Growth for FLM: MSG's tensor operators (`operators`) and runtime masks (`masks`), the growth
-record (`state`), the other operators (`methods`) and the growth of a saved checkpoint (`offline`:
-what tools/grow_checkpoint.py runs).
+record (`state`), where the masks act (`rules`), the other operators (`methods`) and the growth of
+a saved checkpoint (`offline`: what tools/grow_checkpoint.py runs).
 
 Names are resolved on first use (PEP 562), so that `flm_ext.growth.offline` and the growth
 tool do not import megatron (masks.py hooks megatron modules; the tool only moves tensors).
@@ -11,6 +11,7 @@ import importlib
 
 _EXPORTS = {
     "GrowthState": "state",
+    "AxisChange": "state",
     **{name: "masks" for name in ("apply_growth_schedule", "attach_growth", "drop_growth_masks", "growth_lambda",
                                   "set_growth_lambda")},
     **{name: "operators" for name in ("ROLES", "GrowthError", "GrowthPlan", "fresh_init", "grow_layer",
