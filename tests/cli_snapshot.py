@@ -81,11 +81,24 @@ def snapshot(name: str) -> dict[str, list[str]]:
     return {label.strip(): option_strings(p) for label, p in parsers(capture_parser(name))}
 
 
+def defaults(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{option string: repr of its default and dest} of every option of the parser."""
+    return {s: f"dest={a.dest} default={a.default!r}" for a in parser._actions for s in a.option_strings
+            if not isinstance(a, argparse._HelpAction)}
+
+
+def snapshot_defaults(name: str) -> dict[str, dict[str, str]]:
+    return {label.strip(): defaults(p) for label, p in parsers(capture_parser(name))}
+
+
 def write(name: str, folder: str) -> None:
     root = capture_parser(name)
     with open(os.path.join(folder, f"{name}.txt"), "w") as f:
         for label, parser in parsers(root):
             f.write(f"[{label.strip()}]\n" + "".join(s + "\n" for s in option_strings(parser)))
+    with open(os.path.join(folder, f"{name}.defaults.txt"), "w") as f:
+        for label, parser in parsers(root):
+            f.write(f"[{label.strip()}]\n" + "".join(f"{k} {v}\n" for k, v in sorted(defaults(parser).items())))
     with open(os.path.join(folder, f"{name}.help.txt"), "w") as f:
         os.environ["COLUMNS"] = "100"
         for label, parser in parsers(root):
@@ -93,7 +106,7 @@ def write(name: str, folder: str) -> None:
 
 
 def read(path: str) -> dict[str, list[str]]:
-    """A snapshot file back as {label: option strings}."""
+    """A snapshot file back as {label: lines} (option strings; in .defaults.txt 'option dest=.. default=..')."""
     result, label = {}, None
     for line in open(path).read().splitlines():
         if line.startswith("["):
