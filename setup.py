@@ -8,12 +8,34 @@ and apex are never required).
 """
 from setuptools import find_packages, setup
 
+# Console commands: `flm-grow ...` is `python tools/grow_checkpoint.py ...`. tools/ is installed as the package
+# `flm_tools` (package_dir below), so the scripts stay where users and docs expect them and run either way.
+CONSOLE_SCRIPTS = [
+    "flm-pretrain = pretrain_flm:main",
+    "flm-preprocess = flm_tools.preprocess_data:main",
+    "flm-build-demo-corpus = flm_tools.build_demo_corpus:main",
+    "flm-train-tokenizer = flm_tools.train_tokenizer:main",
+    "flm-train-punkt = flm_tools.train_punkt:main",
+    "flm-grow = flm_tools.grow_checkpoint:main",
+    "flm-export = flm_tools.export_hf:main",
+    "flm-import = flm_tools.import_hf:main",
+    "flm-generate = flm_tools.generate:main",
+    "flm-serve = flm_tools.serve:main",
+    "flm-evaluate = flm_tools.evaluate:main",
+    "flm-make-iq-tasks = flm_tools.make_iq_tasks:main",
+    "flm-plan = flm_tools.plan_schedule:main",
+    "flm-predict-loss = flm_ext.mup.cli:main",
+    "flm-torchrun = flm_ext.elastic:main",
+]
+
 setup(
     name="flm_ext",
     version="0.2.0",
     description="Open implementation of the FLM-101B growth recipe on megatron-core",
     python_requires=">=3.10",
-    packages=find_packages(include=["flm_ext", "flm_ext.*"]),
+    packages=find_packages(include=["flm_ext", "flm_ext.*"]) + ["flm_tools"],
+    package_dir={"flm_tools": "tools"},
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     # English Punkt parameters for --split-sentences (made by tools/train_punkt.py).
     package_data={"flm_ext.data": ["punkt_english.json.gz"]},
     py_modules=["pretrain_flm"],

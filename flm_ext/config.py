@@ -15,6 +15,8 @@ from functools import partial
 
 import torch
 
+from flm_ext.flags import flag
+
 # FLM-101B's tokenizer has 100,256 BPE ranks (cl100k_base); the embedding is padded to 100,352.
 FLM_VOCAB_SIZE = 100_352
 POSITION_EMBEDDINGS = ("xpos", "rope")
@@ -32,24 +34,24 @@ class FLMConfig:
     attention scores use 1/head_dim, where m = hidden_size / mup_base_width (`mup_width_mult`).
     """
 
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    ffn_hidden_size: int | None = None  # None: 4 x hidden_size
-    seq_length: int = 2048
-    vocab_size: int = FLM_VOCAB_SIZE  # already padded
-    position_embedding: str = "xpos"  # "xpos" (FLM) or "rope" (the same rotation without decay)
-    rotary_base: int = 10000
-    xpos_scale_base: int = 512
+    num_layers: int = flag()
+    hidden_size: int = flag()
+    num_attention_heads: int = flag()
+    ffn_hidden_size: int | None = flag(None)  # None: 4 x hidden_size
+    seq_length: int = flag(2048)
+    vocab_size: int = flag(FLM_VOCAB_SIZE, help="padded vocabulary size (default: from the tokenizer)")
+    position_embedding: str = flag("xpos", name="--position-embedding-type", choices=POSITION_EMBEDDINGS)  # xpos: FLM's; rope: the same rotation without decay
+    rotary_base: int = flag(10000)
+    xpos_scale_base: int = flag(512)
     layernorm_epsilon: float = 1e-5
-    init_method_std: float = 0.02
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
+    init_method_std: float = flag(0.02)
+    hidden_dropout: float = flag(0.0)
+    attention_dropout: float = flag(0.0)
     share_embeddings_and_output_weights: bool = True
-    use_mup: bool = False
-    mup_base_width: int = 256
-    mup_input_mult: float = 1.0
-    mup_output_mult: float = 2.0
+    use_mup: bool = flag(False)
+    mup_base_width: int = flag(256)
+    mup_input_mult: float = flag(1.0)
+    mup_output_mult: float = flag(2.0)
     # Set explicitly to keep m fixed across growth (the logits scale must not jump when width grows).
     mup_width_mult_override: float | None = None
     # Attention head size; None: hidden_size / num_attention_heads (GPT-3 and FLM). Set, it decouples
@@ -58,7 +60,8 @@ class FLMConfig:
     kv_channels: int | None = None
     # The released FLM-101B config's flag (GPT-2's semantics): attention scores of layer l (1-based)
     # divided by l on top of the usual scale. Off by default; docs/FLM.md section 7 says what is known.
-    scale_attn_by_inverse_layer_idx: bool = False
+    scale_attn_by_inverse_layer_idx: bool = flag(
+        False, help="the released FLM-101B config's flag: divide layer l's attention scores by l (docs/FLM.md 7)")
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:
@@ -91,10 +94,10 @@ class FLMConfig:
 class ParallelConfig:
     """How the model is split: Megatron's TP x PP (x virtual PP) x DP, plus sequence parallel."""
 
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    virtual_pipeline_model_parallel_size: int | None = None
-    sequence_parallel: bool = False
+    tensor_model_parallel_size: int = flag(1)
+    pipeline_model_parallel_size: int = flag(1)
+    virtual_pipeline_model_parallel_size: int | None = None  # from --num-layers-per-virtual-pipeline-stage
+    sequence_parallel: bool = flag(False)
     world_size: int | None = None  # None: tp x pp (DP = 1)
 
     @property

@@ -83,8 +83,8 @@ def snapshot(name: str) -> dict[str, list[str]]:
 
 def defaults(parser: argparse.ArgumentParser) -> dict[str, str]:
     """{option string: repr of its default and dest} of every option of the parser."""
-    return {s: f"dest={a.dest} default={a.default!r}" for a in parser._actions for s in a.option_strings
-            if not isinstance(a, argparse._HelpAction)}
+    return {s: f"dest={a.dest} default={a.default!r}".replace(REPO, "<repo>") for a in parser._actions
+            for s in a.option_strings if not isinstance(a, argparse._HelpAction)}
 
 
 def snapshot_defaults(name: str) -> dict[str, dict[str, str]]:

@@ -15,6 +15,9 @@ SNAPSHOTS = os.path.join(REPO, "tests", "data", "cli_flags")
 # Names added since the snapshot, per CLI and sub-command ('' = top level). Nothing was removed.
 ADDED: dict[str, dict[str, set[str]]] = {
     "pretrain_flm": {"": {"--iteration"}},  # the checkpoint step's old name, kept as an alias everywhere
+    "export_hf": {"": {"--ckpt-step"}},  # Megatron's name for the checkpoint step (--iteration still works)
+    "generate": {"": {"--ckpt-step"}},
+    "serve": {"": {"--ckpt-step"}},
 }
 # Options whose parsed attribute changed on purpose: the checkpoint step is `ckpt_step` everywhere.
 RENAMED_DEST = {"iteration": "ckpt_step"}
@@ -41,3 +44,82 @@ def test_every_flag_keeps_its_default(cli):
             for old, new in RENAMED_DEST.items():
                 described = described.replace(f"dest={old} ", f"dest={new} ")
             assert now[label][option] == described, f"{cli} [{label}] {option}"
+
+
+# Adding a field to a config dataclass: a copy of the repository with one new field in each shared config,
+# then every CLI's parser is built there. The CLIs that use each config (by design) get its flag, and the
+# parsed value reaches the config object, with no edit anywhere but the field.
+NEW_FIELDS = [  # (file, line after which the field goes, field line, flag, CLIs that use the config)
+    ("flm_ext/data/tokenizers.py", "    merge_file: Optional[str] = flag(",
+     '    tokenizer_extra_knob: Optional[int] = flag(None, help="a new tokenizer setting")\n',
+     "--tokenizer-extra-knob",
+     {"pretrain_flm", "evaluate", "export_hf", "generate", "preprocess_data", "serve"}),
+    ("flm_ext/config.py", "    scale_attn_by_inverse_layer_idx: bool = flag(",
+     '    toy_model_knob: int = flag(7, help="a new model setting")\n', "--toy-model-knob", {"pretrain_flm"}),
+    ("flm_ext/flags.py", "    tolerance: float = flag(",
+     '    probe_batches: int = flag(1, help="a new verify setting")\n', "--probe-batches",
+     {"export_hf", "grow_checkpoint"}),
+    ("flm_ext/flags.py", "    ckpt_step: int | None = flag(",
+     '    ckpt_extra_knob: int | None = flag(None, help="a new checkpoint-choice setting")\n', "--ckpt-extra-knob",
+     {"pretrain_flm", "export_hf", "generate", "serve"}),
+]
+
+_PROBE = r'''
+import argparse, json, sys
+sys.path.insert(0, "tests")
+from cli_snapshot import CLIS, capture_parser
+flags = json.loads(sys.argv[1])
+found = {}
+for cli in CLIS:
+    parser = capture_parser(cli)
+    for action in parser._actions:
+        action.required = False
+    for flag in flags:
+        if any(flag in a.option_strings for a in parser._actions):
+            ns, _ = parser.parse_known_args([flag, "5"])
+            found.setdefault(flag, {})[cli] = getattr(ns, flag[2:].replace("-", "_"))
+from flm_ext.training.arguments import build_parser, config_from_args
+args = build_parser().parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                                  "--train-iters", "1", "--dry-run", "--toy-model-knob", "9",
+                                  "--tokenizer-extra-knob", "3", "--ckpt-extra-knob", "4"])
+config = config_from_args(args, 1)
+found["config"] = [config.model.toy_model_knob, config.data.tokenizer_extra_knob, config.checkpoint.ckpt_extra_knob]
+print(json.dumps(found))
+'''
+
+
+def _copy_with_new_fields(tmp_path):
+    import shutil
+
+    for part in ("flm_ext", "tools", "tests/cli_snapshot.py", "pretrain_flm.py"):
+        source, target = os.path.join(REPO, part), tmp_path / part
+        if os.path.isdir(source):
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    for path, after, line, _, _ in NEW_FIELDS:
+        text = (tmp_path / path).read_text()
+        start = text.index(after)
+        end = start
+        while True:  # the end of the (maybe multi-line) field the new one follows
+            end = text.index("\n", end) + 1
+            if text[start:end].count("(") == text[start:end].count(")"):
+                break
+        (tmp_path / path).write_text(text[:end] + line + text[end:])
+
+
+def test_a_new_config_field_is_a_flag_of_every_cli_that_uses_the_config(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _copy_with_new_fields(tmp_path)
+    flags = [flag for _, _, _, flag, _ in NEW_FIELDS]
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(flags)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    for _, _, _, flag, clis in NEW_FIELDS:
+        assert found.get(flag) == {cli: 5 for cli in clis}, flag
+    assert found["config"] == [9, 3, 4]  # the parsed values reach the configs built from the flags

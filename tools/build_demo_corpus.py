@@ -6,12 +6,9 @@ writes data/demo/{en,zh,teacher}_{train,valid}.jsonl and manifest.json.
 See flm_ext/data/demo_corpus.py for the sources.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flm_ext.data.demo_corpus import build_demo_corpus  # noqa: E402
+from flm_ext.data.demo_corpus import build_demo_corpus
 
 
 def main(argv=None) -> int:

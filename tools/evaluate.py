@@ -26,41 +26,19 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+from flm_ext import quiet_megatron_import_warnings
 
 quiet_megatron_import_warnings()
-from flm_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402  (light: no torch)
+from flm_ext.data.tokenizers import TokenizerConfig  # noqa: E402  (light: no torch)
+from flm_ext.evaluation.options import EvalArgs  # noqa: E402
+from flm_ext.flags import add_flags  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load", required=True)
-    p.add_argument("--tokenizer-type", required=True,
-                   choices=TOKENIZER_TYPES)
-    p.add_argument("--tokenizer-model", default=None)
-    p.add_argument("--vocab-file", default=None)
-    p.add_argument("--merge-file", default=None)
-    p.add_argument("--tasks", default=None, help="comma-separated task names (see above)")
-    p.add_argument("--valid-data", nargs="*", default=[], metavar="LANG=FILE.jsonl")
-    p.add_argument("--teacher-data", default=None, help="held-out {text, proposition, label} jsonl")
-    p.add_argument("--max-teacher-samples", type=int, default=1000)
-    p.add_argument("--iq-dir", default=None, help="an IQ suite written by tools/make_iq_tasks.py")
-    p.add_argument("--iq-seed", type=int, default=1234)
-    p.add_argument("--iq-n", type=int, default=100, help="items per IQ sub-test when generating")
-    p.add_argument("--iq-lang", default="en,zh")
-    p.add_argument("--include-path", nargs="*", default=[], help="extra lm-eval task folders (local data)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many items per lm-eval/IQ task")
-    p.add_argument("--num-fewshot", type=int, default=None, help="for lm-eval tasks (IQ prompts hold their own)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lengths", default=None, metavar="1x,2x,4x,8x",
-                   help="perplexity at these window lengths (multiples of the training length or token counts)")
-    p.add_argument("--blockwise-attention", action="store_true",
-                   help="blockwise causal attention at inference (the xPos paper's; docs/long_context.md)")
-    p.add_argument("--blockwise-block-size", type=int, default=None, help="default: half the training length")
-    p.add_argument("--max-eval-tokens", type=int, default=200_000, help="held-out tokens read per language")
-    p.add_argument("--output", default=None, help="write the results as JSON here too")
-    p.add_argument("--markdown", default=None, help="write the results table here")
+    add_flags(p, EvalArgs, only=["load"])
+    add_flags(p, TokenizerConfig, required=["tokenizer_type"])
+    add_flags(p, EvalArgs, skip=["load"])
     return p
 
 

@@ -8,21 +8,19 @@ Tensor by tensor (memory: about one tensor); builds SAVE.partial/ and renames it
 Export -> import -> export reproduces the export byte for byte. See flm_ext/export/importer.py.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flm_ext import quiet_megatron_import_warnings  # noqa: E402
-from flm_ext.fileio import stop_cleanly_on_sigterm  # noqa: E402
+from flm_ext import quiet_megatron_import_warnings
+from flm_ext.fileio import stop_cleanly_on_sigterm
 
 quiet_megatron_import_warnings()
+from flm_ext.export.options import ImportArgs  # noqa: E402
+from flm_ext.flags import add_flags  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load", required=True, help="exported transformers folder (config.json, safetensors)")
-    p.add_argument("--save", required=True, help="new checkpoint root; must not exist")
+    add_flags(p, ImportArgs)
     return p.parse_args(argv)
 
 

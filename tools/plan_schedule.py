@@ -14,14 +14,11 @@ With --method-ratios, a third: days and cost per growth method from its measured
 """
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flm_ext.failures import DEFAULT_MTBF_NODE_HOURS, FailureModel, failure_plan, format_failures  # noqa: E402
-from flm_ext.planning import DEFAULT_PRICE_PER_GPU_HOUR, PAPER_STAGES, PlanError, format_plan, parse_stage, plan  # noqa: E402
-from flm_ext.planning import format_method_plan, load_method_ratios, method_plan, parse_method_ratio  # noqa: E402
+from flm_ext.failures import DEFAULT_MTBF_NODE_HOURS, FailureModel, failure_plan, format_failures
+from flm_ext.planning import DEFAULT_PRICE_PER_GPU_HOUR, PAPER_STAGES, PlanError, format_plan, parse_stage, plan
+from flm_ext.planning import format_method_plan, load_method_ratios, method_plan, parse_method_ratio
 
 PROG = "plan_schedule.py"
 

@@ -1,12 +1,9 @@
 #!/usr/bin/env python3
 """µP hyper-parameter transfer and loss prediction (µScaling); see flm_ext/mup/cli.py and
 `python tools/predict_loss.py --help`. Sub-commands: coord-check, search, sweep, fit, check."""
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+from flm_ext import quiet_megatron_import_warnings
 
 quiet_megatron_import_warnings()
 from flm_ext.mup.cli import main  # noqa: E402

@@ -15,15 +15,13 @@ or --lang en|zh forces one. See flm_ext/data/preprocess.py for the details.
 Errors (a bad line, an empty input) print one line, exit 2 and leave nothing behind.
 """
 import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flm_ext.data.preprocess import (BadInputError, EmptyInputError, OutputError, PreprocessConfig, expand_inputs,  # noqa: E402
+from flm_ext.data.preprocess import (BadInputError, EmptyInputError, OutputError, PreprocessConfig, expand_inputs,
                                     output_notes, preprocess)
-from flm_ext.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
+from flm_ext.data.tokenizers import TokenizerConfig
+from flm_ext.flags import add_flags, flag_values
 
 
 def parse_args(argv=None) -> PreprocessConfig:
@@ -44,11 +42,7 @@ def parse_args(argv=None) -> PreprocessConfig:
                         "least a third as many as its Latin letters, else en), en (nltk Punkt, parameters trained "
                         "on the King James Bible), zh (split after 。！？)")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    g.add_argument("--vocab-file", help="GPT2BPETokenizer: encoder.json (default: the bundled one)")
-    g.add_argument("--merge-file", help="GPT2BPETokenizer: vocab.bpe (default: the bundled one)")
-    g.add_argument("--tokenizer-model", help="HuggingFaceTokenizer: tokenizer.json; "
-                   "CL100kTokenizer: a cl100k_base.tiktoken file (default: the bundled one)")
+    add_flags(g, TokenizerConfig, required=["tokenizer_type"])
     g.add_argument("--append-eod", action="store_true", help="end every document with the EOD id")
     g = p.add_argument_group("output")
     g.add_argument("--output-prefix", required=True)
@@ -61,9 +55,8 @@ def parse_args(argv=None) -> PreprocessConfig:
         p.error("--lang only applies with --split-sentences")
     try:
         return PreprocessConfig(
-            input=a.input, output_prefix=a.output_prefix, tokenizer_type=a.tokenizer_type,
-            json_keys=tuple(a.json_keys), vocab_file=a.vocab_file, merge_file=a.merge_file,
-            tokenizer_model=a.tokenizer_model, append_eod=a.append_eod, workers=a.workers,
+            input=a.input, output_prefix=a.output_prefix, **flag_values(TokenizerConfig, a),
+            json_keys=tuple(a.json_keys), append_eod=a.append_eod, workers=a.workers,
             partitions=a.partitions, teacher_signal=a.teacher_signal,
             skip_bad_lines=a.skip_bad_lines, log_interval=a.log_interval,
             split_sentences=a.split_sentences, keep_newlines=a.keep_newlines, lang=a.lang or "auto",

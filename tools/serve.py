@@ -14,12 +14,12 @@ after -- go to vLLM); --engine transformers runs a small server of this project 
 batching). Prints what it starts and a curl line to try. See docs/serving.md and flm_ext/serving.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from export_hf import add_tokenizer_flags  # noqa: E402  (tools/ is this script's folder)
+from flm_ext.data.tokenizers import TokenizerConfig
+from flm_ext.export.options import ModelSource
+from flm_ext.flags import CheckpointStep, add_flags
+from flm_ext.serving.options import SOURCE_HELP, ServeArgs
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -27,20 +27,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load", required=True, help="exported folder, checkpoint root or iter_N folder")
-    p.add_argument("--iteration", type=int, default=None, help="checkpoint iteration (default: the latest)")
-    p.add_argument("--engine", default="vllm", choices=("vllm", "transformers"))
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs (or CPU processes) to shard over")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the folder's)")
-    p.add_argument("--engine-python", default=None, help="python with vLLM installed (default: $VLLM_PYTHON, "
-                                                         "else this one)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="--engine transformers")
-    p.add_argument("--device", default=None, help="--engine transformers: cpu, cuda (default: cuda when available)")
-    p.add_argument("--trust-remote-code", action="store_true", help="serve an export whose model code is not "
-                                                                   "this flm_ext's own (edited or another version)")
-    add_tokenizer_flags(p, required=False)
+    add_flags(p, ModelSource, help=SOURCE_HELP)
+    for config in (CheckpointStep, ServeArgs, TokenizerConfig):
+        add_flags(p, config)
     return p.parse_args(argv), extra
 
 

@@ -4,12 +4,9 @@ its step and save, and torchrun exits 0 when they all did. Logic and why: flm_ex
 
     python tools/torchrun.py --nnodes 24 --nproc-per-node 8 ... pretrain_flm.py ...
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flm_ext.elastic import main  # noqa: E402
+from flm_ext.elastic import main
 
 if __name__ == "__main__":
     sys.exit(main())

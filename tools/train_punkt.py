@@ -12,14 +12,11 @@ no timestamp: running it again gives the same bytes.
 import argparse
 import gzip
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flm_ext.data.demo_corpus import kjv_chapters, kjv_verses  # noqa: E402
-from flm_ext.data.sentences import PUNKT_PARAMS  # noqa: E402
-from flm_ext.fileio import atomic_write  # noqa: E402
+from flm_ext.data.demo_corpus import kjv_chapters, kjv_verses
+from flm_ext.data.sentences import PUNKT_PARAMS
+from flm_ext.fileio import atomic_write
 
 
 def train(documents) -> dict:

@@ -10,10 +10,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from flm_ext.data.train_bpe import train_bpe  # noqa: E402
-from flm_ext.progress import format_duration  # noqa: E402
+from flm_ext.data.train_bpe import train_bpe
+from flm_ext.progress import format_duration
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,8 @@ import os
 from typing import List, Optional, Tuple
 
 from flm_ext.data.checks import DataError, check_indexed
-from flm_ext.data.tokenizers import TOKENIZER_TYPES
+from flm_ext.data.tokenizers import TOKENIZER_TYPES, TokenizerConfig
+from flm_ext.flags import flag
 
 
 def teacher_dataset_paths(prefix: str) -> Tuple[str, str]:
@@ -60,22 +61,18 @@ def parse_split(split: str) -> List[float]:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Data and tokenizer flags (Megatron-LM's names)."""
+class DataConfig(TokenizerConfig):
+    """Data and tokenizer flags (Megatron-LM's names); the tokenizer's come from TokenizerConfig."""
 
-    data_path: List[str] = dataclasses.field(default_factory=list)  # prefixes, or weight prefix ... pairs
-    split: str = "969,30,1"  # train, valid, test shares of each dataset's documents
-    teacher_data_path: Optional[str] = None  # the --output-prefix given to --teacher-signal preprocessing
-    teacher_fraction: float = 0.0  # share of every global batch made of teacher samples
-    data_cache_path: Optional[str] = None  # megatron's index cache; default: next to each dataset
+    data_path: List[str] = flag(default_factory=list, help="[weight] prefix [weight] prefix ...")  # or one string
+    split: str = flag("969,30,1")  # train, valid, test shares of each dataset's documents
+    teacher_data_path: Optional[str] = flag(None, help="prefix written by preprocess_data.py --teacher-signal")
+    teacher_fraction: float = flag(0.0, help="share of every global batch")
+    data_cache_path: Optional[str] = flag(None)  # megatron's index cache; default: next to each dataset
     mmap_bin_files: bool = True
-    tokenizer_type: Optional[str] = None
-    vocab_file: Optional[str] = None
-    merge_file: Optional[str] = None
-    tokenizer_model: Optional[str] = None
-    make_vocab_size_divisible_by: int = 128
+    make_vocab_size_divisible_by: int = flag(128)
     vocab_from_tokenizer: bool = True  # False when --vocab-size is given
-    num_workers: int = 0
+    num_workers: int = flag(0)
 
     def __post_init__(self) -> None:
         paths = self.data_path.split() if isinstance(self.data_path, str) else list(self.data_path)
@@ -127,7 +124,7 @@ class DataConfig:
         if kind == "GPT2BPETokenizer" and (self.vocab_file is None) != (self.merge_file is None):
             raise DataError("--tokenizer-type GPT2BPETokenizer needs both --vocab-file and --merge-file, or neither "
                             "(the bundled GPT-2 files)")
-        for flag, path in (("--tokenizer-model", self.tokenizer_model), ("--vocab-file", self.vocab_file),
-                           ("--merge-file", self.merge_file)):
+        for option, path in (("--tokenizer-model", self.tokenizer_model), ("--vocab-file", self.vocab_file),
+                             ("--merge-file", self.merge_file)):
             if path is not None and not os.path.isfile(path):
-                raise DataError(f"{flag} {path}: no such file")
+                raise DataError(f"{option} {path}: no such file")

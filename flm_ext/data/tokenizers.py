@@ -26,9 +26,29 @@ from importlib import resources
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from unittest import mock
 
+from dataclasses import dataclass
+
 from flm_ext.data import special_tokens
+from flm_ext.flags import flag
 
 TOKENIZER_TYPES = ("CL100kTokenizer", "GPT2BPETokenizer", "HuggingFaceTokenizer")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The tokenizer flags (Megatron-LM's names), one group shared by every CLI that reads text.
+
+    A checkpoint does not store its tokenizer: training, preprocessing, export, generation, serving
+    and evaluation all take these flags, defined here once."""
+
+    tokenizer_type: Optional[str] = flag(None, choices=TOKENIZER_TYPES)
+    tokenizer_model: Optional[str] = flag(None, help="tokenizer.json (HuggingFaceTokenizer) or a local "
+                                                     "cl100k_base.tiktoken (CL100kTokenizer; default: the bundled one)")
+    vocab_file: Optional[str] = flag(None, help="GPT-2 encoder.json (GPT2BPETokenizer; default: the bundled one)")
+    merge_file: Optional[str] = flag(None, help="GPT-2 vocab.bpe (GPT2BPETokenizer; default: the bundled one)")
+
+    def build(self) -> "Tokenizer":
+        return build_tokenizer(self.tokenizer_type, self.vocab_file, self.merge_file, self.tokenizer_model)
 
 
 class Tokenizer:

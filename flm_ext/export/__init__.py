@@ -50,7 +50,7 @@ def export_from_flags(args) -> dict:
     for flag in ("max_shard_mb", "block_mb"):
         if getattr(args, flag) < 1:
             raise ExportError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")
-    ckpt = open_for_export(args.load, args.iteration)
+    ckpt = open_for_export(args.load, args.ckpt_step)
     tokenizer = build_tokenizer_from_flags(args)
     return export_checkpoint(ckpt, save, tokenizer, tokenizer_model=args.tokenizer_model,
                              dtype=DTYPES[args.dtype], max_shard_bytes=args.max_shard_mb * 2 ** 20,

@@ -235,7 +235,7 @@ def run_cli(args) -> int:
     try:
         if args.tokenizer_type is not None and not is_export_folder(args.load):
             tokenizer = build_tokenizer_from_flags(args)
-        model, codec = load_hf_model(args.load, tokenizer=tokenizer, iteration=args.iteration, dtype=dtype,
+        model, codec = load_hf_model(args.load, tokenizer=tokenizer, iteration=args.ckpt_step, dtype=dtype,
                                      device=device, trust_remote_code=getattr(args, "trust_remote_code", False))
     except (ExportError, OSError, ValueError) as e:
         return _fail(str(e))

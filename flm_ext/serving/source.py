@@ -46,7 +46,7 @@ def prepare(load: str, args, log: Callable[[str], None] = print) -> str:
     from flm_ext.export.export import export_checkpoint
 
     try:
-        ckpt = open_for_export(load, args.iteration)
+        ckpt = open_for_export(load, args.ckpt_step)
         tokenizer = build_tokenizer_from_flags(args)
         folder = cache_folder(ckpt)
         if is_export(folder):

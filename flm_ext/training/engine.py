@@ -23,20 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from flm_ext.config import FLMConfig
 from flm_ext.model.mup import mup_optimizer_overrides
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW as FLM-101B used it: betas (0.9, 0.95), weight decay 0.1, clipping 1.0."""
-
-    lr: float = 3e-4
-    min_lr: float = 0.0
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    use_distributed_optimizer: bool = False
+from flm_ext.training.arguments import OptimConfig  # noqa: F401  (defined with its flags; imported from here too)
 
 
 def wrap_ddp(chunks: list[torch.nn.Module], use_distributed_optimizer: bool = False) -> list[DistributedDataParallel]:
