@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 from flm_ext.config import num_parameters
+from flm_ext.flags import flag, flag_names
 from flm_ext.planning import PAPER_STAGES, PlanError, Stage
 from flm_ext.training.metrics import flops_per_token
 
@@ -42,22 +43,26 @@ LAUNCHER_SCRIPTS = ("flm101b_stage1.sh", "flm101b_stage2.sh", "flm101b_stage3.sh
 
 @dataclass(frozen=True)
 class FailureModel:
-    mtbf_node_hours: float = DEFAULT_MTBF_NODE_HOURS
-    ckpt_gbps: float = DEFAULT_CKPT_GBPS
+    mtbf_node_hours: float = flag(DEFAULT_MTBF_NODE_HOURS, metavar="H", help=(
+        f"mean time between failures of one node (default {DEFAULT_MTBF_NODE_HOURS:,.0f}: Llama 3's rate)"))
+    ckpt_gbps: float = flag(DEFAULT_CKPT_GBPS, metavar="GB/S",
+                            help="aggregate checkpoint write and read bandwidth (default 10)")
     restart_overhead_s: float = DEFAULT_RESTART_OVERHEAD_S
-    gpus_per_node: int = DEFAULT_GPUS_PER_NODE
-    save_s: float | None = None       # overrides size / bandwidth
-    restart_s: float | None = None    # overrides overhead + read
-    step_s: float | None = None       # overrides the plan's step time
-    global_batch_size: int = 2304     # stages other than the paper's
+    gpus_per_node: int = flag(DEFAULT_GPUS_PER_NODE)
+    save_s: float | None = flag(None, name="--save-seconds", metavar="S",  # overrides size / bandwidth
+                                help="time a save blocks training (default: checkpoint size / --ckpt-gbps)")
+    restart_s: float | None = flag(None, name="--restart-seconds", metavar="S",  # overrides overhead + read
+                                   help="failure to training again (default: 300 s + checkpoint size / --ckpt-gbps)")
+    step_s: float | None = flag(None, name="--step-seconds", metavar="S",
+                                help="time per step (default: from the plan's TFLOP/s and the global batch)")
+    global_batch_size: int = flag(2304, help="sequences per step of stages other than the paper's (default 2304)")
 
     def check(self) -> None:
-        flags = {"mtbf_node_hours": "--mtbf-node-hours", "ckpt_gbps": "--ckpt-gbps", "save_s": "--save-seconds",
-                 "restart_s": "--restart-seconds", "step_s": "--step-seconds"}  # tools/plan_schedule.py's names
-        for name, flag in flags.items():
+        flags = flag_names(FailureModel)  # tools/plan_schedule.py's names
+        for name in ("mtbf_node_hours", "ckpt_gbps", "save_s", "restart_s", "step_s"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise PlanError(f"{flag} {value!r} must be a finite number > 0")
+                raise PlanError(f"{flags[name]} {value!r} must be a finite number > 0")
         if not (math.isfinite(self.restart_overhead_s) and self.restart_overhead_s >= 0):
             raise PlanError(f"restart overhead {self.restart_overhead_s!r} s must be a finite number >= 0")
         if self.gpus_per_node < 1 or self.global_batch_size < 1:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from flm_ext.config import ConfigError, FLMConfig, ParallelConfig, PRESETS, get_preset, num_parameters, validate
+from flm_ext.flags import flag
 from flm_ext.training.metrics import flops_per_token
 
 SECONDS_PER_DAY = 86_400.0
@@ -293,6 +294,27 @@ def format_method_plan(rows: list[dict], result: dict) -> str:
     out.append("assumed: the ratio measured on the benchmark's tiny models holds at these sizes (not verified); "
                "the grown schedule's own stage layouts are not modelled, only its compute")
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class PlanArgs:
+    """tools/plan_schedule.py's flags for the plan (the failure side's are FailureModel's)."""
+
+    stage: list[str] | None = flag(None, action="append", metavar="SPEC",
+                                   help="a stage (repeatable; replaces the paper's three stages)")
+    price_per_gpu_hour: float = flag(DEFAULT_PRICE_PER_GPU_HOUR, metavar="USD", help=(
+        f"price of one GPU-hour (default {DEFAULT_PRICE_PER_GPU_HOUR:g}: the paper's about $100K over 21.54 days x "
+        f"192 GPUs)"))
+    flops: str = flag("megatron", choices=("megatron", "6n"),
+                      help="FLOPs per token: 'megatron' = 6N + 12 L h s (default; the trainer's), '6n' = 6N")
+    recompute: bool = flag(False, help="count full activation recomputation (one more forward) in the FLOPs")
+    json: bool = flag(False, help="print the plan as JSON instead of a table")
+    method_ratios: str | None = flag(None, metavar="JSON", help=(
+        "benchmarks/growth_vs_scratch.py's result.json: add days and cost under each growth method (its measured "
+        "FLOPs to reach scratch's loss / scratch's FLOPs)"))
+    method_ratio: list[str] = flag(default_factory=list, action="append", metavar="NAME=RATIO",
+                                   help="a measured compute ratio by hand, e.g. stack=0.62 (repeatable; after "
+                                        "--method-ratios)")
 
 
 __all__ = ["parse_method_ratio", "load_method_ratios", "method_plan", "format_method_plan",

@@ -45,6 +45,7 @@ def capture_parser(name: str) -> argparse.ArgumentParser:
     path, func = CLIS[name]
     spec = importlib.util.spec_from_file_location(f"_cli_{name}", os.path.join(REPO, path))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses defined in it resolve their annotations there
     sys.path.insert(0, os.path.dirname(os.path.join(REPO, path)))  # serve.py used to import export_hf
     original = argparse.ArgumentParser.parse_known_args
 

@@ -19,8 +19,10 @@ ADDED: dict[str, dict[str, set[str]]] = {
     "generate": {"": {"--ckpt-step"}},
     "serve": {"": {"--ckpt-step"}},
 }
-# Options whose parsed attribute changed on purpose: the checkpoint step is `ckpt_step` everywhere.
-RENAMED_DEST = {"iteration": "ckpt_step"}
+# Options whose parsed attribute changed on purpose: the checkpoint step is `ckpt_step` everywhere; plan_schedule's
+# failure flags set FailureModel's fields.
+RENAMED_DEST = {"iteration": "ckpt_step", "save_seconds": "save_s", "restart_seconds": "restart_s",
+                "step_seconds": "step_s"}
 
 
 @pytest.mark.parametrize("cli", sorted(CLIS))

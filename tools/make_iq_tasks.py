@@ -17,13 +17,13 @@ import argparse
 import os
 import sys
 
+from flm_ext.evaluation.options import IQSuiteArgs
+from flm_ext.flags import add_flags
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="folder to create (must not exist)")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--n", type=int, default=100, help="items per sub-test (the paper: 100)")
-    p.add_argument("--lang", default="en,zh", help="comma-separated subset of en,zh")
+    add_flags(p, IQSuiteArgs)
     args = p.parse_args(argv)
     langs = tuple(x for x in args.lang.split(",") if x)
     if not langs or any(x not in ("en", "zh") for x in langs):

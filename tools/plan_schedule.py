@@ -16,8 +16,9 @@ import argparse
 import json
 import sys
 
-from flm_ext.failures import DEFAULT_MTBF_NODE_HOURS, FailureModel, failure_plan, format_failures
-from flm_ext.planning import DEFAULT_PRICE_PER_GPU_HOUR, PAPER_STAGES, PlanError, format_plan, parse_stage, plan
+from flm_ext.failures import FailureModel, failure_plan, format_failures
+from flm_ext.flags import add_flags, from_args
+from flm_ext.planning import PAPER_STAGES, PlanArgs, PlanError, format_plan, parse_stage, plan
 from flm_ext.planning import format_method_plan, load_method_ratios, method_plan, parse_method_ratio
 
 PROG = "plan_schedule.py"
@@ -40,35 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
   NAME     optional label
 Repeat --stage for each stage, in training order; the last stage's model, layout and TFLOP/s
 are used for the from-scratch comparison. Wall time counts compute only.""")
-    p.add_argument("--stage", action="append", metavar="SPEC",
-                   help="a stage (repeatable; replaces the paper's three stages)")
-    p.add_argument("--price-per-gpu-hour", type=float, default=DEFAULT_PRICE_PER_GPU_HOUR, metavar="USD",
-                   help=f"price of one GPU-hour (default {DEFAULT_PRICE_PER_GPU_HOUR:g}: the paper's about $100K "
-                        f"over 21.54 days x 192 GPUs)")
-    p.add_argument("--flops", choices=("megatron", "6n"), default="megatron",
-                   help="FLOPs per token: 'megatron' = 6N + 12 L h s (default; the trainer's), '6n' = 6N")
-    p.add_argument("--recompute", action="store_true",
-                   help="count full activation recomputation (one more forward) in the FLOPs")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
-    f = p.add_argument_group("failures (second table)")
-    f.add_argument("--mtbf-node-hours", type=float, default=DEFAULT_MTBF_NODE_HOURS, metavar="H",
-                   help=f"mean time between failures of one node (default {DEFAULT_MTBF_NODE_HOURS:,.0f}: Llama 3's rate)")
-    f.add_argument("--gpus-per-node", type=int, default=8)
-    f.add_argument("--ckpt-gbps", type=float, default=10.0, metavar="GB/S",
-                   help="aggregate checkpoint write and read bandwidth (default 10)")
-    f.add_argument("--save-seconds", type=float, default=None, metavar="S",
-                   help="time a save blocks training (default: checkpoint size / --ckpt-gbps)")
-    f.add_argument("--restart-seconds", type=float, default=None, metavar="S",
-                   help="failure to training again (default: 300 s + checkpoint size / --ckpt-gbps)")
-    f.add_argument("--step-seconds", type=float, default=None, metavar="S",
-                   help="time per step (default: from the plan's TFLOP/s and the global batch)")
-    f.add_argument("--global-batch-size", type=int, default=2304,
-                   help="sequences per step of stages other than the paper's (default 2304)")
-    p.add_argument("--method-ratios", metavar="JSON", default=None,
-                   help="benchmarks/growth_vs_scratch.py's result.json: add days and cost under each growth method "
-                        "(its measured FLOPs to reach scratch's loss / scratch's FLOPs)")
-    p.add_argument("--method-ratio", action="append", metavar="NAME=RATIO", default=[],
-                   help="a measured compute ratio by hand, e.g. stack=0.62 (repeatable; after --method-ratios)")
+    add_flags(p, PlanArgs, skip=["method_ratios", "method_ratio"])
+    add_flags(p.add_argument_group("failures (second table)"), FailureModel)
+    add_flags(p, PlanArgs, only=["method_ratios", "method_ratio"])
     return p
 
 
@@ -78,10 +53,7 @@ def main(argv=None) -> int:
         stages = [parse_stage(s) for s in args.stage] if args.stage else PAPER_STAGES
         result = plan(stages, price_per_gpu_hour=args.price_per_gpu_hour, attention=args.flops == "megatron",
                       recompute=args.recompute)
-        result["failures"] = failure_plan(stages, FailureModel(
-            mtbf_node_hours=args.mtbf_node_hours, ckpt_gbps=args.ckpt_gbps, gpus_per_node=args.gpus_per_node,
-            save_s=args.save_seconds, restart_s=args.restart_seconds, step_s=args.step_seconds,
-            global_batch_size=args.global_batch_size))
+        result["failures"] = failure_plan(stages, from_args(FailureModel, args))
         ratios = load_method_ratios(args.method_ratios) if args.method_ratios else {}
         ratios.update(parse_method_ratio(text) for text in args.method_ratio)
     except PlanError as error:

@@ -15,8 +15,9 @@ import json
 import sys
 
 from flm_ext.data.demo_corpus import kjv_chapters, kjv_verses
-from flm_ext.data.sentences import PUNKT_PARAMS
+from flm_ext.data.options import PunktArgs
 from flm_ext.fileio import atomic_write
+from flm_ext.flags import add_flags
 
 
 def train(documents) -> dict:
@@ -38,7 +39,7 @@ def train(documents) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output", default=PUNKT_PARAMS)
+    add_flags(ap, PunktArgs)
     args = ap.parse_args(argv)
     params = train(kjv_chapters(kjv_verses()))
     text = json.dumps(params, ensure_ascii=False, indent=0, sort_keys=False) + "\n"

@@ -10,17 +10,15 @@ import os
 import sys
 import time
 
+from flm_ext.data.options import BPEArgs
 from flm_ext.data.train_bpe import train_bpe
+from flm_ext.flags import add_flags
 from flm_ext.progress import format_duration
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="jsonl or jsonl.gz files")
-    p.add_argument("--output", required=True, help="tokenizer.json to write")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--min-frequency", type=int, default=2)
-    p.add_argument("--json-key", default="text")
+    add_flags(p, BPEArgs)
     a = p.parse_args(argv)
     problem = (f"--vocab-size {a.vocab_size} must exceed the 256 byte tokens" if a.vocab_size < 257 else
                f"--min-frequency {a.min_frequency} must be >= 1" if a.min_frequency < 1 else

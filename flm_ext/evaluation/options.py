@@ -31,3 +31,13 @@ class EvalArgs:
     markdown: str | None = flag(None, help="write the results table here")
 
 
+
+
+@dataclass(frozen=True)
+class IQSuiteArgs:
+    """tools/make_iq_tasks.py's flags."""
+
+    out: str = flag(required=True, help="folder to create (must not exist)")
+    seed: int = flag(1234)
+    n: int = flag(100, help="items per sub-test (the paper: 100)")
+    lang: str = flag("en,zh", help="comma-separated subset of en,zh")

@@ -19,7 +19,9 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass
 
+from flm_ext.flags import add_flags, flag
 from flm_ext.mup import scaling_fit
 from flm_ext.mup.sweep import Orchestrator, RunSpec, SweepError, loss_at
 
@@ -39,9 +41,9 @@ def _say(message: str) -> None:
 # ---- pretrain flags and model sizes ---------------------------------------------------------------
 
 def _check_passthrough(extra: list[str]) -> None:
-    for flag in extra:
-        if flag.split("=")[0] in OWNED:
-            raise UsageError(f"{flag} is set per run by predict_loss.py; do not pass it through")
+    for item in extra:
+        if item.split("=")[0] in OWNED:
+            raise UsageError(f"{item} is set per run by predict_loss.py; do not pass it through")
 
 
 def run_flags(base: list[str], *, width: int, head_dim: int, base_width: int, lr: float, init_std: float,
@@ -481,73 +483,92 @@ def cmd_coord_check(a, extra: list[str]) -> int:
 
 # ---- parser ---------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class RunsArgs:
+    """Flags of the sub-commands that train runs (search, sweep; check takes the last three)."""
+
+    out: str = flag(required=True, help="output root (run folders, tables, plots)")
+    jobs: int = flag(1, help="runs in parallel")
+    threads: int | None = flag(None, help="OMP threads per run (default: cores / jobs)")
+    retry_failed: bool = flag(False, help="rerun runs that finished with an error")
+    checkpoint_interval: int | None = flag(None, help="save a checkpoint every N steps so an interrupted run "
+                                                      "resumes midway")
+    metric: str | None = flag(None, choices=("valid", "train"), help=(
+        "loss to record: validation loss (default when --eval-interval is given) or the mean train loss over the "
+        "last 5 logged steps"))
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    proxy_width: int = flag(required=True)
+    lrs: list[float] = flag(required=True, nargs="+")
+    name: str = flag("search", help="sub-folder of --out for this search")
+    mup_base_width: int | None = flag(None, help="default: the proxy width")
+    head_dim: int = flag(16)
+    init_stds: list[float] = flag(default_factory=lambda: [0.02], nargs="+")
+    output_mults: list[float] = flag(default_factory=lambda: [1.0], nargs="+")
+
+
+@dataclass(frozen=True)
+class SweepArgs:
+    widths: list[int] = flag(required=True, nargs="+")
+    from_search: str | None = flag(None, help="best.json written by `search`")
+    lr: float | None = flag(None)
+    init_std: float | None = flag(None)
+    output_mult: float | None = flag(None)
+    mup_base_width: int | None = flag(None)
+    head_dim: int | None = flag(None)
+
+
+@dataclass(frozen=True)
+class FitArgs:
+    sweep: str | None = flag(None, help="sweep.json written by `sweep`")
+    points: str | None = flag(None, help="CSV with columns name,size,loss (instead of --sweep)")
+    step: int | None = flag(None, help="training step whose losses are fitted (default: last)")
+    size: str = flag("total", choices=("total", "non-embedding"), help="what N counts")
+    fit_first: int | None = flag(None, help="fit the K smallest points, predict the rest")
+    target_width: list[int] | None = flag(None, help="predict these widths (needs --sweep)")
+    target_params: list[float] | None = flag(None, help="predict these sizes N")
+    output: str | None = flag(None, help="folder for fit.json/fit.png (default: <sweep root>/fit)")
+
+
+@dataclass(frozen=True)
+class CheckArgs:
+    prediction: str = flag(required=True, help="fit.json written by `fit`")
+    target: str | None = flag(None, help="which target of fit.json (default: the only width target)")
+    actual_loss: float | None = flag(None, help="the real loss (default: train the target)")
+
+
+@dataclass(frozen=True)
+class CoordCheckArgs:
+    out: str = flag(required=True)
+    widths: list[int] = flag(default_factory=lambda: [32, 64, 128, 256], nargs="+")
+    head_dim: int = flag(8)
+    num_layers: int = flag(2)
+    lr: float = flag(1e-3)
+    steps: int = flag(8)
+    seeds: list[int] = flag(default_factory=lambda: [1, 2], nargs="+")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predict_loss.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-
-    def runs(s):
-        s.add_argument("--out", required=True, help="output root (run folders, tables, plots)")
-        s.add_argument("--jobs", type=int, default=1, help="runs in parallel")
-        s.add_argument("--threads", type=int, default=None, help="OMP threads per run (default: cores / jobs)")
-        s.add_argument("--retry-failed", action="store_true", help="rerun runs that finished with an error")
-        s.add_argument("--checkpoint-interval", type=int, default=None,
-                       help="save a checkpoint every N steps so an interrupted run resumes midway")
-        s.add_argument("--metric", choices=["valid", "train"], default=None,
-                       help="loss to record: validation loss (default when --eval-interval is given) or the "
-                            "mean train loss over the last 5 logged steps")
-
-    s = sub.add_parser("search", help="grid over LR x init std x output multiplier at a proxy width")
-    runs(s)
-    s.add_argument("--name", default="search", help="sub-folder of --out for this search")
-    s.add_argument("--proxy-width", type=int, required=True)
-    s.add_argument("--mup-base-width", type=int, default=None, help="default: the proxy width")
-    s.add_argument("--head-dim", type=int, default=16)
-    s.add_argument("--lrs", type=float, nargs="+", required=True)
-    s.add_argument("--init-stds", type=float, nargs="+", default=[0.02])
-    s.add_argument("--output-mults", type=float, nargs="+", default=[1.0])
-    s.set_defaults(func=cmd_search)
-
-    s = sub.add_parser("sweep", help="train a series of widths with the transferred hyper-parameters")
-    runs(s)
-    s.add_argument("--widths", type=int, nargs="+", required=True)
-    s.add_argument("--from-search", default=None, help="best.json written by `search`")
-    s.add_argument("--lr", type=float)
-    s.add_argument("--init-std", type=float)
-    s.add_argument("--output-mult", type=float)
-    s.add_argument("--mup-base-width", type=int)
-    s.add_argument("--head-dim", type=int)
-    s.set_defaults(func=cmd_sweep)
-
-    s = sub.add_parser("fit", help="fit L(N) = a N^b + c and predict larger sizes")
-    s.add_argument("--sweep", default=None, help="sweep.json written by `sweep`")
-    s.add_argument("--points", default=None, help="CSV with columns name,size,loss (instead of --sweep)")
-    s.add_argument("--step", type=int, default=None, help="training step whose losses are fitted (default: last)")
-    s.add_argument("--size", choices=["total", "non-embedding"], default="total", help="what N counts")
-    s.add_argument("--fit-first", type=int, default=None, help="fit the K smallest points, predict the rest")
-    s.add_argument("--target-width", type=int, nargs="*", help="predict these widths (needs --sweep)")
-    s.add_argument("--target-params", type=float, nargs="*", help="predict these sizes N")
-    s.add_argument("--output", default=None, help="folder for fit.json/fit.png (default: <sweep root>/fit)")
-    s.set_defaults(func=cmd_fit)
-
-    s = sub.add_parser("check", help="compare a prediction with a real run of the target size")
-    s.add_argument("--prediction", required=True, help="fit.json written by `fit`")
-    s.add_argument("--target", default=None, help="which target of fit.json (default: the only width target)")
-    s.add_argument("--actual-loss", type=float, default=None, help="the real loss (default: train the target)")
-    s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--retry-failed", action="store_true")
-    s.add_argument("--checkpoint-interval", type=int, default=None)
-    s.set_defaults(func=cmd_check)
-
-    s = sub.add_parser("coord-check", help="µP coordinate check: activation size vs width, µP vs SP, PNG")
-    s.add_argument("--out", required=True)
-    s.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256])
-    s.add_argument("--head-dim", type=int, default=8)
-    s.add_argument("--num-layers", type=int, default=2)
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--steps", type=int, default=8)
-    s.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    s.set_defaults(func=cmd_coord_check)
+    commands = (  # name, help, the configs of its flags, handler
+        ("search", "grid over LR x init std x output multiplier at a proxy width", (RunsArgs, SearchArgs), cmd_search),
+        ("sweep", "train a series of widths with the transferred hyper-parameters", (RunsArgs, SweepArgs), cmd_sweep),
+        ("fit", "fit L(N) = a N^b + c and predict larger sizes", (FitArgs,), cmd_fit),
+        ("check", "compare a prediction with a real run of the target size", (CheckArgs,), cmd_check),
+        ("coord-check", "µP coordinate check: activation size vs width, µP vs SP, PNG", (CoordCheckArgs,),
+         cmd_coord_check),
+    )
+    for name, help_, configs, func in commands:
+        s = sub.add_parser(name, help=help_)
+        for config in configs:
+            add_flags(s, config)
+        if name == "check":  # it trains the target run when --actual-loss is not given
+            add_flags(s, RunsArgs, only=("threads", "retry_failed", "checkpoint_interval"))
+        s.set_defaults(func=func)
     return p
 
 
