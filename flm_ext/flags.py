@@ -42,17 +42,19 @@ class FlagSpec:
     metavar: str | None = None
     nargs: str | int | None = None
     action: str | None = None  # "append": a repeatable flag (a list field)
+    group: str | None = None  # the --help section it is listed in (when added to a parser, not a group)
     required: bool = False
-    cli_default: Any = _UNSET  # only for a field without a dataclass default: the parser's default
+    cli_default: Any = _UNSET  # the parser's default where it differs: a required field's, or None to see "given"
 
 
 def flag(default: Any = MISSING, *, default_factory: Any = MISSING, help: str | None = None, name: str | None = None,
          aliases: Iterable[str] = (), choices: Iterable | None = None, metavar: str | None = None,
-         nargs: str | int | None = None, action: str | None = None, required: bool = False,
-         cli_default: Any = _UNSET) -> Any:
+         nargs: str | int | None = None, action: str | None = None, group: str | None = None,
+         required: bool = False, cli_default: Any = _UNSET) -> Any:
     """A dataclass field that is also a command-line flag (see the module docstring)."""
     spec = FlagSpec(help=help, name=name, aliases=tuple(aliases), choices=tuple(choices) if choices else None,
-                    metavar=metavar, nargs=nargs, action=action, required=required, cli_default=cli_default)
+                    metavar=metavar, nargs=nargs, action=action, group=group, required=required,
+                    cli_default=cli_default)
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_KEY: spec})
 
 
@@ -103,8 +105,13 @@ def add_flags(parser, cls, *, only: Iterable[str] | None = None, skip: Iterable[
         kwargs: dict[str, Any] = dict(dest=field.name, help=(help or {}).get(field.name, spec.help))
         names = [flag_name(field), *spec.aliases]
         default = field.default_factory() if field.default_factory is not MISSING else field.default
-        if default is MISSING:
-            default = None if spec.cli_default is _UNSET else spec.cli_default
+        if spec.cli_default is not _UNSET:
+            default = spec.cli_default
+        elif default is MISSING:
+            default = None
+        elif is_list and isinstance(default, tuple):
+            default = list(default)  # what argparse itself gives for nargs
+        target = _section(parser, spec.group)
         if kind is bool and not is_list:
             if unset:
                 kwargs.update(action=argparse.BooleanOptionalAction, default=None)
@@ -112,7 +119,7 @@ def add_flags(parser, cls, *, only: Iterable[str] | None = None, skip: Iterable[
                 kwargs.update(action="store_false", default=True)
             else:
                 kwargs.update(action="store_true", default=bool(default))
-            parser.add_argument(*names, **kwargs)
+            target.add_argument(*names, **kwargs)
             continue
         kwargs.update(type=kind, default=None if unset else default)
         if spec.action:
@@ -128,7 +135,17 @@ def add_flags(parser, cls, *, only: Iterable[str] | None = None, skip: Iterable[
             kwargs["required"] = True
         if kind is str and kwargs["default"] is None:
             kwargs.pop("type")  # argparse's own str: the help shows no type
-        parser.add_argument(*names, **kwargs)
+        target.add_argument(*names, **kwargs)
+
+
+def _section(parser, title: str | None):
+    """The argument group titled `title` of a parser (made on first use); a group or no title: `parser`."""
+    if title is None or not isinstance(parser, argparse.ArgumentParser):
+        return parser
+    for group in parser._action_groups:
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
 
 
 def flag_values(cls, namespace: argparse.Namespace, *, given_only: bool = False) -> dict[str, Any]:

@@ -64,6 +64,13 @@ NEW_FIELDS = [  # (file, line after which the field goes, field line, flag, CLIs
     ("flm_ext/flags.py", "    ckpt_step: int | None = flag(",
      '    ckpt_extra_knob: int | None = flag(None, help="a new checkpoint-choice setting")\n', "--ckpt-extra-knob",
      {"pretrain_flm", "export_hf", "generate", "serve"}),
+    ("flm_ext/data/preprocess.py", "    log_interval: float = flag(",
+     '    preprocess_knob: int = flag(1, help="a new preprocessing setting")\n', "--preprocess-knob",
+     {"preprocess_data"}),
+    ("flm_ext/failures.py", "    global_batch_size: int = flag(",
+     '    failure_knob: float = flag(1.0, help="a new failure-model setting")\n', "--failure-knob", {"plan_schedule"}),
+    ("flm_ext/growth/options.py", "    progress_interval: float = flag(",
+     '    growth_knob: int = flag(1, help="a new growth setting")\n', "--growth-knob", {"grow_checkpoint"}),
 ]
 
 _PROBE = r'''

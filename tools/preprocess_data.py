@@ -21,46 +21,19 @@ import time
 from flm_ext.data.preprocess import (BadInputError, EmptyInputError, OutputError, PreprocessConfig, expand_inputs,
                                     output_notes, preprocess)
 from flm_ext.data.tokenizers import TokenizerConfig
-from flm_ext.flags import add_flags, flag_values
+from flm_ext.flags import add_flags, flag_values, from_args
 
 
 def parse_args(argv=None) -> PreprocessConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("input")
-    g.add_argument("--input", required=True, help="a .jsonl/.jsonl.gz file or a quoted glob of them")
-    g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract (default: text)")
-    g.add_argument("--teacher-signal", action="store_true",
-                   help='lines are {"text", "proposition", "label": true|false}: write FreeLM samples')
-    g.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip bad lines and count them by reason instead of stopping")
-    g.add_argument("--split-sentences", action="store_true",
-                   help="one sequence per sentence (documents kept as groups in the .idx): Megatron-LM's flag")
-    g.add_argument("--keep-newlines", action="store_true",
-                   help="with --split-sentences: keep the whitespace (newlines) after each sentence")
-    g.add_argument("--lang", choices=["en", "zh", "auto"], default=None,
-                   help="with --split-sentences: auto (the default: per document, zh when its Han characters are at "
-                        "least a third as many as its Latin letters, else en), en (nltk Punkt, parameters trained "
-                        "on the King James Bible), zh (split after 。！？)")
-    g = p.add_argument_group("tokenizer")
-    add_flags(g, TokenizerConfig, required=["tokenizer_type"])
-    g.add_argument("--append-eod", action="store_true", help="end every document with the EOD id")
-    g = p.add_argument_group("output")
-    g.add_argument("--output-prefix", required=True)
-    g = p.add_argument_group("runtime")
-    g.add_argument("--workers", type=int, default=1, help="tokenizer processes (in all)")
-    g.add_argument("--partitions", type=int, default=1, help="input pieces processed side by side")
-    g.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
+    add_flags(p, PreprocessConfig, skip=["append_eod"])  # sections input, output, runtime
+    add_flags(p.add_argument_group("tokenizer"), TokenizerConfig, required=["tokenizer_type"])
+    add_flags(p, PreprocessConfig, only=["append_eod"])
     a = p.parse_args(argv)
     if a.lang and not a.split_sentences:
         p.error("--lang only applies with --split-sentences")
     try:
-        return PreprocessConfig(
-            input=a.input, output_prefix=a.output_prefix, **flag_values(TokenizerConfig, a),
-            json_keys=tuple(a.json_keys), append_eod=a.append_eod, workers=a.workers,
-            partitions=a.partitions, teacher_signal=a.teacher_signal,
-            skip_bad_lines=a.skip_bad_lines, log_interval=a.log_interval,
-            split_sentences=a.split_sentences, keep_newlines=a.keep_newlines, lang=a.lang or "auto",
-        )
+        return from_args(PreprocessConfig, a, **flag_values(TokenizerConfig, a), lang=a.lang or "auto")
     except ValueError as e:
         p.error(str(e))
 

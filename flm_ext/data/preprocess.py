@@ -49,6 +49,7 @@ from flm_ext.progress import format_duration
 from flm_ext.data.indexed_writer import SpillWriter, merge_to_indexed, token_dtype
 from flm_ext.data.sidecar import make_sidecar, sidecar_path
 from flm_ext.fileio import atomic_write_json
+from flm_ext.flags import flag
 from flm_ext.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
 
 BAD_LINE_REASONS = (
@@ -68,22 +69,31 @@ TEACHER_MASK_STREAM = "teacher_loss_mask"
 class PreprocessConfig:
     """What ``tools/preprocess_data.py`` takes (Megatron-LM's flag names), validated once."""
 
-    input: str
-    output_prefix: str
-    tokenizer_type: str
-    json_keys: Tuple[str, ...] = ("text",)
+    input: str = flag(required=True, group="input", help="a .jsonl/.jsonl.gz file or a quoted glob of them")
+    output_prefix: str = flag(required=True, group="output")
+    tokenizer_type: str  # the tokenizer's flags are TokenizerConfig's (the tool adds them)
+    json_keys: Tuple[str, ...] = flag(("text",), nargs="+", group="input", help="keys to extract (default: text)")
     vocab_file: Optional[str] = None
     merge_file: Optional[str] = None
     tokenizer_model: Optional[str] = None
-    append_eod: bool = False
-    workers: int = 1
-    partitions: int = 1
-    teacher_signal: bool = False
-    skip_bad_lines: bool = False
-    split_sentences: bool = False  # one sequence per sentence, documents grouped in the .idx
-    keep_newlines: bool = False  # with split_sentences: keep the whitespace after each sentence
-    lang: str = "auto"  # with split_sentences: auto (per document, sentences.detect_language) | en (Punkt) | zh (。！？)
-    log_interval: float = 5.0  # seconds between progress lines
+    append_eod: bool = flag(False, group="tokenizer", help="end every document with the EOD id")
+    workers: int = flag(1, group="runtime", help="tokenizer processes (in all)")
+    partitions: int = flag(1, group="runtime", help="input pieces processed side by side")
+    teacher_signal: bool = flag(False, group="input",
+                                help='lines are {"text", "proposition", "label": true|false}: write FreeLM samples')
+    skip_bad_lines: bool = flag(False, group="input", help="skip bad lines and count them by reason instead of "
+                                                           "stopping")
+    split_sentences: bool = flag(  # one sequence per sentence, documents grouped in the .idx
+        False, group="input", help="one sequence per sentence (documents kept as groups in the .idx): Megatron-LM's "
+                                   "flag")
+    keep_newlines: bool = flag(False, group="input", help="with --split-sentences: keep the whitespace (newlines) "
+                                                          "after each sentence")
+    lang: str = flag(  # with split_sentences: auto (per document, sentences.detect_language) | en (Punkt) | zh (。！？)
+        "auto", choices=("en", "zh", "auto"), group="input", cli_default=None,  # None: not given
+        help="with --split-sentences: auto (the default: per document, zh when its Han characters are at least a "
+             "third as many as its Latin letters, else en), en (nltk Punkt, parameters trained on the King James "
+             "Bible), zh (split after 。！？)")
+    log_interval: float = flag(5.0, group="runtime", help="seconds between progress lines")
     chunk_lines: int = 256  # lines per task sent to a worker
 
     def __post_init__(self) -> None:
