@@ -293,7 +293,8 @@ FOREIGN_FLAGS = {
 
 def entry_points() -> list[tuple[str, str]]:
     """The CLIs whose --help is run: tools/ and pretrain_flm.py."""
-    return [(rel(p), "") for p in sorted((REPO / "tools").glob("*.py"))] + [("pretrain_flm.py", "")]
+    return [(rel(p), "") for p in sorted((REPO / "tools").glob("*.py")) if p.name != "__init__.py"] + \
+        [("pretrain_flm.py", "")]  # tools/__init__.py only makes tools/ the installed package flm_tools
 
 
 def benchmark_flags() -> dict[str, set[str]]:
