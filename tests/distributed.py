@@ -1,15 +1,26 @@
 """Run a function in N real processes on gloo (how the multi-process tests exercise TP/PP/DP).
 
-Each worker gets (rank, world_size, out_dir, *args), has torch.distributed initialised from a free
-local port, and may torch.save results into out_dir for the test to compare. A worker's
-exception fails the test with that worker's traceback.
+Each worker gets (rank, world_size, out_dir, *args), has torch.distributed initialised against a
+TCPStore this process holds, and may torch.save results into out_dir for the test to compare. A
+worker's exception fails the test with that worker's traceback; a worker still running at the
+shared deadline fails it with that worker's Python stack.
+
+Ports come from the OS at bind time, never from a bind-and-release probe another process can
+race: the store here binds port 0 and the workers join it as clients (torchrun's own "agent
+store"), `torchrun()` uses torch's standalone rendezvous (port 0), and a lone process needs no
+port (`lone_process_env`).
 """
 from __future__ import annotations
 
+import datetime
+import faulthandler
 import os
 import signal
 import socket
+import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -17,19 +28,45 @@ import traceback
 import torch.multiprocessing as mp
 
 
+# Below pytest's own limit (pytest.ini: 600 s), so that a hung rank is reported here, with its stack.
+DEFAULT_TIMEOUT = 540.0
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_USE_AGENT_STORE")
+
+
 def free_port() -> int:
+    """A port that was free a moment ago: only for servers that must be told their port up front
+    (an HTTP server, a multi-"node" launcher); rendezvous ports come from the OS at bind time."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _entry(fn, rank, world_size, port, out_dir, args, errors, gpus=0):
+def torchrun(nproc: int) -> list[str]:
+    """torch's launcher on one host with a standalone rendezvous: its store binds port 0 itself."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+
+
+def lone_process_env(env: dict) -> dict:
+    """`env` without rendezvous variables: a single process then initialises torch.distributed on
+    an in-process store (flm_ext.runtime), with no port to take or lose."""
+    return {k: v for k, v in env.items() if k not in RENDEZVOUS}
+
+
+def _stack_file(folder: str, rank: int) -> str:
+    return os.path.join(folder, f"stack_rank{rank}.txt")
+
+
+def _entry(fn, rank, world_size, port, out_dir, args, errors, gpus=0, stacks_dir=None):
     # One GPU per rank where the host has enough (LOCAL_RANK = rank); otherwise the ranks run on CPU
     # and gloo, as on a CPU-only machine, instead of two ranks asking for one device.
+    # The store is the parent's: every rank joins it as a client, as torchrun's workers join its agent's.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1",
+                      TORCHELASTIC_USE_AGENT_STORE="True")
     if gpus < world_size:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if stacks_dir:  # SIGUSR1 from spawn() at its deadline writes this rank's stacks here
+        faulthandler.register(signal.SIGUSR1, file=open(_stack_file(stacks_dir, rank), "w"), all_threads=True)
     try:
         import torch
 
@@ -39,34 +76,60 @@ def _entry(fn, rank, world_size, port, out_dir, args, errors, gpus=0):
         errors.put((rank, traceback.format_exc()))
         raise
     finally:
-        from flm_ext.runtime import destroy_distributed
+        if "flm_ext.runtime" in sys.modules:  # else nothing started: spare the megatron import
+            sys.modules["flm_ext.runtime"].destroy_distributed()
 
-        destroy_distributed()
+
+def _hung_stacks(procs, stacks_dir: str) -> str:
+    """SIGUSR1 to each rank still running (faulthandler writes its threads' stacks), then SIGKILL."""
+    hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
+    if not hung:
+        return ""
+    for rank in hung:
+        os.kill(procs[rank].pid, signal.SIGUSR1)
+    time.sleep(1.0)  # faulthandler writes from its signal handler, at once; a loaded machine may lag
+    report = []
+    for rank in hung:
+        procs[rank].kill()
+        with open(_stack_file(stacks_dir, rank), errors="replace") as f:
+            report.append(f"--- rank {rank} was still running; its Python stack ---\n{f.read()}")
+    return "\n".join(report)
 
 
-def spawn(fn, world_size: int, out_dir, *args, timeout: float = 600.0) -> None:
+def spawn(fn, world_size: int, out_dir, *args, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """`fn` in `world_size` processes; all of them must end within `timeout` seconds in total."""
+    from torch.distributed import TCPStore
+
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # megatron's "no TE/apex" warnings, per process
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
-    port = free_port()
+    store = TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
+                     timeout=datetime.timedelta(seconds=timeout))
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    procs = [ctx.Process(target=_entry, args=(fn, rank, world_size, port, str(out_dir), args, errors, gpus))
+    stacks_dir = tempfile.mkdtemp(prefix="spawn_stacks_")
+    procs = [ctx.Process(target=_entry, args=(fn, rank, world_size, store.port, str(out_dir), args, errors, gpus,
+                                              stacks_dir))
              for rank in range(world_size)]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + timeout
     for p in procs:
-        p.join(timeout)
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = _hung_stacks(procs, stacks_dir)
     for p in procs:
-        if p.is_alive():
-            p.kill()
+        p.join()
+    del store
+    shutil.rmtree(stacks_dir, ignore_errors=True)
     failures = []
     while not errors.empty():
         failures.append(errors.get())
-    if failures or any(p.exitcode != 0 for p in procs):
+    if hung or failures or any(p.exitcode != 0 for p in procs):
         detail = "\n".join(f"--- rank {rank} ---\n{tb}" for rank, tb in failures)
-        raise AssertionError(f"distributed workers failed (exit codes {[p.exitcode for p in procs]}):\n{detail}")
+        what = f"still running after {timeout:.0f} s" if hung else "failed"
+        raise AssertionError(f"distributed workers {what} (exit codes {[p.exitcode for p in procs]}):\n"
+                             f"{detail}\n{hung}")
 
 
 def run_then_sigkill(cmd: list[str], env: dict, when=None, *, until=None, timeout: float = 600.0

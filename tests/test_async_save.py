@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import tiny_data
-from distributed import free_port
 from tiny_data import train
 
 REPO = Path(__file__).resolve().parents[1]

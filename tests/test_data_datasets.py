@@ -6,7 +6,6 @@ own, and label tokens are found in the sample's labels by their ids (teacher tex
 no emoji, so the emoji's first token appears only in labels)."""
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 
@@ -192,29 +191,19 @@ def test_builds_without_any_process_group(corpus, tmp_path):
     assert "first" in r.stdout
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gloo_worker(rank, world, port, corpus, cache, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        tok = build_tokenizer("GPT2BPETokenizer")
-        train, _, _ = build_pretraining_datasets(_config(corpus, cache), tok, SEQ, GBS, TRAIN, VALID, 0, seed=1234)
-        torch.save([train[i]["tokens"] for i in range(0, TRAIN, 50)], os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+def _gloo_worker(rank, world, out, corpus, cache):
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)  # env:// from distributed.spawn
+    tok = build_tokenizer("GPT2BPETokenizer")
+    train, _, _ = build_pretraining_datasets(_config(corpus, cache), tok, SEQ, GBS, TRAIN, VALID, 0, seed=1234)
+    torch.save([train[i]["tokens"] for i in range(0, TRAIN, 50)], os.path.join(out, f"rank{rank}.pt"))
 
 
 def test_under_torch_distributed_gloo(corpus, datasets, tmp_path):
     """Two gloo ranks share a fresh cache dir (rank 0 builds, the other loads) and see the
     same samples as a single process."""
-    import torch.multiprocessing as mp
+    from distributed import spawn
 
-    mp.spawn(_gloo_worker, args=(2, _free_port(), corpus, str(tmp_path / "cache"), str(tmp_path)), nprocs=2)
+    spawn(_gloo_worker, 2, tmp_path, corpus, str(tmp_path / "cache"))
     expected = [datasets[0][i]["tokens"] for i in range(0, TRAIN, 50)]
     for rank in range(2):
         got = torch.load(str(tmp_path / f"rank{rank}.pt"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tiny_data
-from distributed import free_port
+from distributed import torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -27,8 +27,7 @@ def train(data: dict, out: Path, nproc: int = 1, **flags) -> dict[int, float]:
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
     args = tiny_data.train_args(data, metrics_jsonl=str(metrics), lr_warmup_iters=1, **MUP, **flags)
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-                                                   str(nproc), "--master-port", str(free_port())]
+    launcher = [sys.executable] if nproc == 1 else torchrun(nproc)
     proc = subprocess.run([*launcher, str(REPO / "pretrain_flm.py"), *args], capture_output=True, text=True,
                           env=ENV, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import types
 
-from flm_ext.mup import cli
+import pytest
+
+from flm_ext.mup import cli, sweep as sweep_module
 from flm_ext.mup.sweep import MARKER, read_metrics
 
 # `data`, the tiny bilingual set, is a session fixture (conftest.py).
@@ -23,9 +27,24 @@ def _sweep(out, data, widths=("16", "32")) -> list[str]:
             "--output-mult", "1", "--mup-base-width", "16", "--head-dim", "8", *_flags(data)]
 
 
-def test_sweep_records_losses_and_resumes_without_redoing_finished_runs(data, tmp_path, capsys):
+@pytest.fixture
+def launched(monkeypatch) -> list[str]:
+    """The run folder of every pretrain_flm.py process the sweep starts (the real Popen still runs)."""
+    folders: list[str] = []
+
+    def popen(cmd, *args, **kwargs):
+        folders.append(os.path.basename(os.path.dirname(cmd[cmd.index("--metrics-jsonl") + 1])))
+        return subprocess.Popen(cmd, *args, **kwargs)
+
+    # the sweep module's own view of `subprocess` only: nothing else in this process is affected
+    monkeypatch.setattr(sweep_module, "subprocess", types.SimpleNamespace(**{**vars(subprocess), "Popen": popen}))
+    return folders
+
+
+def test_sweep_records_losses_and_resumes_without_redoing_finished_runs(data, tmp_path, capsys, launched):
     out = tmp_path / "mup"
     assert cli.main(_sweep(out, data)) == 0
+    assert sorted(launched) == ["w16", "w32"]
     first = capsys.readouterr().out
     assert "0 already finished (skipped), 2 to run" in first
     sweep = json.loads((out / "sweep" / "sweep.json").read_text())
@@ -41,10 +60,10 @@ def test_sweep_records_losses_and_resumes_without_redoing_finished_runs(data, tm
     assert points[32]["total"] > points[16]["total"] > points[16]["non_embedding"] > 0
 
     markers = {w: (out / "sweep" / "runs" / f"w{w}" / MARKER) for w in (16, 32)}
-    stamps = {w: m.stat().st_mtime_ns for w, m in markers.items()}
+    launched.clear()
     assert cli.main(_sweep(out, data)) == 0  # nothing to do: both runs finished
     assert "2 already finished (skipped), 0 to run" in capsys.readouterr().out
-    assert {w: m.stat().st_mtime_ns for w, m in markers.items()} == stamps
+    assert launched == []  # no process started, whatever the files' time stamps say
 
     # An interrupted run (no marker, a partial metrics file) is redone; the finished one is not.
     markers[32].unlink()
@@ -53,7 +72,7 @@ def test_sweep_records_losses_and_resumes_without_redoing_finished_runs(data, tm
     assert cli.main(_sweep(out, data)) == 0
     text = capsys.readouterr().out
     assert "1 already finished (skipped), 1 to run" in text and "w32: ok" in text
-    assert markers[16].stat().st_mtime_ns == stamps[16]
+    assert launched == ["w32"]  # only the interrupted run was started again
     assert sorted(read_metrics(str(metrics32))) == [1, 2, 3, 4]
     again = json.loads((out / "sweep" / "sweep.json").read_text())
     assert again["points"][1]["losses"] == sweep["points"][1]["losses"]  # same seed, same data: same run

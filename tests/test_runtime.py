@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from distributed import free_port
+from distributed import lone_process_env
 
 PROBE = Path(__file__).with_name("runtime_probe.py")
 STAGES = ["seed", "ddp", "train", "checkpoint"]
 
 
 def _run_probe(tmp_path, skip: str = ""):
-    env = dict(os.environ, FLM_CPU_RUNTIME_SKIP=skip, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-               CUDA_VISIBLE_DEVICES="")
+    env = dict(lone_process_env(os.environ), FLM_CPU_RUNTIME_SKIP=skip, CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, str(PROBE), str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=300)
     passed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ok ")]

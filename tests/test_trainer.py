@@ -16,7 +16,7 @@ import torch
 
 import tiny_data
 from flm_ext.training.metrics import default_peak_tflops
-from distributed import free_port, run_then_sigkill
+from distributed import lone_process_env, run_then_sigkill
 from launchers import pretrain_main, recorded_calls, recorded_launch, run_launcher
 from tiny_data import command as _command
 from tiny_data import losses, train
@@ -227,7 +227,7 @@ def test_mup_hidden_matrices_train_at_lr_over_m(megatron_single_process):
 
 def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path, megatron_single_process):
     root = tmp_path / "ckpt"
-    env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    env = lone_process_env(ENV)
     _, seen = run_then_sigkill([sys.executable, str(Path(__file__).with_name("kill_during_save.py")), str(root)],
                                env, lambda line: line.startswith("hanging in save 2"))
     assert any(s.startswith("saved 1") for s in seen), "".join(seen)[-3000:]

@@ -92,22 +92,21 @@ def train_args(paths: dict, **overrides) -> list[str]:
 
 
 def run_tool(name: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """tools/<name> in its own interpreter, on a port of its own for any single-process rendezvous."""
-    from distributed import free_port
+    """tools/<name> in its own interpreter, with no rendezvous variables: a lone process needs no port."""
+    from distributed import lone_process_env
 
     return subprocess.run([sys.executable, os.path.join(REPO, "tools", name), *args], capture_output=True, text=True,
-                          env=dict(env or ENV, MASTER_PORT=str(free_port())), timeout=timeout)
+                          env=lone_process_env(env or ENV), timeout=timeout)
 
 
 def command(nproc: int, args: list[str]) -> list[str]:
     """pretrain_flm.py in one process, or under torchrun with `nproc` gloo ranks."""
-    from distributed import free_port
+    from distributed import torchrun
 
     script = os.path.join(REPO, "pretrain_flm.py")
     if nproc == 1:
         return [sys.executable, script, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-            str(free_port()), script, *args]
+    return [*torchrun(nproc), script, *args]
 
 
 def train(nproc: int, data: dict, out: Path, **flags) -> dict[int, float]:
