@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-from flm_ext.data import special_tokens
 from flm_ext.data.tokenizers import build_tokenizer
 from flm_ext.evaluation import zero_shot_accuracy
 
@@ -59,15 +58,25 @@ def test_accuracy_and_baselines_follow_the_rule(tok, tmp_path):
         {"accuracy": 1.0, "samples": 4, "true_share": 1.0, "majority_baseline": 1.0, "balanced_accuracy": 1.0}
 
 
-def test_prompt_is_text_separator_proposition(tok, tmp_path, monkeypatch):
+def test_prompt_is_what_training_saw_before_the_label(tok, tmp_path, monkeypatch):
+    """The prompt is docs/FLM.md's `text + "\\n" + proposition`, and exactly the tokens preprocessing
+    wrote before the label for the same sample (read back with megatron's reader): the model is asked
+    in the form it was trained on."""
     import flm_ext.evaluation.core as evaluation
+    from data_testutils import read_indexed
+    from flm_ext.data.preprocess import PreprocessConfig, preprocess
 
     prompts = []
     monkeypatch.setattr(evaluation, "label_log_probs", lambda m, c, prompt, cands: prompts.append(prompt) or [0.0, 1.0])
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps({"text": "Some text.", "proposition": "It is short.", "label": False}) + "\n")
     result = zero_shot_accuracy(None, None, tok, str(path))
-    assert prompts == [tok.tokenize("Some text." + special_tokens.PROPOSITION_SEPARATOR + "It is short.")]
+    assert prompts == [tok.tokenize("Some text.\nIt is short.")]
+    cfg = PreprocessConfig(input=str(path), output_prefix=str(tmp_path / "pre"), tokenizer_type="GPT2BPETokenizer",
+                           teacher_signal=True, append_eod=True, workers=1, log_interval=1e9)
+    preprocess(cfg)
+    [[doc], _], [[mask], _] = (read_indexed(cfg.output_path(s)) for s in ("teacher", "teacher_loss_mask"))
+    assert prompts == [doc[:mask.index(1)]]  # everything before the first trained (label) token
     assert result["all"]["accuracy"] == 1.0  # false scored higher, label false
 
 

@@ -94,7 +94,9 @@ def test_triton_xpos_writes_every_output(triton_interpreter):
         qo, ko = fused.apply_xpos_qk(q, k, positions, impl="triton")
     finally:
         torch.empty = real_empty
-    assert torch.isfinite(qo).all() and torch.isfinite(ko).all()
+    ref_q, ref_k = fused.apply_xpos_qk(q.double(), k.double(), positions, impl="reference")
+    assert torch.isfinite(qo).all() and torch.isfinite(ko).all()  # no row left as the poisoned memory
+    assert _rel(qo, ref_q) <= 1e-6 and _rel(ko, ref_k) <= 1e-6  # and every row holds its value
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 8e-3)])
@@ -129,11 +131,31 @@ def test_core_attention_fast_paths_equal_reference(megatron_single_process, trit
         assert _rel(got, ref) <= 1e-5
 
 
-def test_xpos_impl_selection(monkeypatch):
+def _set_triton(monkeypatch, state: str) -> None:
+    """Make `import triton` find an installed package, nothing, or a broken install, on any host."""
+    import sys
+    import types
+
+    if state == "installed":
+        package = types.ModuleType("triton")
+        package.language = types.ModuleType("triton.language")
+        monkeypatch.setitem(sys.modules, "triton", package)
+        monkeypatch.setitem(sys.modules, "triton.language", package.language)
+    else:  # None in sys.modules: `import` raises ImportError; a broken install raises at its submodule
+        monkeypatch.setitem(sys.modules, "triton", None if state == "absent" else types.ModuleType("triton"))
+        monkeypatch.setitem(sys.modules, "triton.language", None)
+    fused.triton_available.cache_clear()  # looked up once per process: forget this host's answer
+
+
+@pytest.mark.parametrize("triton, on_cuda", [("installed", "triton"), ("absent", "compiled"), ("broken", "compiled")])
+def test_xpos_impl_selection(monkeypatch, request, triton, on_cuda):
+    """The selection rule as fixed expectations per host (fused.py docstring): the Triton kernel on CUDA
+    when triton imports, torch.compile's path when it does not, the reference on CPU either way."""
     monkeypatch.delenv("FLM_XPOS_IMPL", raising=False)
+    request.addfinalizer(fused.triton_available.cache_clear)  # forget the stand-in triton at teardown
+    _set_triton(monkeypatch, triton)
     assert fused.resolve_xpos_impl(None, torch.device("cpu")) == "reference"  # CPU runs are unchanged
-    expected_cuda = "triton" if fused.triton_available() else "compiled"
-    assert fused.resolve_xpos_impl(None, torch.device("cuda")) == expected_cuda
+    assert fused.resolve_xpos_impl(None, torch.device("cuda")) == on_cuda
     monkeypatch.setenv("FLM_XPOS_IMPL", "compiled")
     assert fused.resolve_xpos_impl(None, torch.device("cpu")) == "compiled"
     assert fused.resolve_xpos_impl("reference", torch.device("cuda")) == "reference"
@@ -148,10 +170,14 @@ def test_sdpa_backend_switch(monkeypatch):
     assert fused._sdpa_backend_list("cudnn,flash") == [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
     with pytest.raises(ValueError, match="flashy"):
         fused._sdpa_backend_list("flashy")
-    # On CPU the switch never narrows SDPA (its CPU kernel is "math"/flash-CPU, chosen by torch).
+    # On CPU the switch never narrows SDPA (its CPU kernel is "math"/flash-CPU, chosen by torch): the
+    # result is causal attention, computed here in float64 from its definition.
+    q, k, v = torch.randn(3, 1, 2, 4, 8, generator=torch.Generator().manual_seed(2))
     with fused.sdpa_backends(torch.device("cpu")):
-        out = F.scaled_dot_product_attention(*torch.randn(3, 1, 2, 4, 8), is_causal=True)
-    assert torch.isfinite(out).all()
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    scores = (q.double() @ k.double().transpose(-1, -2)) / 8 ** 0.5
+    scores = scores.masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), float("-inf"))
+    assert _rel(out, scores.softmax(-1) @ v.double()) <= 1e-6
 
 
 # --- megatron's fusions ------------------------------------------------------------------------------
