@@ -70,12 +70,9 @@ def loss_at(metrics: dict[int, dict], step: int, metric: str = "valid", window: 
     return float(sum(values) / len(values))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# A lone pretrain_flm.py process without these starts torch.distributed on an in-process store
+# (flm_ext.runtime): parallel runs then share no port, and none can be taken between probe and bind.
+_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_USE_AGENT_STORE")
 
 
 class _Child:
@@ -142,9 +139,8 @@ class Orchestrator:
         else:  # no checkpoint to resume from: an unfinished run starts over
             if os.path.exists(metrics):
                 os.remove(metrics)
-        # Each single-process run starts its own gloo rendezvous: parallel runs need distinct ports.
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), PYTHONWARNINGS="ignore", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(_free_port()), WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
+        env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
+        env.update(OMP_NUM_THREADS=str(self.threads), PYTHONWARNINGS="ignore")
         log_file = open(os.path.join(folder, "stdout.log"), "a")
         proc = subprocess.Popen([self.python, PRETRAIN, *spec.args, *extra], stdout=log_file,
                                 stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
