@@ -48,9 +48,16 @@ def data(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need a CUDA device: skipped, with the reason, where there is none."""
+    """Tests listed in tests/tiers.py get the `slow` marker (`make test-fast` leaves them out); tests
+    marked `gpu` need a CUDA device: skipped, with the reason, where there is none."""
     import torch
 
+    from tiers import SLOW
+
+    for item in items:
+        keys = (f"{item.path.name}::{getattr(item, 'originalname', item.name)}", f"{item.path.name}::{item.name}")
+        if any(key in SLOW for key in keys):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -1,0 +1,56 @@
+"""tests/tiers.py against the suite as written: every slow row names a test that exists, and a fast
+cover that exists and is not itself slow; `-m "not slow"` leaves out exactly the listed tests."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import tiers
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _exists(ref: str) -> bool:
+    name, _, func = ref.split("[")[0].partition("::")
+    path = TESTS / name
+    return path.is_file() and re.search(rf"^def {re.escape(func)}\(", path.read_text(), re.M) is not None
+
+
+def _decorated_slow(ref: str) -> bool:
+    name, _, func = ref.partition("::")
+    text = (TESTS / name).read_text()
+    if re.search(r"^pytestmark\s*=.*mark\.slow", text, re.M):
+        return True
+    return re.search(rf"@pytest\.mark\.slow\n(?:@.*\n)*def {re.escape(func)}\(", text) is not None
+
+
+def test_every_slow_test_has_a_fast_cover_that_exists():
+    for table in (tiers.SLOW, tiers.DECORATED):
+        for slow, cover in table.items():
+            assert _exists(slow), f"tiers.py names {slow}, which is not a test in tests/"
+            ref = cover.split()[0].rstrip(":,;")
+            assert _exists(ref), f"{slow}: its fast cover {ref} is not a test in tests/"
+            assert ref not in tiers.SLOW and not _decorated_slow(ref), f"{slow}: its cover {ref} is slow too"
+            if ref == slow.split("[")[0]:  # a parametrization covered by the same test's fast ones
+                assert "[" in slow, f"{slow} cannot cover itself"
+    for slow in tiers.DECORATED:
+        assert _decorated_slow(slow), f"{slow} is listed as decorated slow but has no @pytest.mark.slow"
+
+
+def test_every_decorated_slow_test_is_listed():
+    """A new @pytest.mark.slow says in tiers.py what keeps its behaviour in the fast tier."""
+    listed = set(tiers.DECORATED) | set(tiers.SLOW)
+    for path in sorted(TESTS.glob("test_*.py")):
+        for func in re.findall(r"@pytest\.mark\.slow\n(?:@.*\n)*def (\w+)\(", path.read_text()):
+            assert f"{path.name}::{func}" in listed, f"{path.name}::{func} is slow but not in tests/tiers.py"
+
+
+def test_the_fast_tier_leaves_out_the_slow_rows():
+    """What pytest itself collects under -m "not slow" for a file with a listed row: not that test."""
+    slow = min(k for k in tiers.SLOW if "[" not in k)
+    name, _, func = slow.partition("::")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not slow", str(TESTS / name)],
+                          capture_output=True, text=True, cwd=TESTS.parent, timeout=300)
+    assert proc.returncode in (0, 5), proc.stdout[-2000:] + proc.stderr[-2000:]  # 5: every test deselected
+    collected = [line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line]
+    assert collected and not any(line.endswith(f"::{func}") for line in collected), proc.stdout[-2000:]
