@@ -21,7 +21,7 @@ $(STAMP): setup.py
 test: setup
 	$(BIN)/python -m pytest -q --durations=25 tests
 
-# The fast tier: everything but the tests marked `slow` (tests/tiers.py lists them; docs/testing.md).
+# The fast tier: everything but the tests marked `slow` (tests/tiers.py lists them; docs/operations.md).
 test-fast: setup
 	$(BIN)/python -m pytest -q --durations=25 -m "not slow" tests
 
