@@ -83,6 +83,8 @@ DECORATED: dict[str, str] = {
         "test_watchdog.py::test_step_time_spread_names_the_slowest_and_fastest_rank",
     "test_xpos_long.py::test_core_attention_at_32k_positions_in_bf16":
         "test_xpos_long.py::test_first_block_is_the_old_scheme_bit_for_bit_and_later_blocks_stay_bounded",
+    "test_entry_points.py::test_installed_commands_run_without_path_setup":
+        "test_entry_points.py::test_every_tool_has_a_console_command_whose_main_exists: the commands and their mains",
     "test_xpos_long.py::test_export_32k_forward_and_64_step_cached_decode_in_bf16":
         "test_xpos_long.py::test_export_past_one_block_equals_one_fixed_center_in_float64",
 }
