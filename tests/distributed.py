@@ -25,7 +25,13 @@ import threading
 import time
 import traceback
 
-import torch.multiprocessing as mp
+# In a worker started by spawn(): from here on (before torch is even imported), SIGUSR1 writes this
+# process's Python stack where spawn() reads it, so a rank stuck anywhere, start-up included, is shown.
+# (Set only while spawn() starts its workers; taken out here so that their own children do not see it.)
+_STACKS_ENV = "FLM_TEST_SPAWN_STACKS"
+if os.environ.get(_STACKS_ENV):
+    faulthandler.register(signal.SIGUSR1, all_threads=True,
+                          file=open(os.path.join(os.environ.pop(_STACKS_ENV), f"stack_{os.getpid()}.txt"), "w"))
 
 
 # Below pytest's own limit (pytest.ini: 600 s), so that a hung rank is reported here, with its stack.
@@ -52,11 +58,7 @@ def lone_process_env(env: dict) -> dict:
     return {k: v for k, v in env.items() if k not in RENDEZVOUS}
 
 
-def _stack_file(folder: str, rank: int) -> str:
-    return os.path.join(folder, f"stack_rank{rank}.txt")
-
-
-def _entry(fn, rank, world_size, port, out_dir, args, errors, gpus=0, stacks_dir=None):
+def _entry(fn, rank, world_size, port, out_dir, args, errors, gpus=0):
     # One GPU per rank where the host has enough (LOCAL_RANK = rank); otherwise the ranks run on CPU
     # and gloo, as on a CPU-only machine, instead of two ranks asking for one device.
     # The store is the parent's: every rank joins it as a client, as torchrun's workers join its agent's.
@@ -65,8 +67,6 @@ def _entry(fn, rank, world_size, port, out_dir, args, errors, gpus=0, stacks_dir
                       TORCHELASTIC_USE_AGENT_STORE="True")
     if gpus < world_size:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    if stacks_dir:  # SIGUSR1 from spawn() at its deadline writes this rank's stacks here
-        faulthandler.register(signal.SIGUSR1, file=open(_stack_file(stacks_dir, rank), "w"), all_threads=True)
     try:
         import torch
 
@@ -91,13 +91,15 @@ def _hung_stacks(procs, stacks_dir: str) -> str:
     report = []
     for rank in hung:
         procs[rank].kill()
-        with open(_stack_file(stacks_dir, rank), errors="replace") as f:
-            report.append(f"--- rank {rank} was still running; its Python stack ---\n{f.read()}")
+        path = os.path.join(stacks_dir, f"stack_{procs[rank].pid}.txt")
+        stack = open(path, errors="replace").read() if os.path.exists(path) else "(none: it had not started)"
+        report.append(f"--- rank {rank} was still running; its Python stack ---\n{stack}")
     return "\n".join(report)
 
 
 def spawn(fn, world_size: int, out_dir, *args, timeout: float = DEFAULT_TIMEOUT) -> None:
     """`fn` in `world_size` processes; all of them must end within `timeout` seconds in total."""
+    import torch.multiprocessing as mp
     from torch.distributed import TCPStore
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # megatron's "no TE/apex" warnings, per process
@@ -109,11 +111,14 @@ def spawn(fn, world_size: int, out_dir, *args, timeout: float = DEFAULT_TIMEOUT)
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     stacks_dir = tempfile.mkdtemp(prefix="spawn_stacks_")
-    procs = [ctx.Process(target=_entry, args=(fn, rank, world_size, store.port, str(out_dir), args, errors, gpus,
-                                              stacks_dir))
+    procs = [ctx.Process(target=_entry, args=(fn, rank, world_size, store.port, str(out_dir), args, errors, gpus))
              for rank in range(world_size)]
-    for p in procs:
-        p.start()
+    os.environ[_STACKS_ENV] = stacks_dir  # read by each worker when it imports this module
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        del os.environ[_STACKS_ENV]
     deadline = time.monotonic() + timeout
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))

@@ -41,10 +41,10 @@ def _wait_for_a_message_that_never_comes():
 def test_a_hung_rank_fails_at_the_deadline_with_its_stack(tmp_path):
     start = time.monotonic()
     with pytest.raises(AssertionError) as failure:
-        distributed.spawn(_rank_1_never_returns, 2, tmp_path, timeout=30)
+        distributed.spawn(_rank_1_never_returns, 2, tmp_path, timeout=40)
     elapsed = time.monotonic() - start
     message = str(failure.value)
-    assert "still running after 30 s" in message
-    assert "rank 1 was still running" in message and "rank 0 was still running" not in message
+    assert "still running after 40 s" in message
+    assert "rank 1 was still running" in message  # (rank 0 too, only if a loaded machine had not started it)
     assert "_wait_for_a_message_that_never_comes" in message  # the hung rank's own frame, from faulthandler
-    assert 30 <= elapsed < 30 + 30, elapsed  # one deadline for all ranks, then a kill
+    assert 40 <= elapsed < 40 + 30, elapsed  # one deadline for all ranks, then a kill
