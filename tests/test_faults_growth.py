@@ -1,4 +1,5 @@
-"""Bad tools/grow_checkpoint.py method flags: exit 2, one line naming the flag, nothing written."""
+"""Bad tools/grow_checkpoint.py method flags and growth records: exit 2, one line naming the flag or
+checkpoint, nothing written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,3 +47,38 @@ def test_bad_method_flags_exit_2_with_one_line(tool, source, tmp_path, capsys, f
     assert err == f"grow_checkpoint: error: {err.split('error: ', 1)[1]}" and err.count("\n") == 1, err
     assert message in err, err
     assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+@pytest.fixture(scope="module")
+def bad_record(tmp_path_factory):
+    """A checkpoint whose growth record (flm.growth) names an axis no rule knows (manifest rewritten,
+    so the record, not the checksums, is what is wrong)."""
+    import torch
+
+    from flm_ext.checkpoint import manifest_for_tree
+    from flm_ext.config import get_preset
+    from flm_ext.growth.synthetic import write_synthetic_checkpoint
+
+    root = tmp_path_factory.mktemp("bad_growth_record") / "src"
+    write_synthetic_checkpoint(str(root), get_preset("tiny-stage1", num_layers=2, vocab_size=256), iteration=3)
+    folder = root / "iter_0000003"
+    common = torch.load(folder / "common.pt", weights_only=False)
+    common["flm"]["growth"] = {"changes": [{"axis": "vocab", "old": 256, "new": 512}], "ramp_steps": 10}
+    torch.save(common, folder / "common.pt")
+    manifest_for_tree(str(folder))
+    return root
+
+
+def test_a_bad_growth_record_is_one_line_naming_the_checkpoint(tool, bad_record, tmp_path, capsys):
+    out = tmp_path / "grown"
+    assert tool.main(["--load", str(bad_record), "--save", str(out), "--num-layers", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--load {bad_record}: " in err, err
+    assert "growth record (flm.growth): unknown growth axis 'vocab'; known: hidden, heads, ffn, layers" in err, err
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+    from flm_ext.export import ExportError, open_for_export
+    from flm_ext.export.convert import growth_of
+
+    with pytest.raises(ExportError, match=r"iter_0000003: growth record \(flm.growth\): unknown growth axis 'vocab'"):
+        growth_of(open_for_export(str(bad_record)))

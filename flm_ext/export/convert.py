@@ -26,6 +26,7 @@ import torch
 
 from flm_ext.config import FLMConfig
 from flm_ext.export.errors import ExportError
+from flm_ext.growth.operators import GrowthError
 from flm_ext.growth.rules import EMBEDDING, OUTPUT, axis_rule, fold_table, mask_values
 from flm_ext.growth.state import GrowthState
 
@@ -173,9 +174,11 @@ def plan_tensors(ckpt, vocab_size: int, block_bytes: int = DEFAULT_BLOCK_BYTES
 
 def growth_of(ckpt) -> tuple[GrowthState | None, float]:
     """(growth state, lambda at the checkpoint's iteration); (None, 1.0) outside a ramp."""
-    record = ckpt.growth_record
-    if not record:
+    try:
+        growth = GrowthState.of_checkpoint(ckpt)
+    except GrowthError as e:
+        raise ExportError(str(e)) from None
+    if growth is None:
         return None, 1.0
-    growth = GrowthState.from_dict(record)
     lam = growth.lambda_at(ckpt.iteration)
     return (growth, lam) if lam < 1.0 else (None, 1.0)

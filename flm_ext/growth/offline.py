@@ -28,7 +28,7 @@ from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, CheckpointError, Checkpoin
 from flm_ext.fileio import building
 from flm_ext.growth.state import GrowthState
 from flm_ext.growth.methods import GrowthMethod, get_method
-from flm_ext.growth.operators import GrowthPlan, is_growable, is_layer_key
+from flm_ext.growth.operators import GrowthError, GrowthPlan, is_growable, is_layer_key
 from flm_ext.progress import Progress
 
 _OPTIMIZER_PREFIX = re.compile(r"^optimizer\.state\.(exp_avg_sq|exp_avg|fp32_param|param)\.(.+)$")
@@ -152,9 +152,11 @@ def grown_common(common: dict, plan: GrowthPlan, ramp_steps: int, iteration: int
 
 
 def _growth_plan(ckpt, overrides: dict, load: str, method: GrowthMethod, seed: int) -> GrowthPlan:
-    previous = ckpt.growth_record
-    if previous:
-        state = GrowthState.from_dict(previous)
+    try:
+        state = GrowthState.of_checkpoint(ckpt)
+    except GrowthError as e:
+        raise GrowCheckpointError(f"--load {load}: {e}") from None
+    if state is not None:
         if state.lambda_at(ckpt.iteration) < 1.0:
             raise GrowCheckpointError(f"--load {load}: iteration {ckpt.iteration} is still inside the previous "
                                       f"growth's mask ramp (started at {state.start_iteration}, {state.ramp_steps} "

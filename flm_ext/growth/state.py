@@ -148,6 +148,18 @@ class GrowthState:
                    data.get("start_iteration", 0))
 
     @classmethod
+    def of_checkpoint(cls, ckpt) -> "GrowthState | None":
+        """The growth record of an open flm_ext.checkpoint Checkpoint (None without one); a malformed
+        record is a GrowthError naming the checkpoint folder."""
+        record = ckpt.growth_record
+        if not record:
+            return None
+        try:
+            return cls.from_dict(record)
+        except GrowthError as e:
+            raise GrowthError(f"{ckpt.folder}: growth record (flm.growth): {e}") from None
+
+    @classmethod
     def _from_pair_record(cls, data: Mapping) -> "GrowthState":
         """A record written before the per-axis list: an old/new pair per width axis, new_layers."""
         fields = {"num_layers", "hidden_size", "old_hidden_size", "num_attention_heads", "old_num_attention_heads",
