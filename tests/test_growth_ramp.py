@@ -46,3 +46,14 @@ def test_a_ramp_within_the_stage_does_not_warn(capsys, ramp, stage, override):
 
 def test_a_checkpoint_without_growth_does_not_warn(capsys):
     assert load(capsys, {"iteration": 5, "flm": {}}, train_iters=1, restart=True) == []
+
+
+def test_a_malformed_growth_record_is_a_checkpoint_error():
+    """pretrain_flm.py prints a CheckpointError as one line (exit 2); a GrowthError would be a traceback."""
+    from flm_ext.checkpoint import CheckpointError
+
+    common = grown_common(100)
+    common["flm"]["growth"]["changes"][0]["positions"] = [4, 5, 6, 9]
+    with pytest.raises(CheckpointError, match=r"growth record \(flm.growth\): layers: positions=\[4, 5, 6, 9\] must "
+                                              r"be 4 distinct indices below new=8"):
+        GrowthRamp().on_load(common, restart=True, train_iters=200)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
+from flm_ext.checkpoint import CheckpointError
 from flm_ext.growth.masks import GrowthState, apply_growth_schedule
+from flm_ext.growth.operators import GrowthError
 
 
 def _log(message: str) -> None:
@@ -38,7 +40,10 @@ class GrowthRamp:
         record = common.get("flm", {}).get("growth")
         if not record:
             return
-        state = GrowthState.from_dict(record)
+        try:
+            state = GrowthState.from_dict(record)
+        except GrowthError as e:  # pretrain_flm.py prints a CheckpointError as one line
+            raise CheckpointError(f"the loaded checkpoint's growth record (flm.growth): {e}") from None
         if self.ramp_steps is not None:
             state = state.replace(ramp_steps=self.ramp_steps)
         if restart:
