@@ -313,8 +313,12 @@ def test_bfloat16_export(checkpoints, exports, bpe, tmp_path):
     assert all(half[k].dtype == torch.bfloat16 and torch.equal(half[k], full[k].to(torch.bfloat16)) for k in half)
     model = auto_model(folder)
     assert model.dtype == torch.bfloat16
+    ids = probe(300)
     with torch.no_grad():
-        assert torch.isfinite(model(probe(300)).logits).all()
+        half_logits = model(ids).logits.double()
+        full_logits = auto_model(exports["pp2"])(ids).logits.double()
+    # bf16 keeps 8 mantissa bits: weights and activations within a few per cent of the float32 model's
+    assert ((half_logits - full_logits).norm() / full_logits.norm()).item() <= 0.05
 
 
 def test_sampling_and_streaming():
