@@ -89,11 +89,12 @@ def _base_type(annotation) -> tuple[type, bool]:
 
 
 def add_flags(parser, cls, *, only: Iterable[str] | None = None, skip: Iterable[str] = (), unset: bool = False,
-              required: Iterable[str] = (), help: dict[str, str] | None = None) -> None:
+              required: Iterable[str] = (), help: dict[str, str] | None = None, group: str | None = None) -> None:
     """Add cls's flag fields to `parser` (a parser or an argument group).
 
     `only`/`skip` choose fields by name; `unset` makes every default None (the flag overrides only when
-    given); `required` makes the named flags required in this CLI; `help` replaces a field's help here.
+    given); `required` makes the named flags required in this CLI; `help` replaces a field's help here;
+    `group` is the --help section of the fields that name none (on a parser).
     """
     hints = typing.get_type_hints(cls)
     chosen = set(only) if only is not None else None
@@ -111,7 +112,7 @@ def add_flags(parser, cls, *, only: Iterable[str] | None = None, skip: Iterable[
             default = None
         elif is_list and isinstance(default, tuple):
             default = list(default)  # what argparse itself gives for nargs
-        target = _section(parser, spec.group)
+        target = _section(parser, spec.group or group)
         if kind is bool and not is_list:
             if unset:
                 kwargs.update(action=argparse.BooleanOptionalAction, default=None)

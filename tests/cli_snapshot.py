@@ -88,6 +88,11 @@ def defaults(parser: argparse.ArgumentParser) -> dict[str, str]:
             for s in a.option_strings if not isinstance(a, argparse._HelpAction)}
 
 
+def snapshot_help(name: str) -> dict[str, str]:
+    """{sub-command label: its --help text}."""
+    return {label.strip(): p.format_help() for label, p in parsers(capture_parser(name))}
+
+
 def snapshot_defaults(name: str) -> dict[str, dict[str, str]]:
     return {label.strip(): defaults(p) for label, p in parsers(capture_parser(name))}
 

@@ -5,10 +5,11 @@ option keeps its default (and the attribute it sets, but for the renames listed 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
-from cli_snapshot import CLIS, REPO, read, snapshot, snapshot_defaults
+from cli_snapshot import CLIS, REPO, read, snapshot, snapshot_defaults, snapshot_help
 
 SNAPSHOTS = os.path.join(REPO, "tests", "data", "cli_flags")
 
@@ -34,6 +35,9 @@ def test_help_lists_the_snapshot_flags(cli):
         expected = set(flags) | ADDED.get(cli, {}).get(label, set())
         assert set(now[label]) == expected, (f"{cli} [{label}]: missing {sorted(expected - set(now[label]))}, "
                                              f"unexpected {sorted(set(now[label]) - expected)}")
+    helps = snapshot_help(cli)
+    for label, flags in now.items():  # and --help prints each of them
+        assert all(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", helps[label]) for f in flags), (cli, label)
 
 
 @pytest.mark.parametrize("cli", sorted(CLIS))

@@ -2,8 +2,11 @@
 
 Flags keep Megatron-LM's names wherever Megatron has the concept, so a Megatron user's launch
 script reads the same; FLM-specific ones (`--model-preset`, xPos, µP, teacher signal, growth)
-are added. Parsing produces plain typed dataclasses; everything is checked once in
-`TrainConfig.validate`, and errors name the flag.
+are added. Each flag is a field of the config it sets (flm_ext/flags.py): the model's are
+`FLMConfig`'s and `ParallelConfig`'s, the data and tokenizer flags `DataConfig`'s, the rest the
+dataclasses here; `LaunchArgs` holds those read while building the config but not kept in it.
+The parser is generated from the fields; everything is checked once in `TrainConfig.validate`,
+and errors name the flag.
 """
 from __future__ import annotations
 
@@ -292,41 +295,40 @@ class LaunchArgs:
     """Flags read while the config is built, not kept in it: a preset, counts in iterations, the layout's
     virtual stages and world size, and what to do instead of training."""
 
-    model_preset: str | None = flag(None, help="flm-16b, flm-51b, flm-101b, tiny-*; the model flags override it")
-    train_iters: int | None = flag(None)  # stored as --train-samples = iterations x global batch
-    lr_warmup_iters: int | None = flag(None)
-    num_layers_per_virtual_pipeline_stage: int | None = flag(None)
-    recompute_activations: bool = flag(False, help="selective recompute (attention core)")
-    world_size: int | None = flag(None, help="for --dry-run: the world size to check (default: WORLD_SIZE or "
-                                             "NNODES x GPUS_PER_NODE)")
-    check_config: bool = flag(False, help="check every flag as for training, for the world size, and exit (the "
-                                          "launchers run this once before torchrun)")
+    model_preset: str | None = flag(None, group="model",
+                                    help="flm-16b, flm-51b, flm-101b, tiny-*; the model flags override it")
+    train_iters: int | None = flag(None, group="training")  # stored as --train-samples = iterations x global batch
+    lr_warmup_iters: int | None = flag(None, group="training")
+    num_layers_per_virtual_pipeline_stage: int | None = flag(None, group="parallelism")
+    recompute_activations: bool = flag(False, group="parallelism", help="selective recompute (attention core)")
+    world_size: int | None = flag(None, group="parallelism", help="for --dry-run: the world size to check (default: "
+                                                                  "WORLD_SIZE or NNODES x GPUS_PER_NODE)")
+    check_config: bool = flag(False, group="training", help="check every flag as for training, for the world size, "
+                                                            "and exit (the launchers run this once before torchrun)")
 
 
-# Help groups: (title, the configs whose flags it lists). Every flag is a field of one of these.
+# --help sections: (title, the configs whose flags it lists). Every flag is a field of one of these configs.
 GROUPS = (
-    ("model", (LaunchArgs, FLMConfig)),
-    ("parallelism", (ParallelConfig, LaunchArgs)),
-    ("training", (ScheduleConfig, LaunchArgs, OptimConfig, TrainConfig)),
+    ("model", (FLMConfig,)),
+    ("parallelism", (ParallelConfig,)),
+    ("training", (ScheduleConfig, OptimConfig, TrainConfig)),
     ("data", (DataConfig,)),
     ("checkpointing", (CheckpointArgs,)),
     ("logging", (LoggingArgs,)),
     ("operations (long runs)", (OperationsArgs,)),
 )
-_LAUNCH_GROUP = {"model_preset": "model", "train_iters": "training", "lr_warmup_iters": "training",
-                 "num_layers_per_virtual_pipeline_stage": "parallelism", "recompute_activations": "parallelism",
-                 "world_size": "parallelism", "check_config": "training"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """pretrain_flm.py's parser, generated from the config dataclasses' flag fields (flm_ext/flags.py)."""
     p = argparse.ArgumentParser(prog="pretrain_flm.py", description="Pre-train an FLM model on megatron-core.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    groups = {title: p.add_argument_group(title) for title, _ in GROUPS}
+    for title, _ in GROUPS:  # the sections in this order
+        p.add_argument_group(title)
+    add_flags(p, LaunchArgs)  # each of its fields names its section
     for title, configs in GROUPS:
         for config in configs:  # model flags override a preset only when given
-            only = [name for name, group in _LAUNCH_GROUP.items() if group == title] if config is LaunchArgs else None
-            add_flags(groups[title], config, only=only, unset=config is FLMConfig)
+            add_flags(p, config, group=title, unset=config is FLMConfig)
     return p
 
 
