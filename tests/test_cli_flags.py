@@ -136,3 +136,30 @@ def test_a_new_config_field_is_a_flag_of_every_cli_that_uses_the_config(tmp_path
     for _, _, _, flag, clis in NEW_FIELDS:
         assert found.get(flag) == {cli: 5 for cli in clis}, flag
     assert found["config"] == [9, 3, 4]  # the parsed values reach the configs built from the flags
+
+
+@pytest.mark.parametrize("cli", ["export_hf", "generate", "serve", "pretrain_flm"])
+def test_the_checkpoint_step_has_one_name_and_the_old_one_still_works(cli):
+    from cli_snapshot import capture_parser
+
+    parser = capture_parser(cli)
+    for action in parser._actions:
+        action.required = False
+    for typed in (["--ckpt-step", "7"], ["--iteration", "7"], ["--iteration=7"]):
+        assert parser.parse_known_args(typed)[0].ckpt_step == 7, typed
+    assert parser.parse_known_args([])[0].ckpt_step is None
+
+
+def test_negations_and_aliases_of_the_training_flags():
+    from flm_ext.training.arguments import build_parser, config_from_args
+
+    base = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--train-iters", "1", "--dry-run"]
+    config = config_from_args(build_parser().parse_args(base), 1)
+    assert config.checkpoint.verify_checkpoint and not config.model.use_mup and config.checkpoint.keep_last == 3
+    config = config_from_args(build_parser().parse_args(
+        base + ["--no-verify-checkpoint", "--use-mup", "--override-opt-param-scheduler", "--keep-last", "0"]), 1)
+    assert not config.checkpoint.verify_checkpoint and config.model.use_mup
+    assert config.checkpoint.override_opt_param_scheduler and config.checkpoint.keep_last is None  # 0: keep all
+    preset = config_from_args(build_parser().parse_args(
+        ["--model-preset", "flm-16b", "--no-use-mup", "--train-iters", "1", "--dry-run", "--world-size", "1"]), 1)
+    assert not preset.model.use_mup and preset.model.hidden_size == 5632  # the preset's µP turned off, the rest kept
