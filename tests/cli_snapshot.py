@@ -10,6 +10,7 @@ snapshot written from commit 04f8d9e (before flags were generated from configs).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import sys
@@ -64,6 +65,12 @@ def capture_parser(name: str) -> argparse.ArgumentParser:
     raise RuntimeError(f"{name}: main() returned without parsing arguments")
 
 
+@functools.lru_cache(maxsize=None)
+def _parser_once(name: str) -> argparse.ArgumentParser:
+    """capture_parser, once per CLI and process (read only: the snapshots below do not change it)."""
+    return capture_parser(name)
+
+
 def parsers(parser: argparse.ArgumentParser, prefix: str = ""):
     """(label, parser) for the parser and each sub-command's parser, depth first."""
     yield prefix, parser
@@ -79,7 +86,7 @@ def option_strings(parser: argparse.ArgumentParser) -> list[str]:
 
 def snapshot(name: str) -> dict[str, list[str]]:
     """{sub-command label ('' for the top level): sorted option strings}."""
-    return {label.strip(): option_strings(p) for label, p in parsers(capture_parser(name))}
+    return {label.strip(): option_strings(p) for label, p in parsers(_parser_once(name))}
 
 
 def defaults(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -90,11 +97,11 @@ def defaults(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def snapshot_help(name: str) -> dict[str, str]:
     """{sub-command label: its --help text}."""
-    return {label.strip(): p.format_help() for label, p in parsers(capture_parser(name))}
+    return {label.strip(): p.format_help() for label, p in parsers(_parser_once(name))}
 
 
 def snapshot_defaults(name: str) -> dict[str, dict[str, str]]:
-    return {label.strip(): defaults(p) for label, p in parsers(capture_parser(name))}
+    return {label.strip(): defaults(p) for label, p in parsers(_parser_once(name))}
 
 
 def write(name: str, folder: str) -> None:
