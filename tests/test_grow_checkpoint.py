@@ -4,6 +4,7 @@ function (logits and the next training loss on the same batch), training goes on
 ramp, and bad requests are refused with nothing written."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -272,30 +273,35 @@ def test_workers_write_the_same_bytes_as_one_process(tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_prefetch_and_worker_checksums_write_the_same_bytes(tmp_path, workers):
-    """Making the next chunk while the current one is written (prefetch), skipping the per-file fsync
-    and taking the manifest entries from the writers must not change a byte against the plain
-    serial writer (which hashes every file at the end); `produce` is never run concurrently."""
+    """Making the next chunk while the current one is written (prefetch), skipping the per-file fsync,
+    writing the records ourselves (records.py) and taking the manifest entries from the writers must
+    not change a byte against the plain serial writer (torch's FileSystemWriter and torch.save, every
+    file hashed at the end); `produce` is never run concurrently."""
     import threading
     import zlib
 
-    from flm_ext.checkpoint import finish_iteration_folder, tensor_chunks
+    from flm_ext.checkpoint import Chunk, finish_iteration_folder, tensor_chunks
     from flm_ext.checkpoint.writer import write_chunks
 
     chunks = [c for i in range(3) for c in tensor_chunks(f"t{i}", f"t{i}", "param", (64, 32 + i), torch.float32, 4)]
     chunks += tensor_chunks("emb", "emb", "param", (100, 16), torch.bfloat16, None)
+    chunks += [Chunk(f"obj{i}/shard_0_1", None, None, None, (), (), (), None, f"obj{i}") for i in range(2)]
     busy, seen = threading.Lock(), []
 
     def produce(c):
         assert busy.acquire(blocking=False), "produce ran concurrently"
         try:
             seen.append((c.key, c.layer))
+            if c.dtype is None:  # a byte object (the trainer's _extra_state, RNG state)
+                return io.BytesIO(c.key.encode() * 50)
             g = torch.Generator().manual_seed(zlib.crc32(f"{c.key}/{c.layer}".encode()))
             return torch.randn(c.sizes, generator=g).to(c.dtype)
         finally:
             busy.release()
 
     outputs = {}
-    for name, kwargs in {"plain": {}, "fast": dict(prefetch=True, sync_files=False, workers=workers)}.items():
+    for name, kwargs in {"plain": dict(direct=False),  # torch's own writer: torch.save per tensor
+                         "fast": dict(prefetch=True, sync_files=False, workers=workers)}.items():
         folder = tmp_path / name
         folder.mkdir()
         seen.clear()

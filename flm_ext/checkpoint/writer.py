@@ -24,12 +24,17 @@ import torch
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint import save as dcp_save
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, _StorageInfo
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorProperties, TensorStorageMetadata)
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner, TensorWriteData, WriteItem, WriteItemType
+from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
-from flm_ext.checkpoint.integrity import MANIFEST, describe_files, write_manifest
+import xxhash
+
+from flm_ext.checkpoint.integrity import ALGORITHM, MANIFEST, describe_files, write_manifest
+from flm_ext.checkpoint.records import tensor_blob
 
 DEFAULT_BUCKET_BYTES = 256 * 2 ** 20
 TORCH_DIST_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
@@ -177,9 +182,10 @@ class _BucketedWriter(FileSystemWriter):
     """One file per bucket of at most `bucket_bytes` (or one chunk), written one bucket at a time
     (or by `workers` processes, one bucket each at a time)."""
 
-    def __init__(self, path: str, bucket_bytes: int, sizes: dict, workers: int = 1, sync_files: bool = True):
+    def __init__(self, path: str, bucket_bytes: int, sizes: dict, workers: int = 1, sync_files: bool = True,
+                 direct: bool = True):
         super().__init__(path, single_file_per_rank=True, thread_count=1, sync_files=sync_files)
-        self.bucket_bytes, self.sizes, self.workers = bucket_bytes, sizes, workers
+        self.bucket_bytes, self.sizes, self.workers, self.direct = bucket_bytes, sizes, workers, direct
         self.checksums: dict = {}  # {file name: {"size", "xxh3_64"}} of the files written
 
     def storage_meta(self):
@@ -200,11 +206,8 @@ class _BucketedWriter(FileSystemWriter):
         else:
             results = []
             for sub in subs:
-                try:
-                    written = FileSystemWriter.write_data(self, sub, planner).wait()
-                finally:
-                    planner.close()
-                self.checksums.update(_checksum_written(str(self.path), written))
+                written, checksums = _write_bucket_file(self, sub, planner)
+                self.checksums.update(checksums)
                 results += written
         done: Future = Future()
         done.set_result(results)
@@ -243,12 +246,78 @@ def _checksum_written(folder: str, results: list) -> dict:
 
 
 def _write_bucket(b: int) -> tuple[list, dict]:
-    writer, subs, planner = _JOB["writer"], _JOB["subs"], _JOB["planner"]
+    return _write_bucket_file(_JOB["writer"], _JOB["subs"][b], _JOB["planner"])
+
+
+def _write_bucket_file(writer: _BucketedWriter, sub: SavePlan, planner: SavePlanner) -> tuple[list, dict]:
+    """One bucket's file: its write results and manifest entry. `writer.direct` writes the records
+    with `_write_records` (the same bytes as torch's writer, checked by the tests), else torch's
+    FileSystemWriter writes them and the file is hashed afterwards."""
     try:
-        results = FileSystemWriter.write_data(writer, subs[b], planner).wait()
+        if writer.direct:
+            return _write_records(writer, sub, planner)
+        results = FileSystemWriter.write_data(writer, sub, planner).wait()
     finally:
         planner.close()
     return results, _checksum_written(str(writer.path), results)
+
+
+def _write_all(fd: int, parts: list, digest) -> int:
+    """Write buffers with as few system calls as possible (os.writev), feeding them to `digest`."""
+    views = [memoryview(p).cast("B") for p in parts]
+    for view in views:
+        digest.update(view)
+    total = sum(v.nbytes for v in views)
+    while views:
+        written = os.writev(fd, views[:1024])
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+    return total
+
+
+def _tensor_parts(tensor: torch.Tensor) -> list:
+    """torch.save(tensor)'s bytes as buffers (see records.py; torch.save itself where that cannot)."""
+    tensor = tensor.detach().cpu()
+    if tensor.untyped_storage().nbytes() != tensor.nbytes:
+        tensor = tensor.clone()  # as torch's writer does: a view is saved with just its own bytes
+    blob = tensor_blob(tensor)
+    if blob is not None:
+        return blob.parts
+    stream = io.BytesIO()
+    torch.save(tensor, stream)
+    return [stream.getbuffer()]
+
+
+def _write_records(writer: _BucketedWriter, sub: SavePlan, planner: SavePlanner) -> tuple[list, dict]:
+    """The bucket's file as torch's FileSystemWriter lays it out (its byte objects, then its tensors,
+    each a torch.save blob, at the offsets the write results record), written from the tensors'
+    buffers and hashed for the manifest on the way (the file is not read back). Each tensor is
+    released once written, so memory holds one tensor (plus the one the planner makes ahead)."""
+    name = f"{sub.storage_data.prefix}0{DEFAULT_SUFFIX}"
+    path = os.path.join(str(writer.path), name)
+    digest, results, offset = xxhash.xxh3_64(), [], 0
+    items = ([i for i in sub.items if i.type == WriteItemType.BYTE_IO]
+             + [i for i in sub.items if i.type != WriteItemType.BYTE_IO])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        for item in items:
+            data = planner.resolve_data(item)
+            parts = [data.getbuffer()] if item.type == WriteItemType.BYTE_IO else _tensor_parts(data)
+            length = _write_all(fd, parts, digest)
+            del data, parts
+            results.append(WriteResult(index=item.index, size_in_bytes=length,
+                                       storage_data=_StorageInfo(name, offset, length)))
+            offset += length
+        if writer.sync_files:
+            os.fsync(fd)
+        elif hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # start the write-back (see _checksum_written)
+    finally:
+        os.close(fd)
+    return results, {name: {"size": offset, ALGORITHM: digest.hexdigest()}}
 
 
 def _write_in_workers(writer: _BucketedWriter, subs: list[SavePlan], planner: _LazySavePlanner) -> list:
@@ -284,15 +353,17 @@ def _write_in_workers(writer: _BucketedWriter, subs: list[SavePlan], planner: _L
 
 def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], object], *,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES, on_chunk: Callable[[Chunk], None] | None = None,
-                 workers: int = 1, sync_files: bool = True, prefetch: bool = False) -> dict:
+                 workers: int = 1, sync_files: bool = True, prefetch: bool = False, direct: bool = True) -> dict:
     """Write the tensors / byte objects of a torch_dist folder, producing each chunk on demand
     (in `workers` processes, bucket by bucket; the same bytes as in one). `sync_files=False` skips
     the fsync after each file, for a caller that fsyncs the whole folder once at the end (as
     `fileio.building` does): the disk then writes back while the next chunks are made.
     `prefetch`: make the next chunk while the current one is written (see `_LazySavePlanner`).
+    `direct=False` lets torch's own writer serialise the records (the reference the tests compare
+    the default, `_write_records`, against).
     Returns the manifest entries of the files written (for `finish_iteration_folder`)."""
     sizes = {_write_item(c).index: c.nbytes for c in chunks}
-    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files)
+    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files, direct)
     try:
         dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk, prefetch),
                  no_dist=True)
