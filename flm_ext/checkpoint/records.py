@@ -52,11 +52,13 @@ class _Recorder:
 
     def __init__(self):
         self.records: list[tuple[bytes, object]] = []
+        self.storages: list[int] = []  # which records hold tensor storages
 
     def write_record(self, name, data, size):
         if isinstance(data, str):
             data = data.encode()
         elif isinstance(data, torch.UntypedStorage):
+            self.storages.append(len(self.records))
             data = _storage_bytes(data)
         self.records.append((_ARCHIVE + name.encode(), memoryview(data)[:size]))
 
@@ -140,7 +142,9 @@ def _blob(tensor: torch.Tensor, names_hash: bytes) -> TensorBlob:
     records = recorder.records + [(_ARCHIVE + b"version", memoryview(b"3\n"))]
     if sum(r.nbytes for _, r in records) >= _LIMIT or min(r.nbytes for _, r in records) == 0:
         raise _Unsupported  # zip64 fields; an empty record is written without a data descriptor
-    big = max(range(len(records)), key=lambda i: records[i][1].nbytes)
+    if len(recorder.storages) != 1:
+        raise _Unsupported
+    big = recorder.storages[0]
     archive = _Archive(names_hash)
     head = b"".join(archive.small(n, d) for n, d in records[:big]) + archive.local(records[big][0],
                                                                                    records[big][1].nbytes)
