@@ -34,3 +34,32 @@ def test_blob_equals_torch_save(dtype, shape):
 def test_unsupported_cases_fall_back_to_torch_save():
     assert tensor_blob(torch.zeros(0)) is None  # an empty record has no data descriptor: torch.save writes it
     assert tensor_blob(torch.zeros(3, 0)) is None
+
+
+def test_reader_reads_whole_chunks_directly_and_equals_torchs_reader(tmp_path):
+    """CheckpointReader reads a stored chunk with one pread when its archive starts with torch.save's
+    bytes for that shape; every tensor, layer and sub-slice equals what torch's own reader (torch.load
+    per chunk) returns, and whole chunks never reach torch's reader."""
+    from flm_ext.checkpoint import CheckpointReader, write_chunks
+    from flm_ext.checkpoint.writer import tensor_chunks
+
+    chunks = (tensor_chunks("w", "w", "param", (24, 16), torch.bfloat16, 3)
+              + tensor_chunks("e", "e", "param", (40, 8), torch.float32, None))
+
+    def produce(c):
+        g = torch.Generator().manual_seed(hash((c.key, c.layer)) % 2 ** 31)
+        return torch.randn(c.sizes, generator=g).to(c.dtype)
+
+    write_chunks(str(tmp_path), chunks, produce, bucket_bytes=2000, direct=False)  # torch's own writer
+    fast, reference = CheckpointReader(str(tmp_path)), CheckpointReader(str(tmp_path))
+    reference._read_direct = lambda items, loader, what: items
+    to_torch = []
+    original = fast.reader.read_data
+    fast.reader.read_data = lambda plan, planner: (to_torch.extend(plan.items), original(plan, planner))[1]
+    for key in ("w", "e"):
+        assert torch.equal(fast.read(key), reference.read(key))
+    for layer in range(3):
+        assert torch.equal(fast.read_layer("w", layer), reference.read_layer("w", layer))
+    assert not to_torch
+    sliced = fast.read("w", (1, 3, 2), (2, 5, 7))  # part of a chunk: torch's reader does it
+    assert torch.equal(sliced, reference.read("w", (1, 3, 2), (2, 5, 7))) and to_torch

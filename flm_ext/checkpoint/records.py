@@ -136,7 +136,8 @@ class _Archive:
         return b"".join(parts)
 
 
-def _blob(tensor: torch.Tensor, names_hash: bytes) -> TensorBlob:
+def _head(tensor: torch.Tensor, names_hash: bytes) -> tuple[bytes, memoryview, list, _Archive]:
+    """The archive up to the tensor's data, the data, the records after it, the archive so far."""
     recorder = _Recorder()
     serialization._save(tensor, recorder, pickle, serialization.DEFAULT_PROTOCOL, False)
     records = recorder.records + [(_ARCHIVE + b"version", memoryview(b"3\n"))]
@@ -148,8 +149,12 @@ def _blob(tensor: torch.Tensor, names_hash: bytes) -> TensorBlob:
     archive = _Archive(names_hash)
     head = b"".join(archive.small(n, d) for n, d in records[:big]) + archive.local(records[big][0],
                                                                                    records[big][1].nbytes)
-    data = records[big][1]
-    tail = archive.descriptor(crc32(data)) + b"".join(archive.small(n, d) for n, d in records[big + 1:])
+    return head, records[big][1], records[big + 1:], archive
+
+
+def _blob(tensor: torch.Tensor, names_hash: bytes) -> TensorBlob:
+    head, data, after, archive = _head(tensor, names_hash)
+    tail = archive.descriptor(crc32(data)) + b"".join(archive.small(n, d) for n, d in after)
     return TensorBlob(head, data, tail + archive.end())
 
 
@@ -186,4 +191,21 @@ def tensor_blob(tensor: torch.Tensor) -> TensorBlob | None:
         return None
 
 
-__all__ = ["TensorBlob", "supported", "tensor_blob"]
+_HEADS: dict = {}
+
+
+def stored_head(dtype: torch.dtype, sizes: tuple[int, ...]) -> bytes | None:
+    """The bytes before the data in torch.save's archive of a contiguous tensor of `sizes` (what a
+    stored checkpoint chunk starts with), or None where `tensor_blob` would not write it. A reader
+    that finds exactly these bytes at a chunk's offset knows the data follows them."""
+    key = (dtype, tuple(sizes))
+    if key not in _HEADS:
+        try:
+            probe = torch.empty(sizes, dtype=dtype)  # never touched: only its pickle is made
+            _HEADS[key] = _head(probe, _NAMES_HASH)[0] if supported() else None
+        except _Unsupported:
+            _HEADS[key] = None
+    return _HEADS[key]
+
+
+__all__ = ["TensorBlob", "stored_head", "supported", "tensor_blob"]

@@ -25,6 +25,7 @@ from typing import Callable
 
 from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, CheckpointError, CheckpointReader, Chunk,
                                 finish_iteration_folder, iteration_dir, open_checkpoint, write_chunks, write_latest)
+from flm_ext.checkpoint.writer import keep_freed_memory
 from flm_ext.fileio import building
 from flm_ext.growth.state import GrowthState
 from flm_ext.growth.methods import GrowthMethod, get_method
@@ -190,6 +191,7 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
         raise GrowCheckpointError(f"--growth-ramp-steps {ramp_steps} must be >= 0")
     if workers < 1:
         raise GrowCheckpointError(f"--workers {workers} must be >= 1")
+    keep_freed_memory()  # every chunk reuses the last one's pages (writer.py)
     ckpt = _open_input(load)
     _check_backend(ckpt.folder, load)
     plan = _growth_plan(ckpt, overrides, load, method, seed)
