@@ -8,7 +8,8 @@ with --workers 1 and with --workers N, each as a whole process (start-up include
 it, writes its size) plus `dd` of the rest of the output's size, then `sync`. Before every timed
 step the input's pages are evicted (posix_fadvise DONTNEED), so each reads from the disk (or what
 the disk's cache below the OS keeps). Reports each run's seconds, rate (input read + output written
-per second), its ratio to the copy's rate, peak RSS (the largest of the tool's processes: ru_maxrss
+per second), its ratio to the copy's rate, its CPU seconds (user + system: under load the
+steadier measure of the work done), peak RSS (the largest of the tool's processes: ru_maxrss
 from wait4 covers its workers), and whether the outputs of 1 and N workers are byte-identical.
 
   python benchmarks/grow_checkpoint_throughput.py --workdir /tmp/grow_tp --layers 14 --workers 2
@@ -44,8 +45,9 @@ def evict(path: str) -> None:
             os.close(fd)
 
 
-def timed(cmd: list[str], shell: bool = False) -> tuple[float, float, str]:
-    """(seconds including the sync that follows, peak RSS MiB, output) of one child."""
+def timed(cmd: list[str], shell: bool = False) -> tuple[float, float, str, float]:
+    """(seconds including the sync that follows, peak RSS MiB, output, CPU seconds: user + system
+    of the child and its children) of one child."""
     subprocess.run(["sync"], check=True)
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, shell=shell,
@@ -55,7 +57,7 @@ def timed(cmd: list[str], shell: bool = False) -> tuple[float, float, str]:
     if os.waitstatus_to_exitcode(status):
         raise RuntimeError(f"{cmd} failed:\n{output[-3000:]}")
     subprocess.run(["sync"], check=True)
-    return time.time() - start, usage.ru_maxrss / 1024, output
+    return time.time() - start, usage.ru_maxrss / 1024, output, usage.ru_utime + usage.ru_stime
 
 
 def load() -> str:
@@ -89,9 +91,10 @@ def main() -> int:
     for workers in (1, args.workers):
         out = os.path.join(args.workdir, f"grown_w{workers}")
         evict(src)
-        seconds, rss, _ = timed(tool + ["--save", out, "--workers", str(workers)])
-        runs[workers] = (seconds, rss)
-        print(f"grow --workers {workers}: {seconds:.1f} s, peak RSS {rss:.0f} MiB; {load()}", flush=True)
+        seconds, rss, _, cpu = timed(tool + ["--save", out, "--workers", str(workers)])
+        runs[workers] = (seconds, rss, cpu)
+        print(f"grow --workers {workers}: {seconds:.1f} s, {cpu:.1f} CPU s, peak RSS {rss:.0f} MiB; {load()}",
+              flush=True)
     out_bytes = du(os.path.join(args.workdir, "grown_w1"))
     one, many = (os.path.join(args.workdir, f"grown_w{w}") for w in (1, args.workers))
     identical = files(one) == files(many) and all(
@@ -101,19 +104,19 @@ def main() -> int:
     copy = os.path.join(args.workdir, "copy")
     extra_mib = (out_bytes - in_bytes) // 2 ** 20
     evict(src)
-    copy_s, _, _ = timed(f"cp -r {src} {copy} && dd if=/dev/zero of={copy}/pad bs=1M count={extra_mib} status=none",
+    copy_s, _, _, copy_cpu = timed(f"cp -r {src} {copy} && dd if=/dev/zero of={copy}/pad bs=1M count={extra_mib} status=none",
                          shell=True)
-    print(f"copy (cp + dd, same bytes): {copy_s:.1f} s; {load()}", flush=True)
+    print(f"copy (cp + dd, same bytes): {copy_s:.1f} s, {copy_cpu:.1f} CPU s; {load()}", flush=True)
     shutil.rmtree(copy)
     moved = (in_bytes + out_bytes) / 2 ** 20
     print(f"\nbytes moved per run: {in_bytes / 2 ** 30:.2f} GiB read + {out_bytes / 2 ** 30:.2f} GiB written; "
           f"outputs of 1 and {args.workers} workers byte-identical: {identical}\n")
-    print("| run | seconds | MiB/s (read + written) | vs copy | peak RSS |")
-    print("|---|---|---|---|---|")
-    print(f"| cp + dd (same bytes) + sync | {copy_s:.1f} | {moved / copy_s:.0f} | 100% | |")
-    for workers, (seconds, rss) in runs.items():
+    print("| run | seconds | MiB/s (read + written) | vs copy | CPU s (user + sys) | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    print(f"| cp + dd (same bytes) + sync | {copy_s:.1f} | {moved / copy_s:.0f} | 100% | {copy_cpu:.1f} | |")
+    for workers, (seconds, rss, cpu) in runs.items():
         print(f"| grow_checkpoint.py --workers {workers} + sync | {seconds:.1f} | {moved / seconds:.0f} | "
-              f"{copy_s / seconds:.0%} | {rss:.0f} MiB |")
+              f"{copy_s / seconds:.0%} | {cpu:.1f} | {rss:.0f} MiB |")
     shutil.rmtree(args.workdir)
     return 0 if identical else 1
 

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import xxhash
@@ -82,8 +83,8 @@ def verify_files(folder: str, names: list[str] | None = None) -> int:
     files = read_manifest(folder)
     if files is None:
         return 0
-    checked = 0
-    for name in (sorted(files) if names is None else names):
+    checked, names = 0, (sorted(files) if names is None else names)
+    for name in names:
         entry, path = files[name], os.path.join(folder, name)
         if not os.path.exists(path):
             raise CheckpointError(f"{path}: missing (checkpoint damaged)")
@@ -91,9 +92,13 @@ def verify_files(folder: str, names: list[str] | None = None) -> int:
         if size != entry["size"]:
             raise CheckpointError(f"{path}: size {size} bytes, the manifest says {entry['size']} "
                                   f"(checkpoint damaged)")
-        if file_checksum(path) != entry[ALGORITHM]:
-            raise CheckpointError(f"{path}: checksum mismatch (checkpoint damaged)")
         checked += size
+    # Two files at a time: one is read while the other is hashed (reads release the GIL).
+    with ThreadPoolExecutor(2) as pool:
+        sums = pool.map(file_checksum, [os.path.join(folder, name) for name in names])
+        for name, checksum in zip(names, sums):
+            if checksum != files[name][ALGORITHM]:
+                raise CheckpointError(f"{os.path.join(folder, name)}: checksum mismatch (checkpoint damaged)")
     return checked
 
 
