@@ -18,10 +18,13 @@ for a function-preserving method (msg, clone) a difference above --tolerance exi
 files are removed (nothing at --save). See flm_ext/growth/offline.py and flm_ext/growth/verify.py.
 """
 import argparse
+import gc
+import os
 import sys
 
-from flm_ext import quiet_megatron_import_warnings
-from flm_ext.fileio import stop_cleanly_on_sigterm
+gc.disable()  # importing torch and its checkpoint package makes ~400k objects: no collections meanwhile
+from flm_ext import quiet_megatron_import_warnings  # noqa: E402
+from flm_ext.fileio import stop_cleanly_on_sigterm  # noqa: E402
 
 quiet_megatron_import_warnings()
 from flm_ext.config import ConfigError, FLMConfig  # noqa: E402
@@ -30,6 +33,9 @@ from flm_ext.growth.methods import get_method  # noqa: E402
 from flm_ext.growth.offline import GrowCheckpointError, grow_checkpoint  # noqa: E402
 from flm_ext.growth.operators import GrowthError  # noqa: E402
 from flm_ext.growth.options import GROWN_SIZES, GrowArgs  # noqa: E402
+
+gc.freeze()  # the imported objects are never traversed again
+gc.enable()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
