@@ -38,7 +38,6 @@ def main() -> None:
     cfg, model, optimizer, step = model_with_adam_state(args, seq_length=64)
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
-    extra = training_io.common_extra(cfg, 0, optimizer)
     sync_saver = CheckpointSaver(async_save=False, fully_parallel=False)
     async_saver = CheckpointSaver(async_save=True, fully_parallel=False)
     rows = {"sync": [], "async_call": [], "async_publish": [], "async_blocked": [], "async_until_latest": [],
@@ -52,11 +51,13 @@ def main() -> None:
             rows["step_alone"].append(statistics.median(step() for _ in range(3)))
             if variant == "sync":
                 t = time.perf_counter()
-                folder = sync_saver.save(root, iteration, model, optimizer, None, extra=extra, keep=1)
+                folder = sync_saver.save(root, iteration, model, optimizer, None, keep=1,
+                                         record=training_io.trainer_record(iteration, cfg, 0, optimizer))
                 rows["sync"].append(time.perf_counter() - t)
             else:
                 t0 = time.perf_counter()
-                folder = async_saver.save(root, iteration, model, optimizer, None, extra=extra, keep=1)
+                folder = async_saver.save(root, iteration, model, optimizer, None, keep=1,
+                                          record=training_io.trainer_record(iteration, cfg, 0, optimizer))
                 call = time.perf_counter() - t0
                 steps, publish = [], 0.0
                 while True:

@@ -37,14 +37,14 @@ def main() -> None:
     root = os.path.join(args.workdir, "ckpt")
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
-    extra = training_io.common_extra(cfg, 0, optimizer)
 
     times = {k: [] for k in ("save_plain", "save_manifest", "load_plain", "load_verified", "checksums")}
     size = 0
     for r in range(args.repeats):
         plain = os.path.join(args.workdir, f"plain_{r}")
         os.makedirs(plain)
-        state = training_io._sharded_state(model, optimizer, None, is_loading=False, extra={"iteration": r, **extra})
+        record = training_io.trainer_record(r, cfg, 0, optimizer)
+        state = training_io.sharded_save_state(r, model, optimizer, None, record)
         t = time.perf_counter()
         dist_checkpointing.save(state, plain)
         times["save_plain"].append(time.perf_counter() - t)
@@ -52,7 +52,8 @@ def main() -> None:
         describe_files(plain, sorted(os.listdir(plain)))  # what the manifest adds to a save
         times["save_manifest"].append(times["save_plain"][-1] + time.perf_counter() - t)
         shutil.rmtree(plain)
-        folder = training_io.save_checkpoint(root, r + 1, model, optimizer, None, extra=extra, keep=1)
+        folder = training_io.save_checkpoint(root, r + 1, model, optimizer, None, keep=1,
+                                             record=training_io.trainer_record(r + 1, cfg, 0, optimizer))
         size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder))
         for verify in (False, True) if r % 2 == 0 else (True, False):
             t = time.perf_counter()

@@ -28,10 +28,10 @@ def train_tokenizer(out_dir: str) -> str:
 def save_checkpoint_worker(rank: int, world_size: int, out_dir: str, tp: int, pp: int, vocab: int) -> None:
     from flm_ext.model.flm_model import build_model_chunks
     from flm_ext.runtime import initialize_distributed
-    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import save_checkpoint, trainer_record
 
     parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     initialize_distributed(parallel, seed=1234)
     config = FLMConfig(vocab_size=vocab, **CONFIG)
     chunks = build_model_chunks(config, parallel)
-    save_checkpoint(os.path.join(out_dir, "ckpt"), 1, chunks, None, None, extra=common_extra(config, 0))
+    save_checkpoint(os.path.join(out_dir, "ckpt"), 1, chunks, None, None, record=trainer_record(1, config, 0))

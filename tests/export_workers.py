@@ -41,25 +41,26 @@ def save_layouts(rank, world_size, out_dir):
     from megatron.core import parallel_state
 
     from flm_ext.runtime import initialize_distributed
-    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import save_checkpoint, trainer_record
 
     for index, (name, (cfg, layout)) in enumerate(LAYOUTS.items()):
         if index:
             parallel_state.destroy_model_parallel()
         initialize_distributed(dataclasses.replace(layout, world_size=world_size), seed=7 + index)
         chunks = perturbed_chunks(cfg, layout, seed=index)
-        save_checkpoint(os.path.join(out_dir, name), 5, chunks, None, None, extra=common_extra(cfg, 0))
+        save_checkpoint(os.path.join(out_dir, name), 5, chunks, None, None, record=trainer_record(5, cfg, 0))
 
 
 def save_ramp(root: str) -> None:
     """A TP=1 checkpoint of GROWN inside its growth ramp (in this process's TP=PP=1 megatron state)."""
     from flm_ext.growth.state import AxisChange, GrowthState
-    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import save_checkpoint, trainer_record
 
     state = GrowthState((AxisChange("hidden", 32, 48), AxisChange("heads", 4, 6, unit=3 * 8), AxisChange("ffn", 64, 96),
                          AxisChange("layers", 2, 3, positions=(1,))), RAMP["ramp_steps"], RAMP["start_iteration"])
     chunks = perturbed_chunks(GROWN, ParallelConfig(), seed=3)
-    save_checkpoint(root, RAMP["iteration"], chunks, None, None, extra=common_extra(GROWN, 0, flm_extra={"growth": state.to_dict()}))
+    save_checkpoint(root, RAMP["iteration"], chunks, None, None,
+                    record=trainer_record(RAMP["iteration"], GROWN, 0, growth=state.to_dict()))
 
 
 def tp_plan_logits(rank, world_size, out_dir, folder):

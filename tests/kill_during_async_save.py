@@ -23,7 +23,7 @@ def main(root: str) -> None:
     initialize_distributed(ParallelConfig(), seed=7, rank=0, world_size=1)
     model, optimizer = build()
     saver = async_save.CheckpointSaver(async_save=True, fully_parallel=False)
-    saver.save(root, 1, model, optimizer, None, extra=training_io.common_extra(CFG, 8), keep=None)
+    saver.save(root, 1, model, optimizer, None, record=training_io.trainer_record(1, CFG, 8), keep=None)
     assert saver.finalize(blocking=True) == [f"{root}/iter_0000001"]
     remember_weights_then_change_them(model, root)
     real_side_file = async_save._write_side_file
@@ -34,7 +34,7 @@ def main(root: str) -> None:
         real_side_file(partial, rank)
 
     async_save._write_side_file = hang_after_writing
-    saver.save(root, 2, model, optimizer, None, extra=training_io.common_extra(CFG, 16), keep=None)
+    saver.save(root, 2, model, optimizer, None, record=training_io.trainer_record(2, CFG, 16), keep=None)
     while not os.path.exists(os.path.join(root, "writer_hanging")):
         time.sleep(0.05)
     print("async save 2 in flight", flush=True)

@@ -42,8 +42,8 @@ def check_iteration_1_loads(root) -> None:
     with torch.no_grad():
         for p in model[0].parameters():
             p.add_(5.0)  # whatever the fresh weights were, only the load can bring back iteration 1's
-    common = training_io.load_checkpoint(str(root), model, optimizer, None)
-    assert common["iteration"] == 1 and common["consumed_train_samples"] == 8, common
+    record = training_io.load_checkpoint(str(root), model, optimizer, None).record
+    assert record.iteration == 1 and record.consumed_train_samples == 8, record
     want = torch.load(f"{root}/weights_at_1.pt")
     got = model[0].module.state_dict()
     assert want and all(torch.equal(got[name], tensor) for name, tensor in want.items())
@@ -52,7 +52,7 @@ def check_iteration_1_loads(root) -> None:
 def main(root: str) -> None:
     initialize_distributed(ParallelConfig(), seed=7, rank=0, world_size=1)
     model, optimizer = build()
-    training_io.save_checkpoint(root, 1, model, optimizer, None, extra=training_io.common_extra(CFG, 8))
+    training_io.save_checkpoint(root, 1, model, optimizer, None, record=training_io.trainer_record(1, CFG, 8))
     remember_weights_then_change_them(model, root)
     real_save = training_io.dist_checkpointing.save
 
@@ -62,7 +62,7 @@ def main(root: str) -> None:
         time.sleep(600)
 
     training_io.dist_checkpointing.save = save_then_hang
-    training_io.save_checkpoint(root, 2, model, optimizer, None, extra=training_io.common_extra(CFG, 16))
+    training_io.save_checkpoint(root, 2, model, optimizer, None, record=training_io.trainer_record(2, CFG, 16))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def export(tmp_path_factory, megatron_single_process) -> Path:
     from flm_ext.data.train_bpe import train_bpe
     from flm_ext.export import open_for_export
     from flm_ext.export.export import export_checkpoint
-    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import save_checkpoint, trainer_record
 
     d = tmp_path_factory.mktemp("faults_export")
     with open(d / "text.jsonl", "w", encoding="utf-8") as f:
@@ -45,7 +45,7 @@ def export(tmp_path_factory, megatron_single_process) -> Path:
                     + "\n")
     bpe = train_bpe([str(d / "text.jsonl")], str(d / "bpe.json"), vocab_size=300, min_frequency=1)
     chunks = export_workers.perturbed_chunks(export_workers.BASE, ParallelConfig(), seed=5)
-    save_checkpoint(str(d / "ckpt"), 2, chunks, None, None, extra=common_extra(export_workers.BASE, 0))
+    save_checkpoint(str(d / "ckpt"), 2, chunks, None, None, record=trainer_record(2, export_workers.BASE, 0))
     export_checkpoint(open_for_export(str(d / "ckpt")), str(d / "hf"),
                       build_tokenizer("HuggingFaceTokenizer", tokenizer_model=bpe), tokenizer_model=bpe,
                       log=lambda m: None)

@@ -39,9 +39,15 @@ def _logits(model, cfg):
 
 def test_registry_lists_the_operators_and_reads_a_checkpoints_record():
     assert set(method_names()) >= {"msg", "stack", "clone", "random"}
-    assert method_of({"flm": {}}) is None
-    assert method_of({"flm": {"grown_from": {"path": "x"}}}).name == "msg"  # older records: MSG
-    clone = method_of({"flm": {"grown_from": get_method("clone", clone_noise=0.5).record()}})
+    from flm_ext.checkpoint import CheckpointRecord
+
+    def record(**fields):
+        return CheckpointRecord(iteration=0, model_config=FLMConfig(num_layers=2, hidden_size=32, num_attention_heads=2,
+                                                                    seq_length=16, vocab_size=128), **fields)
+
+    assert method_of(record()) is None
+    assert method_of(record(grown_from={"path": "x"})).name == "msg"  # older records: MSG
+    clone = method_of(record(grown_from=get_method("clone", clone_noise=0.5).record()))
     assert clone.name == "clone" and clone.settings["clone_noise"] == 0.5
 
 

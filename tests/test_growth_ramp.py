@@ -6,18 +6,24 @@ import re
 
 import pytest
 
+from flm_ext.checkpoint import CheckpointRecord
+from flm_ext.config import FLMConfig
 from flm_ext.growth.state import AxisChange, GrowthState
 from flm_ext.growth.ramp import GrowthRamp
 
 
-def grown_common(ramp_steps: int, start_iteration: int = 0) -> dict:
-    """The common state of a depth-grown checkpoint (4 -> 8 layers), as the growth tool records it."""
+MODEL = FLMConfig(num_layers=8, hidden_size=128, num_attention_heads=8, seq_length=64, vocab_size=1024)
+
+
+def grown_common(ramp_steps: int, start_iteration: int = 0) -> CheckpointRecord:
+    """The record of a depth-grown checkpoint (4 -> 8 layers), as the growth tool writes it."""
     state = GrowthState((AxisChange("layers", 4, 8, positions=(4, 5, 6, 7)),), ramp_steps, start_iteration)
-    return {"iteration": start_iteration, "flm": {"growth": state.to_dict()}}
+    return CheckpointRecord(iteration=start_iteration, model_config=MODEL, growth=state.to_dict())
 
 
-def load(capsys, common: dict, *, train_iters: int, restart: bool, override: int | None = None) -> list[str]:
-    GrowthRamp(override).on_load(common, restart=restart, train_iters=train_iters)
+def load(capsys, record: CheckpointRecord, *, train_iters: int, restart: bool, override: int | None = None
+         ) -> list[str]:
+    GrowthRamp(override).on_load(record, restart=restart, train_iters=train_iters)
     return [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
 
 
@@ -45,15 +51,15 @@ def test_a_ramp_within_the_stage_does_not_warn(capsys, ramp, stage, override):
 
 
 def test_a_checkpoint_without_growth_does_not_warn(capsys):
-    assert load(capsys, {"iteration": 5, "flm": {}}, train_iters=1, restart=True) == []
+    assert load(capsys, CheckpointRecord(iteration=5, model_config=MODEL), train_iters=1, restart=True) == []
 
 
 def test_a_malformed_growth_record_is_a_checkpoint_error():
     """pretrain_flm.py prints a CheckpointError as one line (exit 2); a GrowthError would be a traceback."""
     from flm_ext.checkpoint import CheckpointError
 
-    common = grown_common(100)
-    common["flm"]["growth"]["changes"][0]["positions"] = [4, 5, 6, 9]
+    record = grown_common(100)
+    record.growth["changes"][0]["positions"] = [4, 5, 6, 9]
     with pytest.raises(CheckpointError, match=r"growth record \(flm.growth\): layers: positions=\[4, 5, 6, 9\] must "
                                               r"be 4 distinct indices below new=8"):
-        GrowthRamp().on_load(common, restart=True, train_iters=200)
+        GrowthRamp().on_load(record, restart=True, train_iters=200)

@@ -88,11 +88,11 @@ def checkpoint(files, megatron_single_process):
     from export_workers import perturbed_chunks
 
     from flm_ext.config import ParallelConfig
-    from flm_ext.checkpoint.training_io import common_extra, save_checkpoint
+    from flm_ext.checkpoint.training_io import save_checkpoint, trainer_record
 
     path = str(files["root"] / "ckpt")
     save_checkpoint(path, 3, perturbed_chunks(CFG, ParallelConfig(), seed=11), None, None,
-                    extra=common_extra(CFG, 0))
+                    record=trainer_record(3, CFG, 0))
     return path
 
 

@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from flm_ext.processes import die_with_parent, forked_children_die_with_parent
 from flm_ext.checkpoint import training_io
+from flm_ext.checkpoint.record import CheckpointRecord
 
 CHECKSUM_SIDE_FILE = ".flm_files_{rank}.json"  # written by a rank's writer child, read and removed at publish
 
@@ -83,7 +84,7 @@ class CheckpointSaver:
             self._strategy = strategy
         return self._strategy
 
-    def save(self, root: str, iteration: int, chunks, optimizer, scheduler, *, extra: dict,
+    def save(self, root: str, iteration: int, chunks, optimizer, scheduler, *, record: CheckpointRecord,
              keep: int | None, discard_newer: bool = False) -> str:
         """Save `iteration`; returns its final folder. Async: returns once the writer runs; the folder
         becomes the latest when `finalize` publishes it. Waits for a save still in flight first."""
@@ -91,13 +92,12 @@ class CheckpointSaver:
             writer_processes_die_with_trainer()
             self._guard_writers = False
         if not self.async_save:
-            return training_io.save_checkpoint(root, iteration, chunks, optimizer, scheduler, extra=extra,
+            return training_io.save_checkpoint(root, iteration, chunks, optimizer, scheduler, record=record,
                                                keep=keep, sharded_strategy=self.strategy(),
                                                discard_newer=discard_newer)
         self.finalize(blocking=True)
+        state = training_io.sharded_save_state(iteration, chunks, optimizer, scheduler, record)
         final, partial = training_io.begin_save(root, iteration)
-        state = training_io._sharded_state(chunks, optimizer, scheduler, is_loading=False,
-                                           extra={"iteration": iteration, **extra})
         error = request = None
         try:
             request = dist_checkpointing.save(state, partial, sharded_strategy=self.strategy(),

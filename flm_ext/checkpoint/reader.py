@@ -1,8 +1,8 @@
 """Reading a checkpoint without a model or a process group: verified, safe, any saved TP/PP.
 
 `open_checkpoint(path)` resolves a run root or an `iter_N` folder, verifies it (manifest checksums,
-metadata and common state read without running code) and returns a `Checkpoint`: its iteration,
-common state, the `FLMConfig` it stores, its growth record, and a `CheckpointReader` that reads any
+metadata and common state read without running code) and returns a `Checkpoint`: its record
+(record.py: iteration, the `FLMConfig` it stores, growth...), and a `CheckpointReader` that reads any
 global slice of any tensor. torch.distributed.checkpoint's own resharding
 (`create_read_items_for_chunk_list`) maps a requested slice onto the stored chunks, whatever TP/PP
 wrote them, so growth, evaluation and export read one layer or one tensor at a time.
@@ -22,8 +22,9 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from flm_ext.checkpoint import integrity
 from flm_ext.checkpoint.layout import CheckpointError, resolve
+from flm_ext.checkpoint.record import CheckpointRecord, read_record
 from flm_ext.checkpoint.records import stored_head
-from flm_ext.config import ConfigError, FLMConfig, validate
+from flm_ext.config import FLMConfig
 
 
 class _SliceLoader(LoadPlanner):
@@ -174,58 +175,26 @@ def verify_checkpoint(folder: str, *, part: int = 0, parts: int = 1, checksums: 
     return checked
 
 
-def config_from_common(common: dict, where: str) -> FLMConfig:
-    """The FLMConfig a checkpoint stores (fields this version does not know are refused by name)."""
-    try:
-        fields = dict(common["flm"]["model_config"])
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{where}: no flm.model_config in the checkpoint (not written by this project's "
-                              f"trainer or tools)") from None
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(FLMConfig)})
-    if unknown:
-        raise CheckpointError(f"{where}: model config has fields this version does not know: {unknown}")
-    try:
-        config = FLMConfig(**fields)
-        validate(config)
-    except (TypeError, ConfigError) as e:
-        raise CheckpointError(f"{where}: unusable model config ({e})") from None
-    return config
-
-
-def tokenizer_record(tokenizer, tokenizer_type: str | None) -> dict:
-    """What the trainer stores about its tokenizer, so tools can refuse another one."""
-    return {"type": tokenizer_type, "name": tokenizer.name, "vocab_size": tokenizer.vocab_size,
-            "fingerprint": tokenizer.vocab_fingerprint}
-
-
-def check_tokenizer(common: dict, tokenizer, where: str) -> None:
-    """Refuse a tokenizer other than the one the checkpoint was trained with: the same vocabulary
-    size is not enough (another BPE of that size gives plausible but meaningless perplexities).
-    Checkpoints that predate the record are not checked."""
-    saved = common.get("flm", {}).get("tokenizer")
-    if not saved or saved.get("fingerprint") == tokenizer.vocab_fingerprint:
-        return
-    raise CheckpointError(f"{where} was trained with another tokenizer ({saved.get('type') or saved.get('name')}, "
-                          f"{saved.get('vocab_size')} tokens, vocabulary {str(saved.get('fingerprint'))[:12]}) than the "
-                          f"one given ({tokenizer.name}, {tokenizer.vocab_size} tokens, vocabulary "
-                          f"{tokenizer.vocab_fingerprint[:12]}): pass the training run's --tokenizer-type / "
-                          f"--tokenizer-model / --vocab-file")
-
-
 @dataclasses.dataclass
 class Checkpoint:
     """One verified iteration folder, read lazily through `reader`."""
 
     folder: str
-    iteration: int
-    common: dict
-    config: FLMConfig
+    record: CheckpointRecord  # everything common.pt stores (record.py)
     reader: CheckpointReader
+
+    @property
+    def iteration(self) -> int:
+        return self.record.iteration
+
+    @property
+    def config(self) -> FLMConfig:
+        return self.record.model_config
 
     @property
     def growth_record(self) -> dict | None:
         """The MSG growth record (masks still ramping), or None."""
-        return self.common.get("flm", {}).get("growth") or None
+        return self.record.growth or None
 
 
 def open_checkpoint(path: str, iteration: int | None = None, *, verify: bool = True) -> Checkpoint:
@@ -237,7 +206,7 @@ def open_checkpoint(path: str, iteration: int | None = None, *, verify: bool = T
                   f"its files cannot be checksum-verified", file=sys.stderr, flush=True)
         integrity.verify_files(folder)  # first: nothing is unpickled from a damaged file
     reader = CheckpointReader(folder)  # .metadata through the restricted unpickler
-    common = integrity.load_common(folder)  # weights_only
+    record = read_record(folder)  # weights_only
     if verify:
         check_objects(reader)
-    return Checkpoint(folder, it, common, config_from_common(common, folder), reader)
+    return Checkpoint(folder, record.replace(iteration=it), reader)

@@ -9,7 +9,8 @@ model config and the tokenizer record:
   newest checkpoint whose weights were still healthy, instead of advising to resume weights that
   already diverge.
 
-Both are plain data (ints, floats, strings), read by `from_common` without building anything.
+Both are plain data (ints, floats, strings); the checkpoint record (record.py) stores them with
+`to_dict` and reads them with `from_dict`, which raises ValueError naming a bad entry.
 """
 from __future__ import annotations
 
@@ -36,18 +37,27 @@ class RunContract:
     lr_decay_samples: int  # resolved: the train samples when --lr-decay-samples is not given
     lr_decay_style: str
 
-    KEY = "run"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_common(cls, common: dict) -> RunContract | None:
-        """The record of a checkpoint, or None for checkpoints written before it (or by tools)."""
-        record = common.get("flm", {}).get(cls.KEY)
-        if not isinstance(record, dict) or any(f.name not in record for f in fields(cls)):
-            return None
+    def from_dict(cls, record) -> RunContract:
+        if not isinstance(record, dict):
+            raise ValueError(f"expected a dict, found {type(record).__name__}")
+        for f in fields(cls):
+            if f.name not in record:
+                raise ValueError(f"lacks {f.name!r}")
+            if not _is(record[f.name], f.type):
+                raise ValueError(f"{f.name} {record[f.name]!r} is not {f.type}")
         return cls(**{f.name: record[f.name] for f in fields(cls)})
+
+
+def _is(value, type_name: str) -> bool:
+    """Whether a stored value is of a field's type (`from __future__ import annotations`: a name)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, {"int": int, "float": (int, float), "str": str}[type_name])
 
 
 @dataclass
@@ -72,7 +82,6 @@ class LossLedger:
     saves: dict[int, SavedLoss] = field(default_factory=dict)
     best: float | None = None  # the lowest finite training loss so far
 
-    KEY = "health"
 
     def saved(self, iteration: int) -> None:
         """A checkpoint of `iteration` was written (or loaded): its loss comes with the next step
@@ -98,9 +107,11 @@ class LossLedger:
         return {"saves": {n: asdict(s) for n, s in self.saves.items()}, "best": self.best}
 
     @classmethod
-    def from_common(cls, common: dict) -> LossLedger:
-        record = common.get("flm", {}).get(cls.KEY)
+    def from_dict(cls, record) -> LossLedger:
         if not isinstance(record, dict):
-            return cls()
-        saves = {int(n): SavedLoss(**s) for n, s in (record.get("saves") or {}).items()}
+            raise ValueError(f"expected a dict, found {type(record).__name__}")
+        try:
+            saves = {int(n): SavedLoss(**s) for n, s in (record.get("saves") or {}).items()}
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"saves: {e}") from None
         return cls(saves, record.get("best"))

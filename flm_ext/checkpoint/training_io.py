@@ -10,16 +10,16 @@ and never unpickles anything but plain data.
 
 Contents: the model (megatron's sharded state dict: loads at any TP/PP), the optimizer
 (`fully_reshardable` for the distributed optimizer, so it also reshards), the LR scheduler,
-per-rank RNG states (restored when the layout is unchanged), the iteration and data position,
-and an `flm` dict (model config, optimizer kind, anything the training hooks record, e.g. a
-growth ramp) that tools read without building a model.
+per-rank RNG states (restored when the layout is unchanged), and the `CheckpointRecord`
+(record.py: iteration, data position, model config, optimizer kind, anything the training hooks
+record, e.g. a growth ramp) that tools read without building a model.
 """
 from __future__ import annotations
 
 import os
 import random
 import shutil
-from dataclasses import asdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,10 +28,11 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-from flm_ext.checkpoint import (CheckpointError, CheckpointReader, iteration_dir, iterations_present, load_common,
-                                resolve, verify_checkpoint, write_latest)
+from flm_ext.checkpoint import (CheckpointError, CheckpointReader, iteration_dir, iterations_present, resolve,
+                                verify_checkpoint, write_latest)
 from flm_ext.checkpoint.integrity import describe_files, write_manifest
 from flm_ext.checkpoint.model_state import apply_model_state, load_sharded, model_sharded_state
+from flm_ext.checkpoint.record import CheckpointRecord, read_record
 from flm_ext.model.flm_model import unwrap
 
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -94,9 +95,11 @@ def weights_finite(chunks) -> bool:
     return not bool(flag.item())
 
 
-def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, extra: dict, keep: int | None = None,
-                    sharded_strategy=None, discard_newer: bool = False) -> str:
+def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, record: CheckpointRecord,
+                    keep: int | None = None, sharded_strategy=None, discard_newer: bool = False) -> str:
     """Save a complete checkpoint for `iteration` and make it the latest; returns its folder.
+
+    `record`: what common.pt stores (`trainer_record`); its iteration must be `iteration`.
 
     `discard_newer`: remove the iterations newer than this one once it is complete (a run resumed
     from an older iteration that was told to replace them). Otherwise they are never touched.
@@ -105,8 +108,8 @@ def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, 
     is removed and the previous checkpoint stays the latest. `sharded_strategy`: megatron's save
     strategy (default torch_dist; flm_ext.training.async_save wraps it for fully parallel saves).
     """
+    state = sharded_save_state(iteration, chunks, optimizer, scheduler, record)
     final, partial = begin_save(root, iteration)
-    state = _sharded_state(chunks, optimizer, scheduler, is_loading=False, extra={"iteration": iteration, **extra})
     error = files = None
     try:
         dist_checkpointing.save(state, partial, validate_access_integrity=True, sharded_strategy=sharded_strategy)
@@ -115,6 +118,13 @@ def save_checkpoint(root: str, iteration: int, chunks, optimizer, scheduler, *, 
         error = save_error(partial, e)
     publish_save(root, iteration, files, error, keep, discard_newer=discard_newer)
     return final
+
+
+def sharded_save_state(iteration: int, chunks, optimizer, scheduler, record: CheckpointRecord) -> dict:
+    """What megatron's save writes: the sharded model/optimizer/RNG state and the record (common.pt)."""
+    if record.iteration != iteration:
+        raise ValueError(f"saving iteration {iteration} with the record of iteration {record.iteration}")
+    return _sharded_state(chunks, optimizer, scheduler, is_loading=False, extra=record.to_dict())
 
 
 def begin_save(root: str, iteration: int) -> tuple[str, str]:
@@ -225,8 +235,8 @@ def verify_for_load(folder: str, *, checksums: bool = True) -> None:
         raise CheckpointError(message)
 
 
-def _check_optimizer_kind(common: dict, optimizer, folder: str) -> None:
-    saved = common.get("flm", {}).get("optimizer", {}).get("distributed")
+def _check_optimizer_kind(record: CheckpointRecord, optimizer, folder: str) -> None:
+    saved = record.distributed_optimizer
     current = _is_distributed(optimizer)
     if saved is not None and saved != current:
         flag = "with" if saved else "without"
@@ -240,17 +250,28 @@ def _is_distributed(optimizer) -> bool:
     return any(isinstance(o, DistributedOptimizer) for o in getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What `load_checkpoint` loaded: the checkpoint's record, and whether Adam's state and the LR
+    schedule were restored."""
+
+    folder: str
+    record: CheckpointRecord
+    loaded_optimizer: bool
+    loaded_scheduler: bool
+
+
 def load_checkpoint(path: str, chunks, optimizer, scheduler, *, iteration: int | None = None,
-                    load_optimizer: bool = True, load_scheduler: bool = True, verify: bool = True) -> dict:
+                    load_optimizer: bool = True, load_scheduler: bool = True, verify: bool = True
+                    ) -> LoadedCheckpoint:
     """Load weights (and optimizer, scheduler, RNG when present and applicable) into a built model.
 
-    Returns the checkpoint's common state (iteration, data position, flm dict, ...). The scheduler
-    is restored even without the optimizer (the LR schedule keeps its position); RNG states only
-    if the checkpoint was written with the same TP x PP layout.
+    The scheduler is restored even without the optimizer (the LR schedule keeps its position); RNG
+    states only if the checkpoint was written with the same TP x PP layout.
     """
     folder, iteration = resolve(path, iteration)
     verify_for_load(folder, checksums=verify)
-    common = load_common(folder)
+    record = read_record(folder).replace(iteration=iteration)
     rank0 = dist.get_rank() == 0
     if load_optimizer and optimizer is not None and not has_optimizer_state(folder):
         if rank0:
@@ -258,9 +279,9 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, iteration: int |
                   f"Adam's moments start from zero", flush=True)
         load_optimizer = False
     if load_optimizer and optimizer is not None:
-        _check_optimizer_kind(common, optimizer, folder)
-    same_layout = common.get("parallel_layout") == _layout()
-    load_scheduler = load_scheduler and scheduler is not None and "opt_param_scheduler" in common
+        _check_optimizer_kind(record, optimizer, folder)
+    same_layout = record.parallel_layout == _layout()
+    load_scheduler = load_scheduler and scheduler is not None and record.scheduler_state is not None
     if load_optimizer and optimizer is not None:
         patch_distributed_optimizer_step_load()
         materialize_adam_state(optimizer)
@@ -275,14 +296,11 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, iteration: int |
         for group, values in zip(optimizer.param_groups, configured):
             group.update(values)
     if load_scheduler:
-        scheduler.load_state_dict(common["opt_param_scheduler"])
+        scheduler.load_state_dict(record.scheduler_state)
     if same_layout and "rng_state" in loaded:
         rng = loaded["rng_state"]
         _set_rng_state(rng[0] if isinstance(rng, list) else rng)
-    common["iteration"] = iteration
-    common["loaded_optimizer"] = bool(load_optimizer and optimizer is not None)
-    common["loaded_scheduler"] = load_scheduler
-    return common
+    return LoadedCheckpoint(folder, record, bool(load_optimizer and optimizer is not None), load_scheduler)
 
 
 _GROUP_HYPERPARAMETERS = ("max_lr", "min_lr", "wd_mult", "lr_mult")
@@ -373,15 +391,16 @@ def untie_adam_steps(optimizer) -> int:
     return fixed
 
 
-def _layout() -> list[int]:
-    return [parallel_state.get_tensor_model_parallel_world_size(),
-            parallel_state.get_pipeline_model_parallel_world_size()]
+def _layout() -> tuple[int, int]:
+    return (parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size())
 
 
-def common_extra(model_config, consumed_train_samples: int, optimizer=None, flm_extra: dict | None = None) -> dict:
-    """The plain-data part of a checkpoint (saved once, by rank 0): data position, layout, the model
-    config, the optimizer kind and whatever the training hooks record (e.g. a growth ramp)."""
-    flm = {"model_config": asdict(model_config), **(flm_extra or {})}
-    if optimizer is not None:
-        flm["optimizer"] = {"distributed": _is_distributed(optimizer)}
-    return {"consumed_train_samples": consumed_train_samples, "parallel_layout": _layout(), "flm": flm}
+def trainer_record(iteration: int, model_config, consumed_train_samples: int, optimizer=None,
+                   **fields) -> CheckpointRecord:
+    """The record of a training checkpoint: data position, this run's TP x PP layout, the model
+    config, the optimizer kind, and `fields` (tokenizer, run contract, what the hooks record...)."""
+    return CheckpointRecord(iteration=iteration, model_config=model_config,
+                            consumed_train_samples=consumed_train_samples, parallel_layout=_layout(),
+                            distributed_optimizer=None if optimizer is None else _is_distributed(optimizer),
+                            **fields)

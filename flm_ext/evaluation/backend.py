@@ -126,8 +126,8 @@ class FLMLM(TemplateLM):
             from flm_ext.checkpoint import check_tokenizer
 
             tokenizer = build_tokenizer(tokenizer_type, vocab_file, merge_file, tokenizer_model)
-            model, config, common = load_model(load)
-            check_tokenizer(common, tokenizer, load)
+            model, config, record = load_model(load)
+            check_tokenizer(record, tokenizer, load)
         if device:
             model = model.to(device)
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config

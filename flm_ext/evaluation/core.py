@@ -30,7 +30,7 @@ from flm_ext.data import special_tokens
 
 
 def load_model(path: str, iteration: int | None = None):
-    """(model, FLMConfig, common state) from a verified checkpoint (any saved TP/PP), built at
+    """(model, FLMConfig, CheckpointRecord) from a verified checkpoint (any saved TP/PP), built at
     TP=PP=1 in this process, growth masks applied at the checkpoint's iteration."""
     from flm_ext.checkpoint import open_checkpoint
     from flm_ext.checkpoint.model_state import load_model_weights
@@ -42,14 +42,13 @@ def load_model(path: str, iteration: int | None = None):
     init_single_process(seed=0)
     chunks = build_model_chunks(ckpt.config, ParallelConfig())
     load_model_weights(ckpt.folder, chunks)
-    common = dict(ckpt.common, iteration=ckpt.iteration)
     if ckpt.growth_record:
         state = GrowthState.from_dict(ckpt.growth_record)
         lam = state.lambda_at(ckpt.iteration)
         if lam < 1.0:
             attach_growth(chunks, state, lam)
     model = chunks[0].to(device()).eval()
-    return model, ckpt.config, common
+    return model, ckpt.config, ckpt.record
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -169,9 +168,9 @@ def evaluate(path: str, tokenizer, language_files: dict[str, str], teacher_file:
              max_teacher_samples: int = 1000) -> dict:
     from flm_ext.checkpoint import check_tokenizer
 
-    model, config, common = load_model(path)
-    check_tokenizer(common, tokenizer, path)
-    result = {"checkpoint": path, "iteration": common["iteration"], "model": describe(config),
+    model, config, record = load_model(path)
+    check_tokenizer(record, tokenizer, path)
+    result = {"checkpoint": path, "iteration": record.iteration, "model": describe(config),
               "languages": {lang: language_loss(model, config, tokenizer, file)
                             for lang, file in language_files.items()}}
     if teacher_file:

@@ -97,10 +97,10 @@ def evaluate_checkpoint(load: str, tokenizer, names: list[str], *, valid_files: 
     if other:  # an unknown lm-eval task name stops here, before the checkpoint is loaded
         harness.task_manager(other, list(include_paths))
     progress = Progress(_stages(names), "evaluate", unit="stages", interval=0.0)
-    model, config, common = load_model(load)
-    check_tokenizer(common, tokenizer, load)
-    progress.update(1, f"loaded {load} (iteration {common['iteration']})")
-    result = {"checkpoint": load, "iteration": common["iteration"], "model": describe(config)}
+    model, config, record = load_model(load)
+    check_tokenizer(record, tokenizer, load)
+    progress.update(1, f"loaded {load} (iteration {record.iteration})")
+    result = {"checkpoint": load, "iteration": record.iteration, "model": describe(config)}
     if blockwise_block is not None:
         from flm_ext.model.blockwise import default_block, set_blockwise_attention
 

@@ -115,7 +115,7 @@ def export_checkpoint(ckpt, save: str, tokenizer, *, tokenizer_model: str | None
     from flm_ext.checkpoint import CheckpointError, check_tokenizer
 
     try:
-        check_tokenizer(ckpt.common, tokenizer, ckpt.folder)
+        check_tokenizer(ckpt.record, tokenizer, ckpt.folder)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
     cfg = ckpt.config

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -261,7 +260,7 @@ def _plan(cfg: FLMConfig, tensors: _Tensors):
 
 def import_hf(load: str, save: str, *, log: Callable[[str], None] = print) -> str:
     """Write the checkpoint root `save` from the export at `load`; returns its iteration folder."""
-    from flm_ext.checkpoint import finish_iteration_folder, iteration_dir, write_chunks, write_latest
+    from flm_ext.checkpoint import CheckpointRecord, finish_iteration_folder, iteration_dir, write_chunks, write_latest
     from flm_ext.progress import Progress
 
     save = os.path.normpath(save)
@@ -278,13 +277,12 @@ def import_hf(load: str, save: str, *, log: Callable[[str], None] = print) -> st
     total = sum(c.nbytes for c in chunks)
     log(f"import: {load} -> {save} (iteration {iteration}): {len(chunks)} chunks, {total / 2 ** 30:.2f} GiB")
     progress = Progress(total, "import", unit="B", emit=log)
-    common = {"iteration": iteration, "consumed_train_samples": 0, "parallel_layout": None,
-              "flm": {"model_config": asdict(cfg), "imported_from": "transformers"}}
+    record = CheckpointRecord(iteration=iteration, model_config=cfg, imported_from="transformers")
     with building(save) as partial:
         folder = iteration_dir(partial, iteration)
         os.makedirs(folder)
         write_chunks(folder, chunks, produce, on_chunk=lambda c: progress.update(c.nbytes, c.key))
-        finish_iteration_folder(folder, common)
+        finish_iteration_folder(folder, record)
         write_latest(partial, iteration)
     log(f"import: wrote {save} in {progress.elapsed:.1f}s")
     return iteration_dir(save, iteration)

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from typing import Callable
 
 
-from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, CheckpointError, CheckpointReader, Chunk,
+from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, CheckpointError, CheckpointReader, CheckpointRecord, Chunk,
                                 finish_iteration_folder, iteration_dir, open_checkpoint, write_chunks, write_latest)
 from flm_ext.checkpoint.writer import keep_freed_memory
 from flm_ext.fileio import building
@@ -130,26 +130,20 @@ def _check_backend(folder: str, load: str) -> None:
         raise GrowCheckpointError(f"--load {load}: sharded backend {backend!r} is not torch_dist")
 
 
-def grown_common(common: dict, plan: GrowthPlan, ramp_steps: int, iteration: int, source: str,
-                 method: GrowthMethod | None = None) -> dict:
-    """The new checkpoint's non-tensor part: the old one's training position, optimizer hyper-parameters
-    and LR schedule, the new config, the growth record (`flm.grown_from`: method and knobs; the MSG
-    mask record `flm.growth` only for a method with masks); no parallel layout (so no RNG restore)."""
+def grown_record(record: CheckpointRecord, plan: GrowthPlan, ramp_steps: int, iteration: int, source: str,
+                 method: GrowthMethod | None = None) -> CheckpointRecord:
+    """The new checkpoint's record: the old one's training position, optimizer hyper-parameters and
+    LR schedule, the new config, the growth provenance (`grown_from`: method and knobs; the MSG
+    mask record `growth` only for a method with masks); no parallel layout (so no RNG restore)."""
     method = method or get_method("msg", depth_init=plan.depth_init, depth_placement=plan.depth_placement)
-    out = dict(common)
-    out["iteration"] = iteration
-    out["parallel_layout"] = None
-    flm = dict(common.get("flm", {}))
-    flm["model_config"] = asdict(plan.new)
-    flm.pop("growth", None)
+    growth = None
     if method.uses_masks:
-        flm["growth"] = GrowthState.from_plan(plan, ramp_steps, start_iteration=iteration, method=method.name,
-                                              knobs=method.settings).to_dict()
-    flm["grown_from"] = {"path": os.path.abspath(source), "model_config": asdict(plan.old),
-                         "depth_init": plan.depth_init, "depth_placement": plan.depth_placement, "seed": plan.seed,
-                         **method.record()}
-    out["flm"] = flm
-    return out
+        growth = GrowthState.from_plan(plan, ramp_steps, start_iteration=iteration, method=method.name,
+                                       knobs=method.settings).to_dict()
+    grown_from = {"path": os.path.abspath(source), "model_config": asdict(plan.old), "depth_init": plan.depth_init,
+                  "depth_placement": plan.depth_placement, "seed": plan.seed, **method.record()}
+    return record.replace(iteration=iteration, parallel_layout=None, model_config=plan.new, growth=growth,
+                          grown_from=grown_from)
 
 
 def _growth_plan(ckpt, overrides: dict, load: str, method: GrowthMethod, seed: int) -> GrowthPlan:
@@ -219,7 +213,7 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
         checksums = write_chunks(out_dir, chunks, _grower(ckpt.reader, plan, method), bucket_bytes=bucket_bytes,
                                  on_chunk=on_chunk, workers=workers, sync_files=False,  # building() fsyncs the tree
                                  prefetch=True)
-        finish_iteration_folder(out_dir, grown_common(ckpt.common, plan, ramp_steps, iteration, load, method),
+        finish_iteration_folder(out_dir, grown_record(ckpt.record, plan, ramp_steps, iteration, load, method),
                                 checksums)
         write_latest(partial, iteration)
         if check is not None:
@@ -228,4 +222,4 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
     return iteration_dir(save, iteration)
 
 
-__all__ = ["grow_checkpoint", "GrowCheckpointError", "plan_chunks", "grown_common"]
+__all__ = ["grow_checkpoint", "GrowCheckpointError", "plan_chunks", "grown_record"]

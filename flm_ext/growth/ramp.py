@@ -36,12 +36,11 @@ class GrowthRamp:
     def __init__(self, ramp_steps: int | None = None):
         self.ramp_steps, self.state = ramp_steps, None
 
-    def on_load(self, common: dict, *, restart: bool, train_iters: int) -> None:
-        record = common.get("flm", {}).get("growth")
-        if not record:
+    def on_load(self, record, *, restart: bool, train_iters: int) -> None:
+        if not record.growth:
             return
         try:
-            state = GrowthState.from_dict(record)
+            state = GrowthState.from_dict(record.growth)
         except GrowthError as e:  # pretrain_flm.py prints a CheckpointError as one line
             raise CheckpointError(f"the loaded checkpoint's growth record (flm.growth): {e}") from None
         if self.ramp_steps is not None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import asdict
 
 import torch
 
-from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, Chunk, finish_iteration_folder, iteration_dir, tensor_chunks,
-                                write_chunks, write_latest)
+from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, CheckpointRecord, Chunk, finish_iteration_folder, iteration_dir,
+                                tensor_chunks, write_chunks, write_latest)
 from flm_ext.checkpoint.writer import empty_extra_state, extra_state_chunks
 from flm_ext.config import FLMConfig
 from flm_ext.growth.operators import _TENSORS, GrowthPlan, is_layer_key
@@ -17,12 +16,13 @@ from flm_ext.growth.operators import _TENSORS, GrowthPlan, is_layer_key
 
 def write_synthetic_checkpoint(root: str, cfg: FLMConfig, *, iteration: int = 100, optimizer: bool = True,
                                dtype: torch.dtype = torch.float32, seed: int = 0,
-                               bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+                               bucket_bytes: int = DEFAULT_BUCKET_BYTES, record_fields: dict | None = None) -> None:
     """A checkpoint of `cfg` with random weights in the trainer's layout: weights in `dtype`, fp32
     Adam moments and, for a low-precision `dtype`, the fp32 main weights (`fp32_param`, equal to the
     weights up to rounding, as in bf16 training), and the linear layers' (empty) `_extra_state` objects, so
     megatron's loader reads its weights (growth --verify, evaluation, export). It lacks the optimizer
-    hyper-parameters: input for the offline tools, not for `pretrain_flm.py`."""
+    hyper-parameters: input for the offline tools, not for `pretrain_flm.py`.
+    `record_fields`: more fields of its `CheckpointRecord` (e.g. a tokenizer or growth record)."""
     plan = GrowthPlan(cfg, cfg)
     keys = [k for k in _TENSORS if k != "output_layer.weight" or not cfg.share_embeddings_and_output_weights]
     states = (("exp_avg", "exp_avg_sq") + (("fp32_param",) if dtype != torch.float32 else ())) if optimizer else ()
@@ -49,6 +49,6 @@ def write_synthetic_checkpoint(root: str, cfg: FLMConfig, *, iteration: int = 10
     folder = iteration_dir(root, iteration)
     os.makedirs(folder)
     write_chunks(folder, chunks, produce, bucket_bytes=bucket_bytes)
-    finish_iteration_folder(folder, {"iteration": iteration, "consumed_train_samples": 0, "parallel_layout": [1, 1],
-                                     "flm": {"model_config": asdict(cfg)}})
+    record = CheckpointRecord(iteration=iteration, model_config=cfg, parallel_layout=(1, 1))
+    finish_iteration_folder(folder, record.replace(**(record_fields or {})))
     write_latest(root, iteration)

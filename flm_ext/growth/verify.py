@@ -26,7 +26,7 @@ def verify_report(old_path: str, new_path: str, *, batch: int = 2, seq_length: i
     Needs megatron's parallel state at TP=PP=1 (`flm_ext.runtime.init_single_process`).
     """
     old_ckpt, new_ckpt = open_checkpoint(old_path), open_checkpoint(new_path)
-    method = method_of(new_ckpt.common)
+    method = method_of(new_ckpt.record)
     if method is None and not new_ckpt.growth_record:
         raise ValueError(f"{new_path}: no flm.grown_from or flm.growth record; not a grown checkpoint")
     models = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from flm_ext.checkpoint.record import CheckpointRecord
 from flm_ext.checkpoint.run_record import RunContract
 from flm_ext.config import ConfigError
 
@@ -75,24 +76,24 @@ def check_mup(saved_model: dict, model, folder: str, *, finetune: bool) -> list[
                       f"will jump)")
 
 
-def check_resume(common: dict, cfg, folder: str, iteration: int, consumed: int, *, override_schedule: bool
-                 ) -> list[str]:
+def check_resume(saved_record: CheckpointRecord, cfg, folder: str, *, override_schedule: bool) -> list[str]:
     """Refuse a resume that would silently change the run (ConfigError naming the flag); returns notes
     on what changes legitimately and how it continues."""
     s, notes = cfg.schedule, []
-    saved_model = common.get("flm", {}).get("model_config") or {}
-    if "seq_length" in saved_model and saved_model["seq_length"] != cfg.model.seq_length:
-        raise ConfigError(f"--seq-length: {folder} was trained with --seq-length {saved_model['seq_length']} but the "
+    iteration, consumed = saved_record.iteration, saved_record.consumed_train_samples
+    saved_seq = saved_record.model_config.seq_length
+    if saved_seq != cfg.model.seq_length:
+        raise ConfigError(f"--seq-length: {folder} was trained with --seq-length {saved_seq} but the "
                           f"flags give {cfg.model.seq_length}: its data position ({consumed:,} samples) counts "
-                          f"samples of {saved_model['seq_length']} tokens and would point at other data; pass "
-                          f"--seq-length {saved_model['seq_length']} to continue, or --start-new-stage to restart "
+                          f"samples of {saved_seq} tokens and would point at other data; pass "
+                          f"--seq-length {saved_seq} to continue, or --start-new-stage to restart "
                           f"the data and schedule with the new length")
     if consumed > s.train_samples:
         raise ConfigError(f"{s.flag('train_samples')} ends before the checkpoint {folder} (iteration {iteration}, "
                           f"{consumed:,} samples): give at least "
                           f"{_typed_train_length(s, consumed)} to continue it, --ckpt-step N to resume an "
                           f"earlier iteration, or --start-new-stage to begin a new schedule from its weights")
-    saved = RunContract.from_common(common)
+    saved = saved_record.run
     if saved is None:  # written before the record (or by a tool): nothing more to compare
         return notes
     new = contract_of(cfg)

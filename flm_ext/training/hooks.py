@@ -7,11 +7,13 @@ from typing import Protocol
 
 
 class TrainingHook(Protocol):
-    def on_load(self, common: dict, *, restart: bool, train_iters: int) -> None:
-        """A checkpoint was loaded (`common`: its plain-data state); `restart`: a new stage or fine-tune."""
+    def on_load(self, record, *, restart: bool, train_iters: int) -> None:
+        """A checkpoint was loaded (`record`: its `flm_ext.checkpoint.CheckpointRecord`); `restart`: a
+        new stage or fine-tune."""
 
     def before_step(self, chunks, iteration: int) -> None:
         """Before the step that follows `iteration` completed steps."""
 
     def checkpoint_state(self) -> dict:
-        """Plain data to store in the checkpoint's `flm` dict (read back by `on_load`)."""
+        """Fields of the checkpoint record to set in the next save ({"growth": ...}; read back by
+        `on_load`); a name that is not a record field is refused."""

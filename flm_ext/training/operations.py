@@ -101,12 +101,12 @@ class RunOperations:
             _log(f"step {t.iteration}: no checkpoint in {ck.save} to roll back to yet; going on")
             return False
         t.scheduler.num_steps = 0  # megatron's scheduler load *adds* the saved step count to its own
-        common = training_io.load_checkpoint(folder, t.model, t.optimizer, t.scheduler,
-                                             verify=ck.verify_checkpoint)
+        record = training_io.load_checkpoint(folder, t.model, t.optimizer, t.scheduler,
+                                             verify=ck.verify_checkpoint).record
         spiked_at = t.iteration
-        t.iteration, t.consumed = common["iteration"], common["consumed_train_samples"]
+        t.iteration, t.consumed = record.iteration, record.consumed_train_samples
         for hook in t.hooks:
-            hook.on_load(common, restart=False, train_iters=t.cfg.schedule.train_iters)
+            hook.on_load(record, restart=False, train_iters=t.cfg.schedule.train_iters)
         t.scheduler.step(increment=0)
         self.skip_starts[first] = spiked_at
         _log(f"step {spiked_at}: rolled back to {folder} (iteration {t.iteration}); samples [{first:,}, "

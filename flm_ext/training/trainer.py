@@ -27,10 +27,11 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from flm_ext.checkpoint import (LATEST, CheckpointError, check_tokenizer, complete_iterations, holds_checkpoint,
-                                iteration_of, iterations_present, load_common, resolve, tokenizer_record)
+from flm_ext.checkpoint import (LATEST, CheckpointError, CheckpointRecord, TokenizerRecord, check_tokenizer,
+                                complete_iterations, holds_checkpoint, iteration_of, iterations_present, read_record,
+                                resolve)
 from flm_ext.checkpoint import lock as save_lock
-from flm_ext.checkpoint.run_record import LossLedger, RunContract
+from flm_ext.checkpoint.run_record import LossLedger
 from flm_ext.config import ConfigError, describe
 from flm_ext.model.flm_model import build_model_chunks
 from flm_ext.progress import format_duration
@@ -74,14 +75,12 @@ def _recompute_overrides(cfg: TrainConfig) -> dict:
             "recompute_num_layers": cfg.recompute_num_layers}
 
 
-def check_checkpoint_shape(folder: str, model) -> None:
+def check_checkpoint_shape(record: CheckpointRecord, folder: str, model) -> None:
     """Refuse, naming the field, to load a checkpoint of another shape (e.g. forgot the grown flags)."""
-    saved = load_common(folder).get("flm", {}).get("model_config")
-    if not saved:
-        return
+    saved = record.model_config
     fields = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size", "kv_channels")
-    wrong = [f"{f}: checkpoint {saved.get(f)} vs flags {getattr(model, f)}" for f in fields
-             if f in saved and saved[f] != getattr(model, f)]
+    wrong = [f"{f}: checkpoint {getattr(saved, f)} vs flags {getattr(model, f)}" for f in fields
+             if getattr(saved, f) != getattr(model, f)]
     if wrong:
         raise CheckpointError(f"--load {folder} holds a model of another shape ({'; '.join(wrong)}); "
                               f"pass the matching --model-preset / shape flags")
@@ -255,29 +254,28 @@ class Trainer:
             raise CheckpointError(f"--load {ck.load}: no checkpoint there (no {LATEST} and no "
                                   f"iter_N folder)")
         folder, saved_iteration = resolve(ck.load, ck.ckpt_step)
-        check_checkpoint_shape(folder, self.cfg.model)
+        saved = read_record(folder).replace(iteration=saved_iteration)
+        check_checkpoint_shape(saved, folder, self.cfg.model)
         restart = ck.finetune or ck.start_new_stage
-        saved = load_common(folder)
-        notes = check_mup(saved.get("flm", {}).get("model_config") or {}, self.cfg.model, folder,
-                          finetune=ck.finetune)
+        notes = check_mup(dataclasses.asdict(saved.model_config), self.cfg.model, folder, finetune=ck.finetune)
         if not restart:  # a new stage or fine-tune may change tokenizers on purpose; a resume may not
             check_tokenizer(saved, self.tokenizer, f"--load {folder}")
-            notes += check_resume(saved, self.cfg, folder, saved_iteration, saved.get("consumed_train_samples", 0),
-                                  override_schedule=ck.override_opt_param_scheduler)
+            notes += check_resume(saved, self.cfg, folder, override_schedule=ck.override_opt_param_scheduler)
         self.check_save_folder(0 if restart else saved_iteration)
         load_optim = not (ck.no_load_optim or ck.finetune)
-        common = training_io.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
+        loaded = training_io.load_checkpoint(folder, self.model, self.optimizer, self.scheduler,
                                              load_optimizer=load_optim, load_scheduler=not restart,
                                              verify=ck.verify_checkpoint)
+        record = loaded.record
         if not restart:
-            self.iteration, self.consumed = common["iteration"], common["consumed_train_samples"]
+            self.iteration, self.consumed = record.iteration, record.consumed_train_samples
             s = self.cfg.schedule
             self.end_iteration = self.iteration + math.ceil(max(0, s.train_samples - self.consumed)
                                                             / s.global_batch_size)
-            self.ledger = LossLedger.from_common(common)
+            self.ledger = record.health or LossLedger()
             self.ledger.saved(self.iteration)  # the loaded weights' loss comes with the next step
             self.loaded = (folder, self.iteration)
-        log(f"loaded {folder} (iteration {common['iteration']}); continuing at iteration {self.iteration}, "
+        log(f"loaded {folder} (iteration {record.iteration}); continuing at iteration {self.iteration}, "
             f"{self.consumed:,} samples consumed")
         for note in notes:
             log(note)
@@ -285,11 +283,11 @@ class Trainer:
             log(f"the run is complete at iteration {self.iteration}: nothing left to train")
         if ck.no_load_optim and not restart:
             log("--no-load-optim: Adam's moments start from zero; the LR schedule continues from the checkpoint"
-                if common["loaded_scheduler"] else
+                if loaded.loaded_scheduler else
                 "--no-load-optim: Adam's moments start from zero; the checkpoint has no LR schedule state, so the "
                 "schedule restarts at warm-up")
         for hook in self.hooks:
-            hook.on_load(common, restart=restart, train_iters=self.end_iteration)
+            hook.on_load(record, restart=restart, train_iters=self.end_iteration)
         self.scheduler.step(increment=0)  # the loaded param groups carry the saved LR: recompute it for now
 
     # --- data --------------------------------------------------------------------------------------
@@ -320,14 +318,15 @@ class Trainer:
             raise TrainingError(f"the weights are not finite at iteration {self.iteration}: not saving them; the "
                                 f"latest checkpoint in {ck.save} is unchanged; {self.recovery_advice()}")
         self.ledger.saved(self.iteration)
-        flm_extra = {"tokenizer": tokenizer_record(self.tokenizer, self.cfg.data.tokenizer_type),
-                     RunContract.KEY: contract_of(self.cfg).to_dict(), LossLedger.KEY: self.ledger.to_dict()}
+        record = training_io.trainer_record(
+            self.iteration, self.cfg.model, self.consumed, self.optimizer,
+            tokenizer=TokenizerRecord.of(self.tokenizer, self.cfg.data.tokenizer_type), run=contract_of(self.cfg),
+            health=self.ledger)
         for hook in self.hooks:
-            flm_extra.update(hook.checkpoint_state())
-        extra = training_io.common_extra(self.cfg.model, self.consumed, self.optimizer, flm_extra)
+            record = record.replace(**hook.checkpoint_state())
         with self.ops.saving():
             path = self.ops.saver.save(ck.save, self.iteration, self.model, self.optimizer, self.scheduler,
-                                       extra=extra, keep=ck.keep_last, discard_newer=self.discard_newer)
+                                       record=record, keep=ck.keep_last, discard_newer=self.discard_newer)
         self.discard_newer = False
         log(f"{'started asynchronous save of' if self.ops.saver.async_save else 'saved'} checkpoint {path} "
             f"({reason})")

@@ -116,9 +116,10 @@ def get_method(name: str, **options) -> GrowthMethod:
     return _REGISTRY[name](**options)
 
 
-def method_of(common: dict) -> GrowthMethod | None:
-    """The operator a grown checkpoint's common state records (None if it was not grown)."""
-    grown = common.get("flm", {}).get("grown_from")
+def method_of(record) -> GrowthMethod | None:
+    """The operator a grown checkpoint's record (`CheckpointRecord.grown_from`) names (None if it was
+    not grown)."""
+    grown = record.grown_from
     if not grown:
         return None
     name = grown.get("method", "msg")  # checkpoints from before the registry were grown by MSG
