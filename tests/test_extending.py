@@ -1,6 +1,7 @@
 """docs/extending.md's worked examples, run as written: each section's blocks are applied to a temporary
-copy of the repository (``python file=PATH`` creates a file, ``python append=PATH`` appends to one) and
-its ``bash`` blocks run there in order. A newcomer's path that stops working fails here."""
+copy of the repository (``python file=PATH`` creates a file, ``python append=PATH`` appends to one,
+``diff apply`` patches one) and its ``bash`` blocks run there in order. A newcomer's path that stops
+working fails here."""
 from __future__ import annotations
 
 import os
@@ -45,7 +46,11 @@ def apply_and_run(title: str, root: Path) -> str:
     script = ["set -euo pipefail"]
     for lang, attrs, body in blocks(title):
         target = re.match(r"(file|append)=(\S+)$", attrs)
-        if target:
+        if lang == "diff" and attrs == "apply":  # a change inside a file, as a unified diff
+            proc = subprocess.run(["patch", "-p1", "--forward", "--no-backup-if-mismatch"], input=body, cwd=root,
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, f"{title}: the diff does not apply:\n{proc.stdout}{proc.stderr}"
+        elif target:
             path = root / target.group(2)
             path.parent.mkdir(parents=True, exist_ok=True)
             if target.group(1) == "file":

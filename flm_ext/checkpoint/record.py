@@ -165,9 +165,9 @@ class CheckpointRecord:
         return self.megatron.get("opt_param_scheduler")
 
     # --- to and from common.pt -------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self, where: str = "the record being written") -> dict:
         """The plain dict `common.pt` stores; checked by reading it back, so a record that could not
-        be read is never written (CheckpointError naming the field)."""
+        be read is never written (CheckpointError naming `where` and the field)."""
         out: dict = dict(self.megatron)
         out["flm"] = {"version": RECORD_VERSION}
         for f in _stored_fields():
@@ -179,7 +179,7 @@ class CheckpointRecord:
             for key in parents:
                 node = node.setdefault(key, {})
             node[leaf] = f.metadata["write"](value)
-        CheckpointRecord.from_dict(out, "the record being written")
+        CheckpointRecord.from_dict(out, where)
         return out
 
     @classmethod

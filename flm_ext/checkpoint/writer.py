@@ -399,7 +399,8 @@ def finish_iteration_folder(folder: str, record, checksums: dict | None = None) 
     """Write megatron's `common.pt` (from `record`, a `CheckpointRecord`) and `metadata.json` next to
     the shards, then the manifest (`checksums`: entries `write_chunks` already made; every other
     file is hashed here)."""
-    torch.save(record.to_dict(), os.path.join(folder, "common.pt"))
+    path = os.path.join(folder, "common.pt")
+    torch.save(record.to_dict(path), path)
     with open(os.path.join(folder, "metadata.json"), "w") as f:
         json.dump(TORCH_DIST_METADATA, f)
     names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and n != MANIFEST)

@@ -23,6 +23,10 @@ def write_synthetic_checkpoint(root: str, cfg: FLMConfig, *, iteration: int = 10
     megatron's loader reads its weights (growth --verify, evaluation, export). It lacks the optimizer
     hyper-parameters: input for the offline tools, not for `pretrain_flm.py`.
     `record_fields`: more fields of its `CheckpointRecord` (e.g. a tokenizer or growth record)."""
+    record = CheckpointRecord(iteration=iteration, model_config=cfg, parallel_layout=(1, 1))
+    record = record.replace(**(record_fields or {}))
+    folder = iteration_dir(root, iteration)
+    record.to_dict(os.path.join(folder, "common.pt"))  # a bad record is refused before anything is written
     plan = GrowthPlan(cfg, cfg)
     keys = [k for k in _TENSORS if k != "output_layer.weight" or not cfg.share_embeddings_and_output_weights]
     states = (("exp_avg", "exp_avg_sq") + (("fp32_param",) if dtype != torch.float32 else ())) if optimizer else ()
@@ -46,9 +50,7 @@ def write_synthetic_checkpoint(root: str, cfg: FLMConfig, *, iteration: int = 10
         out = torch.randn(c.sizes, generator=g, dtype=torch.float32).mul_(0.02)
         return (out.abs_() if c.role == "exp_avg_sq" else out).to(c.dtype)
 
-    folder = iteration_dir(root, iteration)
     os.makedirs(folder)
     write_chunks(folder, chunks, produce, bucket_bytes=bucket_bytes)
-    record = CheckpointRecord(iteration=iteration, model_config=cfg, parallel_layout=(1, 1))
-    finish_iteration_folder(folder, record.replace(**(record_fields or {})))
+    finish_iteration_folder(folder, record)
     write_latest(root, iteration)
