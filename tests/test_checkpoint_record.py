@@ -109,6 +109,10 @@ def test_the_record_writes_the_documented_layout():
                 "growth": GROWTH, "grown_from": {"path": "/x", "method": "msg", "seed": 0}},
     }
     assert full_record().to_dict() == expected
+    # a tool's record: Megatron-LM's top-level keys are always there, flm entries only when set
+    assert CheckpointRecord(iteration=0, model_config=CFG, imported_from="transformers").to_dict() == {
+        "iteration": 0, "consumed_train_samples": 0, "parallel_layout": None,
+        "flm": {"version": RECORD_VERSION, "model_config": dataclasses.asdict(CFG), "imported_from": "transformers"}}
 
 
 def test_round_trip_through_common_pt(tmp_path):

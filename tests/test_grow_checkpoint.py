@@ -280,8 +280,11 @@ def test_prefetch_and_worker_checksums_write_the_same_bytes(tmp_path, workers):
     import threading
     import zlib
 
-    from flm_ext.checkpoint import Chunk, finish_iteration_folder, tensor_chunks
+    from flm_ext.checkpoint import CheckpointRecord, Chunk, finish_iteration_folder, tensor_chunks
     from flm_ext.checkpoint.writer import write_chunks
+    from flm_ext.config import get_preset
+
+    record = CheckpointRecord(iteration=1, model_config=get_preset("tiny-stage1"))
 
     chunks = [c for i in range(3) for c in tensor_chunks(f"t{i}", f"t{i}", "param", (64, 32 + i), torch.float32, 4)]
     chunks += tensor_chunks("emb", "emb", "param", (100, 16), torch.bfloat16, None)
@@ -307,7 +310,7 @@ def test_prefetch_and_worker_checksums_write_the_same_bytes(tmp_path, workers):
         seen.clear()
         checksums = write_chunks(str(folder), chunks, produce, bucket_bytes=20_000, **kwargs)
         assert workers > 1 and name == "fast" or sorted(seen) == sorted((c.key, c.layer) for c in chunks)
-        finish_iteration_folder(str(folder), {"iteration": 1}, checksums if name == "fast" else None)
+        finish_iteration_folder(str(folder), record, checksums if name == "fast" else None)
         outputs[name] = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert len([n for n in outputs["plain"] if n.endswith(".distcp")]) > 3
     assert outputs["plain"] == outputs["fast"]

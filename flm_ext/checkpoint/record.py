@@ -12,7 +12,9 @@ On disk (Megatron-LM's top-level names, then ours under `flm`):
     flm.growth  flm.grown_from  flm.imported_from
 
 Each field of `CheckpointRecord` names its place and its reader (`stored`), and `to_dict` /
-`from_dict` walk the fields, so a new field is one line (docs/extending.md). Sub-records that
+`from_dict` walk the fields, so a new field is one line (docs/extending.md). Megatron-LM's keys are
+always written (`parallel_layout` None: written by a tool, no RNG state to restore); an `flm` entry
+only when it is set. Sub-records that
 another package owns are stored as the plain dicts that package serialises itself: the MSG growth
 state (`flm_ext.growth.state.GrowthState.to_dict`) and the growth provenance (`grown_from`).
 
@@ -172,13 +174,13 @@ class CheckpointRecord:
         out["flm"] = {"version": RECORD_VERSION}
         for f in _stored_fields():
             value = getattr(self, f.name)
-            if value is None:
-                continue
             *parents, leaf = f.metadata["path"]
+            if value is None and parents:  # an flm entry the checkpoint does not have (Megatron's keys stay)
+                continue
             node = out
             for key in parents:
                 node = node.setdefault(key, {})
-            node[leaf] = f.metadata["write"](value)
+            node[leaf] = None if value is None else f.metadata["write"](value)
         CheckpointRecord.from_dict(out, where)
         return out
 
