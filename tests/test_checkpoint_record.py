@@ -262,6 +262,7 @@ def test_an_old_grown_checkpoint_opens_grows_and_exports(tmp_path):
     from flm_ext.data.tokenizers import build_tokenizer
     from flm_ext.export.export import export_checkpoint
     from flm_ext.growth.offline import grow_checkpoint
+    from flm_ext.growth.state import GrowthState
     from flm_ext.growth.synthetic import write_synthetic_checkpoint
 
     tokenizer = build_tokenizer("GPT2BPETokenizer")
@@ -282,7 +283,8 @@ def test_an_old_grown_checkpoint_opens_grows_and_exports(tmp_path):
     record = read_record(grown)
     assert record.version == RECORD_VERSION and record.model_config.num_layers == 3
     assert record.consumed_train_samples == 160 and record.grown_from["path"] == os.path.abspath(root)
-    assert record.growth["start_iteration"] == 20 and record.growth["new_layers"] == [2]
+    state = GrowthState.from_dict(record.growth)  # the growth package owns the sub-record's shape
+    assert state.start_iteration == 20 and state.change("layers").new == 3
 
     config = export_checkpoint(ckpt, str(tmp_path / "export"), tokenizer, log=lambda m: None)
     assert config["flm_training"]["iteration"] == 20 and config["num_hidden_layers"] == 2
