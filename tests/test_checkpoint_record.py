@@ -1,4 +1,4 @@
-"""The typed `common.pt` record (flm_ext/checkpoint/record.py): one definition, every older layout read,
+"""The typed `common.pt` record (flm_ext/checkpoint/schema.py): one definition, every older layout read,
 bad fields named in one line, and no hand-built common.pt anywhere else.
 
 The grep test is real: on the code before the record (commit 04f8d9e) its patterns find 30 lines in

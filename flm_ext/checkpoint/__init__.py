@@ -3,7 +3,7 @@ layout, read by training, growth, evaluation and export.
 
 - `layout`: run roots, `iter_N` folders, the latest marker; never a silent "no checkpoint".
 - `integrity`: the manifest (sizes + xxh3 checksums) and loading that never runs code.
-- `record`: `CheckpointRecord`, the typed `common.pt` (iteration, model config, tokenizer, run
+- `schema`: `CheckpointRecord`, the typed `common.pt` (iteration, model config, tokenizer, run
   contract, growth...): the one place that builds, validates and reads it, every older layout too.
 - `reader`: `open_checkpoint(path)` -> a verified `Checkpoint` with its record and a reader of
   global tensor slices at any saved TP/PP.
@@ -19,7 +19,7 @@ from flm_ext.checkpoint.layout import (LATEST, CheckpointError, complete_iterati
                                        iteration_dir, iteration_of, iterations_present, read_latest, resolve,
                                        write_latest)
 from flm_ext.checkpoint.reader import Checkpoint, CheckpointReader, open_checkpoint, verify_checkpoint
-from flm_ext.checkpoint.record import (RECORD_VERSION, CheckpointRecord, TokenizerRecord, check_tokenizer,
+from flm_ext.checkpoint.schema import (RECORD_VERSION, CheckpointRecord, TokenizerRecord, check_tokenizer,
                                        read_record)
 from flm_ext.checkpoint.writer import (DEFAULT_BUCKET_BYTES, Chunk, finish_iteration_folder, tensor_chunks,
                                        write_chunks)

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from flm_ext.processes import die_with_parent, forked_children_die_with_parent
 from flm_ext.checkpoint import training_io
-from flm_ext.checkpoint.record import CheckpointRecord
+from flm_ext.checkpoint.schema import CheckpointRecord
 
 CHECKSUM_SIDE_FILE = ".flm_files_{rank}.json"  # written by a rank's writer child, read and removed at publish
 

@@ -2,7 +2,7 @@
 
 `open_checkpoint(path)` resolves a run root or an `iter_N` folder, verifies it (manifest checksums,
 metadata and common state read without running code) and returns a `Checkpoint`: its record
-(record.py: iteration, the `FLMConfig` it stores, growth...), and a `CheckpointReader` that reads any
+(schema.py: iteration, the `FLMConfig` it stores, growth...), and a `CheckpointReader` that reads any
 global slice of any tensor. torch.distributed.checkpoint's own resharding
 (`create_read_items_for_chunk_list`) maps a requested slice onto the stored chunks, whatever TP/PP
 wrote them, so growth, evaluation and export read one layer or one tensor at a time.
@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from flm_ext.checkpoint import integrity
 from flm_ext.checkpoint.layout import CheckpointError, resolve
-from flm_ext.checkpoint.record import CheckpointRecord, read_record
+from flm_ext.checkpoint.schema import CheckpointRecord, read_record
 from flm_ext.checkpoint.records import stored_head
 from flm_ext.config import FLMConfig
 
@@ -180,7 +180,7 @@ class Checkpoint:
     """One verified iteration folder, read lazily through `reader`."""
 
     folder: str
-    record: CheckpointRecord  # everything common.pt stores (record.py)
+    record: CheckpointRecord  # everything common.pt stores (schema.py)
     reader: CheckpointReader
 
     @property

@@ -9,7 +9,7 @@ model config and the tokenizer record:
   newest checkpoint whose weights were still healthy, instead of advising to resume weights that
   already diverge.
 
-Both are plain data (ints, floats, strings); the checkpoint record (record.py) stores them with
+Both are plain data (ints, floats, strings); the checkpoint record (schema.py) stores them with
 `to_dict` and reads them with `from_dict`, which raises ValueError naming a bad entry.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ and never unpickles anything but plain data.
 Contents: the model (megatron's sharded state dict: loads at any TP/PP), the optimizer
 (`fully_reshardable` for the distributed optimizer, so it also reshards), the LR scheduler,
 per-rank RNG states (restored when the layout is unchanged), and the `CheckpointRecord`
-(record.py: iteration, data position, model config, optimizer kind, anything the training hooks
+(schema.py: iteration, data position, model config, optimizer kind, anything the training hooks
 record, e.g. a growth ramp) that tools read without building a model.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from flm_ext.checkpoint import (CheckpointError, CheckpointReader, iteration_dir
                                 verify_checkpoint, write_latest)
 from flm_ext.checkpoint.integrity import describe_files, write_manifest
 from flm_ext.checkpoint.model_state import apply_model_state, load_sharded, model_sharded_state
-from flm_ext.checkpoint.record import CheckpointRecord, read_record
+from flm_ext.checkpoint.schema import CheckpointRecord, read_record
 from flm_ext.model.flm_model import unwrap
 
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}

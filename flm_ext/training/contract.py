@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from flm_ext.checkpoint.record import CheckpointRecord
+from flm_ext.checkpoint.schema import CheckpointRecord
 from flm_ext.checkpoint.run_record import RunContract
 from flm_ext.config import ConfigError
 

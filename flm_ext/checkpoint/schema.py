@@ -158,7 +158,7 @@ class CheckpointRecord:
         if unknown:
             raise CheckpointError(f"checkpoint record: no field {', '.join(unknown)} (fields: "
                                   f"{', '.join(f.name for f in _stored_fields())}; add one in "
-                                  f"flm_ext/checkpoint/record.py)")
+                                  f"flm_ext/checkpoint/schema.py)")
         return dataclasses.replace(self, **changes)
 
     @property
