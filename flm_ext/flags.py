@@ -182,15 +182,26 @@ class VerifyArgs:
     verify: bool = flag(False, help="compare the result's logits with the source model's on a probe batch; "
                                     "exit 1 above --tolerance")
     tolerance: float = flag(1e-5, help="largest max abs logit difference accepted by --verify")
+    verify_json: str | None = flag(None, metavar="PATH", help="with --verify: write its figures (max abs logit "
+                                                             "diff, tolerance, verdict) as JSON here too")
 
     def __post_init__(self) -> None:
         if not self.tolerance >= 0:  # NaN too
             raise ValueError(f"--tolerance {self.tolerance:g} must be >= 0")
+        if self.verify_json and not self.verify:
+            raise ValueError("--verify-json needs --verify")
 
-    def judge(self, diff: float, what: str, log=lambda line: print(line, flush=True)) -> str | None:
-        """Log `max abs logit diff: <diff>` (the line scripts read); None when it passes, else the one-line
-        reason (`what` differ by ...)."""
+    def judge(self, diff: float, what: str, log=lambda line: print(line, flush=True),
+              figures: dict | None = None) -> str | None:
+        """Log `max abs logit diff: <diff>` (for people), write it with `figures` to --verify-json (for
+        scripts: the demo reads that, never the log); None when it passes, else the one-line reason
+        (`what` differ by ...)."""
         log(f"max abs logit diff: {diff:.3e}")
+        if self.verify_json:
+            from flm_ext.fileio import atomic_write_json
+
+            atomic_write_json(self.verify_json, {**(figures or {}), "max_abs_logit_diff": diff,
+                                                 "tolerance": self.tolerance, "within_tolerance": diff <= self.tolerance})
         return None if diff <= self.tolerance else f"{what} differ by {diff:.3e} > --tolerance {self.tolerance:g}"
 
 

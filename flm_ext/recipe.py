@@ -2,9 +2,11 @@
 stage 2 -> depth growth -> stage 3 -> evaluation, with a summary, a loss plot and TensorBoard logs.
 
 Every step runs the project's own user-facing command (tools/*.py, pretrain_flm.py) as a
-subprocess, exactly as a user would, so the demo exercises what the big runs use. The shapes
-mirror FLM-101B's path at CPU scale: stage 1 is 4 x 64 (4 heads), width growth doubles hidden,
-FFN and heads (4 x 128, 8 heads; head size fixed), depth growth doubles the layers (8 x 128).
+subprocess, exactly as a user would, so the demo exercises what the big runs use; what it reports
+comes from the files those commands write (metrics jsonl, checkpoints, and the JSON of --verify-json
+and --output), never from their printed text. The shapes mirror FLM-101B's path at CPU scale:
+stage 1 is 4 x 64 (4 heads), width growth doubles hidden, FFN and heads (4 x 128, 8 heads; head
+size fixed), depth growth doubles the layers (8 x 128).
 A control run trains stage 1 without teacher-signal data, so the zero-shot accuracy the teacher
 signal buys is reported side by side.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -109,6 +110,20 @@ def _metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+def _fresh(path: str) -> str:
+    """`path`, with whatever an earlier run left there removed: a report read after a step is this run's."""
+    if os.path.exists(path):
+        os.remove(path)
+    return path
+
+
+def _read_json(path: str, label: str) -> dict:
+    if not os.path.exists(path):
+        raise RuntimeError(f"{label}: the command exited 0 but wrote no {path}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _shape(stage: Stage, seq: int) -> FLMConfig:
     """The stage's architecture (its vocabulary is the tokenizer's, padded, set by the trainer)."""
     return get_preset(stage.preset).replace(seq_length=seq)
@@ -180,17 +195,16 @@ def grow(cfg: RecipeConfig, run: Runner, old: str, new: str, target: FLMConfig, 
 
         shutil.rmtree(new)
     started = time.time()
-    output = run.run(label, [_tool("grow_checkpoint.py"), "--load", old, "--save", new,
-                             "--hidden-size", str(target.hidden_size), "--ffn-hidden-size", str(target.ffn_hidden_size),
-                             "--num-attention-heads", str(target.num_attention_heads),
-                             "--num-layers", str(target.num_layers), "--depth-init", "stack",
-                             "--growth-ramp-steps", str(cfg.growth_ramp_steps), "--verify"])
+    report = _fresh(f"{new}_verify.json")
+    run.run(label, [_tool("grow_checkpoint.py"), "--load", old, "--save", new,
+                    "--hidden-size", str(target.hidden_size), "--ffn-hidden-size", str(target.ffn_hidden_size),
+                    "--num-attention-heads", str(target.num_attention_heads),
+                    "--num-layers", str(target.num_layers), "--depth-init", "stack",
+                    "--growth-ramp-steps", str(cfg.growth_ramp_steps), "--verify", "--verify-json", report])
     wall = time.time() - started
-    match = re.search(r"max abs logit diff: ([0-9.eE+-]+|nan|inf)", output)
-    if not match:
-        raise RuntimeError(f"{label}: grow_checkpoint.py printed no 'max abs logit diff' line")
-    return {"name": label, "to": dataclasses.asdict(target), "max_abs_logit_diff": float(match.group(1)),
-            "wall_s": wall, "checkpoint": new}
+    verify = _read_json(report, label)
+    return {"name": label, "to": dataclasses.asdict(target), "max_abs_logit_diff": verify["max_abs_logit_diff"],
+            "loss_jump": verify.get("loss_jump"), "wall_s": wall, "checkpoint": new}
 
 
 def evaluate(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str, label: str, iq: bool = False) -> dict:
@@ -218,18 +232,17 @@ def export_final(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str) ->
         import shutil
 
         shutil.rmtree(folder)
-    output = run.run("export", [_tool("export_hf.py"), "--load", checkpoint, "--save", folder, *data["tok"],
-                                "--verify"])
-    match = re.search(r"max abs logit diff: ([0-9.eE+-]+|nan|inf)", output)
-    if not match:
-        raise RuntimeError("export: export_hf.py printed no 'max abs logit diff' line")
-    prompts = list(EXPORT_PROMPTS.values())
-    text = run.run("generate", [_tool("generate.py"), "--load", folder, "--greedy", "--max-new-tokens", "32",
-                                "--device", "cpu", *sum((["--prompt", p] for p in prompts), [])])
-    starts = [max(text.find(prompts[0]), 0)]  # each continuation is printed after its prompt, in order
-    starts.append(text.find(prompts[1], starts[0] + len(prompts[0])))
-    greedy = {lang: text[a:b].rstrip("\n") for lang, a, b in zip(EXPORT_PROMPTS, starts, starts[1:] + [len(text)])}
-    return {"folder": folder, "max_abs_logit_diff": float(match.group(1)), "greedy": greedy}
+    report = _fresh(f"{folder}_verify.json")
+    run.run("export", [_tool("export_hf.py"), "--load", checkpoint, "--save", folder, *data["tok"],
+                       "--verify", "--verify-json", report])
+    verify = _read_json(report, "export")
+    generated = _fresh(os.path.join(cfg.out, "greedy.json"))
+    run.run("generate", [_tool("generate.py"), "--load", folder, "--greedy", "--max-new-tokens", "32",
+                         "--device", "cpu", *sum((["--prompt", p] for p in EXPORT_PROMPTS.values()), []),
+                         "--output", generated])
+    rows = _read_json(generated, "generate")["generations"]  # one per prompt, in order
+    greedy = {lang: row["prompt"] + row["continuation"] for lang, row in zip(EXPORT_PROMPTS, rows)}
+    return {"folder": folder, "max_abs_logit_diff": verify["max_abs_logit_diff"], "greedy": greedy}
 
 
 def plot(summary: dict, path: str) -> None:

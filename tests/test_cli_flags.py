@@ -16,8 +16,10 @@ SNAPSHOTS = os.path.join(REPO, "tests", "data", "cli_flags")
 # Names added since the snapshot, per CLI and sub-command ('' = top level). Nothing was removed.
 ADDED: dict[str, dict[str, set[str]]] = {
     "pretrain_flm": {"": {"--iteration"}},  # the checkpoint step's old name, kept as an alias everywhere
-    "export_hf": {"": {"--ckpt-step"}},  # Megatron's name for the checkpoint step (--iteration still works)
-    "generate": {"": {"--ckpt-step"}},
+    "export_hf": {"": {"--ckpt-step", "--verify-json"}},  # Megatron's name for the checkpoint step (--iteration
+    # still works); --verify-json: the --verify figures as JSON (what the demo reads instead of printed text)
+    "grow_checkpoint": {"": {"--verify-json"}},
+    "generate": {"": {"--ckpt-step", "--output"}},  # --output: prompts and continuations as JSON
     "serve": {"": {"--ckpt-step"}},
 }
 # Options whose parsed attribute changed on purpose: the checkpoint step is `ckpt_step` everywhere; plan_schedule's

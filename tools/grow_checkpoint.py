@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
         init_single_process()
         report = verify_report(args.load, partial)
-        failure = check.judge(report["max_abs_logit_diff"], "the grown model's logits", log)
+        failure = check.judge(report["max_abs_logit_diff"], "the grown model's logits", log, figures=report)
         print(f"loss jump: {report['loss_jump']:+.4e} (probe loss {report['old_loss']:.4f} -> {report['new_loss']:.4f}"
               f"{'' if method.preserving else f'; --method {method.name} does not preserve the function'})",
               flush=True)

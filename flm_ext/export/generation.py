@@ -10,7 +10,7 @@ tokens into printable text as soon as it is complete UTF-8 (an emoji can span se
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -221,6 +221,9 @@ def run_cli(args) -> int:
         return _fail(str(e))
     if not os.path.exists(args.load):
         return _fail(f"--load {args.load}: no such file or directory")
+    output = getattr(args, "output", None)
+    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        return _fail(f"--output {output}: its folder does not exist")
     tokenizer = None
     if not is_export_folder(args.load):
         if args.tokenizer_type is None:
@@ -241,6 +244,7 @@ def run_cli(args) -> int:
         return _fail(str(e))
     context = context_length(model)
     prompts = args.prompt if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    generations = []
     for prompt in prompts:
         if not prompt:
             continue  # an empty line in --interactive
@@ -255,8 +259,15 @@ def run_cli(args) -> int:
                   f"model's context of {context}: positions past it were never trained", file=sys.stderr, flush=True)
         sys.stdout.write(prompt)
         sys.stdout.flush()
-        generate_text(model, codec, prompt, args.max_new_tokens, sampling, seed=args.seed,
-                      on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        text = generate_text(model, codec, prompt, args.max_new_tokens, sampling, seed=args.seed,
+                             on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
         sys.stdout.write("\n")
         sys.stdout.flush()
+        generations.append({"prompt": prompt, "continuation": text, "prompt_tokens": n})
+    if output:
+        from flm_ext.fileio import atomic_write_json
+
+        atomic_write_json(output, {"load": args.load, "max_new_tokens": args.max_new_tokens,
+                                   "sampling": asdict(sampling), "seed": args.seed,
+                                   "generations": generations})
     return 0

@@ -46,3 +46,5 @@ class GenerateArgs:
     top_p: float = flag(1.0)
     top_k: int = flag(0)
     seed: int = flag(0)
+    output: str | None = flag(None, metavar="PATH", help="write the prompts and their continuations (and the "
+                                                         "settings) as JSON here too")
