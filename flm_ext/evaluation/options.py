@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flm_ext.evaluation import tasks as registry  # light: no torch
 from flm_ext.flags import flag
 
 
 @dataclass(frozen=True)
 class EvalArgs:
     load: str = flag(required=True)
-    tasks: str | None = flag(None, help="comma-separated task names (see above)")
+    tasks: str | None = flag(None, help="comma-separated task names: ours (registered: "
+                                        f"{', '.join(t.name for t in registry.tasks())}; iq also answers "
+                                        "iq_<family> and each IQ sub-test) or any lm-eval task (see above)")
     valid_data: list[str] = flag(default_factory=list, metavar="LANG=FILE.jsonl")
     teacher_data: str | None = flag(None, help="held-out {text, proposition, label} jsonl")
     max_teacher_samples: int = flag(1000)
