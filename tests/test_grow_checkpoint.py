@@ -118,12 +118,14 @@ def test_depth_growth_preserves_logits_and_the_next_loss(data, runs, old, next_l
     losses = _train(1, data, runs / "deep_train", load=str(deep), num_layers=4, exit_interval=1)
     assert abs(losses[GROWN_AT + 1] - next_loss) <= 1e-5, (losses, next_loss)
 
-    # The check can fail: without the gates of the new layers (a wrong growth record) the logits move.
+    # The check can fail: without the gates of the new layers (a wrong growth record that says no
+    # layer is new) the logits move.
     bad = runs / "deep_no_gates"
     shutil.copytree(deep, bad)
     common_pt = bad / f"iter_{GROWN_AT:07d}" / "common.pt"
     common = torch.load(common_pt, weights_only=False)
-    common["flm"]["growth"]["new_layers"] = []
+    (layers,) = [c for c in common["flm"]["growth"]["changes"] if c["axis"] == "layers"]
+    layers.update(old=layers["new"], positions=[])
     torch.save(common, common_pt)
     manifest_for_tree(str(common_pt.parent))  # a consistent (wrong) checkpoint, not a damaged one
     assert verify_growth(str(old), str(bad)) > 1e-3
