@@ -52,11 +52,13 @@ def pytest_collection_modifyitems(config, items):
     marked `gpu` need a CUDA device: skipped, with the reason, where there is none."""
     import torch
 
-    from tiers import SLOW
+    from tiers import HEAVY, SLOW
 
+    slow = set(SLOW) | set(HEAVY)
     for item in items:
-        keys = (f"{item.path.name}::{getattr(item, 'originalname', item.name)}", f"{item.path.name}::{item.name}")
-        if any(key in SLOW for key in keys):
+        keys = (item.path.name, f"{item.path.name}::{getattr(item, 'originalname', item.name)}",
+                f"{item.path.name}::{item.name}")
+        if any(key in slow for key in keys):
             item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return

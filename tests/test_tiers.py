@@ -1,5 +1,5 @@
-"""tests/tiers.py against the suite as written: every slow row names a test that exists, and a fast
-cover that exists and is not itself slow; `-m "not slow"` leaves out exactly the listed tests."""
+"""tests/tiers.py against the suite as written: every slow row names a test that exists, and a cover
+that exists and is not itself a SLOW row; `-m "not slow"` leaves out the listed tests."""
 import re
 import subprocess
 import sys
@@ -13,6 +13,8 @@ TESTS = Path(__file__).resolve().parent
 def _exists(ref: str) -> bool:
     name, _, func = ref.split("[")[0].partition("::")
     path = TESTS / name
+    if not func:  # a whole file
+        return path.is_file() and name.startswith("test_")
     return path.is_file() and re.search(rf"^def {re.escape(func)}\(", path.read_text(), re.M) is not None
 
 
@@ -37,6 +39,12 @@ def test_every_slow_test_has_a_fast_cover_that_exists():
         assert _decorated_slow(slow), f"{slow} is listed as decorated slow but has no @pytest.mark.slow"
 
 
+def test_every_heavy_row_names_a_test():
+    for ref in tiers.HEAVY:
+        assert _exists(ref), f"tiers.py HEAVY names {ref}, which is not a test in tests/"
+    assert len(set(tiers.HEAVY)) == len(tiers.HEAVY) and not set(tiers.HEAVY) & set(tiers.SLOW)
+
+
 def test_every_decorated_slow_test_is_listed():
     """A new @pytest.mark.slow says in tiers.py what keeps its behaviour in the fast tier."""
     listed = set(tiers.DECORATED) | set(tiers.SLOW)
@@ -47,10 +55,18 @@ def test_every_decorated_slow_test_is_listed():
 
 def test_the_fast_tier_leaves_out_the_slow_rows():
     """What pytest itself collects under -m "not slow" for a file with a listed row: not that test."""
-    slow = min(k for k in tiers.SLOW if "[" not in k)
+    rows = [k for k in tiers.SLOW if "[" not in k and k.split("::")[0] not in tiers.HEAVY]
+    slow = max(rows, key=lambda k: (TESTS / k.split("::")[0]).read_text().count("\ndef test_"))  # others stay
     name, _, func = slow.partition("::")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not slow", str(TESTS / name)],
                           capture_output=True, text=True, cwd=TESTS.parent, timeout=300)
     assert proc.returncode in (0, 5), proc.stdout[-2000:] + proc.stderr[-2000:]  # 5: every test deselected
     collected = [line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line]
     assert collected and not any(line.endswith(f"::{func}") for line in collected), proc.stdout[-2000:]
+
+
+def test_a_heavy_file_is_left_out_whole():
+    name = min(k for k in tiers.HEAVY if "::" not in k)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not slow", str(TESTS / name)],
+                          capture_output=True, text=True, cwd=TESTS.parent, timeout=300)
+    assert proc.returncode == 5 and "deselected" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -1,13 +1,16 @@
 """The suite's tiers: the tests marked `slow` (run by `make test`, the CI tier; skipped by
-`make test-fast`), each with the fast test that keeps its behaviour covered in the fast tier.
+`make test-fast`, the in-process tier that runs in a few minutes). A test is slow for one of three
+reasons, each a table here so `make test-fast` is explained in one place:
 
-Why a table and not decorators alone: a test goes slow only when something fast still checks what it
-checks, and this is where that is written down, one row per test; tests/test_tiers.py holds every row
-to it (the slow test and its fast cover exist; the cover is not slow itself). Decorated `slow` tests
-(whole-recipe runs with nothing smaller to stand for them) are listed in DECORATED for the same check.
+- SLOW: a larger variant of a cheaper test (another layout, another parametrization, a subprocess per
+  case), with that cheaper test named as its cover (tests/test_tiers.py: the cover exists and is not
+  in SLOW itself);
+- DECORATED: marked `@pytest.mark.slow` in its file (whole-recipe runs, multi-"node" rehearsals),
+  with the test that checks its parts;
+- HEAVY: measured: starts processes, trains or builds checkpoints, taking seconds to a minute each.
 
-Keys are `file::test function` (every parametrization of it) or `file::test function[id]` (that
-one); values name the fast cover as `file::test function`, then what it keeps covered.
+Keys are `file::test function` (every parametrization of it), `file::test function[id]` (that
+one) or, in HEAVY, `file` (all its tests); SLOW and DECORATED values name the cover as `file::test function`, then what it covers.
 """
 
 SLOW: dict[str, str] = {
@@ -88,3 +91,55 @@ DECORATED: dict[str, str] = {
     "test_xpos_long.py::test_export_32k_forward_and_64_step_cached_decode_in_bf16":
         "test_xpos_long.py::test_export_past_one_block_equals_one_fixed_center_in_float64",
 }
+
+
+# Measured heavy: each starts processes, trains or builds a checkpoint, seconds to a minute apiece (timed
+# with pytest's durations on this 2-core machine). A whole file where its fixtures build checkpoints
+# (marking one test would only move the cost to the next). The fast tier keeps the in-process tests,
+# one multi-process parity test (test_parallel.py::test_same_weights_give_same_logits_at_every_layout),
+# the docs and flag checks. A new test that trains or starts several processes belongs here.
+HEAVY: tuple[str, ...] = (
+    "test_async_save.py",
+    "test_distributed_helpers.py",
+    "test_evaluation_backend.py",
+    "test_extending.py",
+    "test_faults_checkpoint.py",
+    "test_grow_checkpoint.py",
+    "test_recipe_reports.py",
+    "test_serve.py",
+    "test_trainer.py",
+    "test_cli_flags.py::test_a_new_config_field_is_a_flag_of_every_cli_that_uses_the_config",
+    "test_data_datasets.py::test_builds_without_any_process_group",
+    "test_data_datasets.py::test_under_torch_distributed_gloo",
+    "test_data_sentences.py::test_bilingual_jsonl_is_split_per_document_by_default_and_counted",
+    "test_data_sentences.py::test_cli_flags",
+    "test_docs.py::test_controls_a_flag_the_tool_does_not_take_is_reported",
+    "test_docs.py::test_every_flag_the_pages_name_is_one_a_tool_takes",
+    "test_export.py::test_exported_logits_equal_the_training_model",
+    "test_export.py::test_greedy_generate_equals_transformers_generate",
+    "test_export.py::test_incremental_decoding_equals_the_full_forward",
+    "test_export.py::test_tp_plan_with_transformers_tensor_parallel_loading",
+    "test_fast_paths.py::test_fused_cross_entropy_is_bf16_rounded_reference",
+    "test_fast_paths.py::test_megatron_fused_bias_gelu_is_flm_gelu",
+    "test_fast_paths.py::test_model_with_gpu_fusions_equals_unfused",
+    "test_faults_data.py::test_data_fault[stale_sidecar_gpt2_ids_tp2]",
+    "test_faults_data.py::test_data_fault[tiny_valid_split_empty]",
+    "test_faults_data.py::test_data_fault[vocab_mismatch_tp2]",
+    "test_faults_flags.py::test_sigterm_to_torchrun_leaves_the_workers_time_to_save",
+    "test_faults_resume.py::test_a_resume_that_changes_the_run_is_refused_in_one_line",
+    "test_faults_resume.py::test_after_a_divergence_the_advice_resumes_the_last_healthy_weights",
+    "test_faults_tools.py::test_a_failed_grow_verify_leaves_no_grown_checkpoint",
+    "test_faults_tools.py::test_edited_export_code_is_not_run",
+    "test_faults_tools.py::test_evaluate_reports_an_unknown_task_before_loading",
+    "test_faults_tools.py::test_preprocess_lone_surrogate",
+    "test_gpu_step.py::test_gpu_step_benchmark_tiny_cpu",
+    "test_growth_parallel.py::test_grown_model_keeps_the_logits_at_tp2_sp_pp2_and_vpp2",
+    "test_growth_training.py::test_loss_continues_across_growth_and_falls_while_masks_ramp",
+    "test_mup_coord_check.py::test_mup_is_flat_and_standard_parametrisation_drifts",
+    "test_mup_sweep.py::test_sweep_records_losses_and_resumes_without_redoing_finished_runs",
+    "test_parallel.py::test_training_steps_agree_across_tp_pp_dp",
+    "test_runtime.py::test_all_patches_together_run_megatron_on_cpu",
+    "test_runtime.py::test_strict_no_op_when_cuda_is_available",
+    "test_watchdog.py::test_exit_duration_saves_and_exits_zero",
+    "test_xpos_long.py::test_export_past_one_block_equals_one_fixed_center_in_float64",
+)
