@@ -20,7 +20,7 @@ steps: forward, backward and the optimizer step. Variants:
 
 FLOPs per step = tokens x (6 N + 12 L h s) (N counts the tied embedding once). MFU is given
 against the datasheet peak (--peak-tflops, 989 dense bf16 for H100/H200 SXM) and against a
-large bf16 matmul this run measures. Timing follows the device README's METHOD.md: warm-up
+large bf16 matmul this run measures. Timing: warm-up
 steps first (compilation, autotuning, allocator), CUDA events around each step, the median of
 --steps steps, taken in two rounds that cycle through the variants so that drift shows as a
 spread between rounds. Peak memory is torch.cuda.max_memory_allocated per variant. Each step is

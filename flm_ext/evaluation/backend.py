@@ -2,7 +2,7 @@
 
     lm_eval --model flm --model_args load=CKPT,tokenizer_type=HuggingFaceTokenizer,tokenizer_model=bpe.json
 
-(run as `python -m flm_ext.evaluation.lm_eval_cli ...`: lm-eval 0.4.13 reads no entry points, so
+(run as `python -m flm_ext.evaluation.lm_eval_cli ...`: lm-eval reads no entry points, so
 the module that registers `flm` must be imported before its CLI parses the model name.)
 
 Log-likelihoods come from the training code path (`load_model`: megatron-core GPTModel + FLM

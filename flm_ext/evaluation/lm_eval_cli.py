@@ -4,7 +4,7 @@
     ARGS=load=runs/demo/stage3/ckpt,tokenizer_type=HuggingFaceTokenizer,tokenizer_model=runs/demo/data/bpe4096.json
     python -m flm_ext.evaluation.lm_eval_cli --model flm --model_args $ARGS --tasks iq --include_path runs/iq_tasks
 
-lm-eval 0.4.13 finds models only in its registry (its built-in table, or classes registered by
+lm-eval finds models only in its registry (its built-in table, or classes registered by
 code that has run); it reads no package entry points, so a plain `lm_eval --model flm` cannot
 see ours. This wrapper imports the backend (which registers `flm`) and hands over to lm-eval's
 CLI unchanged: every lm-eval flag works as documented upstream. `--model iq-oracle` (the IQ
