@@ -37,9 +37,9 @@ def test_every_tool_has_a_console_command_whose_main_exists():
         module, func = target.split(":")
         path = _source(module)
         assert os.path.isfile(path), f"{command}: {path} does not exist"
-        defined = {n.name for n in ast.parse(open(path).read()).body if isinstance(n, ast.FunctionDef)}
-        imported = {a.asname or a.name for n in ast.parse(open(path).read()).body if isinstance(n, ast.ImportFrom)
-                    for a in n.names}
+        body = ast.parse(open(path).read()).body
+        defined = {n.name for n in body if isinstance(n, ast.FunctionDef)}
+        imported = {a.asname or a.name for n in body if isinstance(n, ast.ImportFrom) for a in n.names}
         assert func in defined | imported, f"{command}: {path} has no {func}()"
         targets[os.path.normpath(path)] = command
     tools = [f for f in os.listdir(os.path.join(REPO, "tools")) if f.endswith(".py") and f != "__init__.py"]
