@@ -24,8 +24,8 @@ from flm_ext.serving.options import SOURCE_HELP, ServeArgs
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    cut = argv.index("--") if "--" in argv else len(argv)  # what follows -- goes to vLLM
+    argv, extra = argv[:cut], argv[cut + 1:]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(p, ModelSource, help=SOURCE_HELP)
     for config in (CheckpointStep, ServeArgs, TokenizerConfig):
