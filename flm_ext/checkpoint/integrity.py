@@ -56,10 +56,12 @@ def write_manifest(folder: str, files: dict) -> None:
                                                        "files": dict(sorted(files.items()))})
 
 
-def manifest_for_tree(folder: str) -> None:
-    """Hash every file in `folder` and write the manifest (single-process writers: growth, import)."""
+def manifest_for_tree(folder: str, known: dict | None = None) -> None:
+    """Write the manifest of every file in `folder` (single-process writers: growth, import), hashing
+    those whose entries `known` does not already hold."""
     names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and n != MANIFEST)
-    write_manifest(folder, describe_files(folder, names))
+    known = {n: known[n] for n in names if known and n in known}
+    write_manifest(folder, {**known, **describe_files(folder, [n for n in names if n not in known])})
 
 
 def read_manifest(folder: str) -> dict | None:

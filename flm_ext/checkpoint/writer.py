@@ -34,7 +34,7 @@ from torch.futures import Future
 
 import xxhash
 
-from flm_ext.checkpoint.integrity import ALGORITHM, MANIFEST, describe_files, write_manifest
+from flm_ext.checkpoint.integrity import ALGORITHM, describe_files, manifest_for_tree
 from flm_ext.checkpoint.records import tensor_blob
 
 DEFAULT_BUCKET_BYTES = 256 * 2 ** 20
@@ -403,9 +403,7 @@ def finish_iteration_folder(folder: str, record, checksums: dict | None = None) 
     torch.save(record.to_dict(path), path)
     with open(os.path.join(folder, "metadata.json"), "w") as f:
         json.dump(TORCH_DIST_METADATA, f)
-    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n)) and n != MANIFEST)
-    known = {n: checksums[n] for n in names if checksums and n in checksums}
-    write_manifest(folder, {**known, **describe_files(folder, [n for n in names if n not in known])})
+    manifest_for_tree(folder, checksums)
 
 
 # Linear layers whose megatron modules save an `_extra_state` object per layer (empty without
