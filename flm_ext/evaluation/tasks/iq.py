@@ -34,9 +34,10 @@ def iq_rows(results: dict, folder: str, limit: int | None) -> dict:
         if name not in results:
             continue
         _, value = score_of(results[name], "acc" if test.output == "choice" else "exact_match")
-        base = suite.baseline(test, suite.read_docs(folder, name, limit))
+        docs = suite.read_docs(folder, name, limit)
+        base = suite.baseline(test, docs)
         subtests[name] = {"family": test.family, "paper_column": test.paper, "score": value,
-                          "items": results[name].get("sample_len") or len(suite.read_docs(folder, name, limit)),
+                          "items": results[name].get("sample_len") or len(docs),
                           **base, "paper_flm101b": paper.IQ[test.paper][0] / 100}
         columns.setdefault(test.family, {}).setdefault(test.paper, []).append((value, base["random_baseline"]))
     families = {}
