@@ -42,8 +42,8 @@ def load_model(path: str, iteration: int | None = None):
     init_single_process(seed=0)
     chunks = build_model_chunks(ckpt.config, ParallelConfig())
     load_model_weights(ckpt.folder, chunks)
-    if ckpt.growth_record:
-        state = GrowthState.from_dict(ckpt.growth_record)
+    state = GrowthState.of_checkpoint(ckpt)
+    if state is not None:
         lam = state.lambda_at(ckpt.iteration)
         if lam < 1.0:
             attach_growth(chunks, state, lam)

@@ -20,7 +20,8 @@ def verify_export(ckpt, folder: str, *, batch: int = 2, seq_length: int | None =
     from transformers.utils import logging as hf_logging
 
     from flm_ext.checkpoint.model_state import load_model_weights
-    from flm_ext.growth import GrowthState, attach_growth
+    from flm_ext.export.convert import growth_of
+    from flm_ext.growth import attach_growth
     from flm_ext.model.flm_model import build_model_chunks
     from flm_ext.runtime import init_single_process
 
@@ -28,10 +29,9 @@ def verify_export(ckpt, folder: str, *, batch: int = 2, seq_length: int | None =
     init_single_process()
     chunks = build_model_chunks(ckpt.config)
     load_model_weights(ckpt.folder, chunks)
-    if ckpt.growth_record:
-        state = GrowthState.from_dict(ckpt.growth_record)
-        if state.lambda_at(ckpt.iteration) < 1.0:
-            attach_growth(chunks, state, state.lambda_at(ckpt.iteration))
+    growth, lam = growth_of(ckpt)  # (None, 1.0) outside a ramp: the masks the export folded in
+    if growth is not None:
+        attach_growth(chunks, growth, lam)
     from flm_ext.export.loading import load_export_model
 
     model = load_export_model(folder).float().eval()

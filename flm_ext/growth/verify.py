@@ -26,16 +26,16 @@ def verify_report(old_path: str, new_path: str, *, batch: int = 2, seq_length: i
     Needs megatron's parallel state at TP=PP=1 (`flm_ext.runtime.init_single_process`).
     """
     old_ckpt, new_ckpt = open_checkpoint(old_path), open_checkpoint(new_path)
-    method = method_of(new_ckpt.record)
-    if method is None and not new_ckpt.growth_record:
+    method, growth = method_of(new_ckpt.record), GrowthState.of_checkpoint(new_ckpt)
+    if method is None and growth is None:
         raise ValueError(f"{new_path}: no flm.grown_from or flm.growth record; not a grown checkpoint")
     models = []
     for ckpt in (old_ckpt, new_ckpt):
         [model] = build_model_chunks(ckpt.config)
         load_model_weights(ckpt.folder, [model])
         models.append(model.to(dtype).eval())
-    if new_ckpt.growth_record:
-        attach_growth([models[1]], GrowthState.from_dict(new_ckpt.growth_record), 0.0)
+    if growth is not None:
+        attach_growth([models[1]], growth, 0.0)
     cfg = old_ckpt.config
     seq = seq_length or min(cfg.seq_length, 256)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(seed))
