@@ -282,24 +282,22 @@ def test_after_a_divergence_the_advice_resumes_the_last_healthy_weights(base, da
 def test_mup_is_compared_by_its_width_multiplier():
     """m = hidden / base width is what µP scales by: a changed base width is refused, an imported checkpoint
     that records m itself (and the default base width) is the same run, --finetune only warns."""
-    from dataclasses import asdict
-
     from flm_ext.config import ConfigError, FLMConfig
     from flm_ext.training.contract import check_mup
 
     model = FLMConfig(num_layers=2, hidden_size=64, num_attention_heads=4, use_mup=True, mup_base_width=32)
-    assert check_mup(asdict(model), model, "CKPT", finetune=False) == []
-    imported = asdict(model.replace(mup_base_width=256, mup_width_mult_override=2.0))
+    assert check_mup(model, model, "CKPT", finetune=False) == []
+    imported = model.replace(mup_base_width=256, mup_width_mult_override=2.0)
     assert check_mup(imported, model, "CKPT", finetune=False) == []
     with pytest.raises(ConfigError, match=r"^--mup-base-width: CKPT was trained with the µP width multiplier m = 2 "
                                           r"but the flags give 4 \(--hidden-size 64 / --mup-base-width 16\).*pass "
                                           r"--mup-base-width 32 to continue"):
-        check_mup(asdict(model), model.replace(mup_base_width=16), "CKPT", finetune=False)
+        check_mup(model, model.replace(mup_base_width=16), "CKPT", finetune=False)
     with pytest.raises(ConfigError, match=r"^--mup-output-mult: CKPT was trained with --mup-output-mult 2.0 but the "
                                           r"flags give 1.0"):
-        check_mup(asdict(model), model.replace(mup_output_mult=1.0), "CKPT", finetune=False)
+        check_mup(model, model.replace(mup_output_mult=1.0), "CKPT", finetune=False)
     with pytest.raises(ConfigError, match=r"was trained with µP \(--use-mup\) but the flags turn it off: .* pass "
                                           r"--use-mup to continue"):
-        check_mup(asdict(model), model.replace(use_mup=False), "CKPT", finetune=False)
-    [warning] = check_mup(asdict(model), model.replace(use_mup=False), "CKPT", finetune=True)
+        check_mup(model, model.replace(use_mup=False), "CKPT", finetune=False)
+    [warning] = check_mup(model, model.replace(use_mup=False), "CKPT", finetune=True)
     assert warning.startswith("warning: --finetune: CKPT was trained with µP")

@@ -37,34 +37,26 @@ def contract_of(cfg) -> RunContract:
                        lr_decay_samples=s.lr_decay_samples or s.train_samples, lr_decay_style=s.lr_decay_style)
 
 
-def _width_mult(fields: dict) -> float:
-    """µP's m of a saved model config (what the init, the LR groups and the logits scale by)."""
-    if fields.get("mup_width_mult_override") is not None:
-        return fields["mup_width_mult_override"]
-    return fields["hidden_size"] / fields["mup_base_width"]
-
-
-def check_mup(saved_model: dict, model, folder: str, *, finetune: bool) -> list[str]:
-    """µP on/off, its width multiplier m and its multipliers must match, except for --finetune (weights
-    only), which warns. m, not the base width, is compared: an imported checkpoint records m itself."""
-    if "use_mup" not in saved_model:
-        return []
-    if saved_model["use_mup"] != model.use_mup:
-        old = saved_model["use_mup"]
+def check_mup(saved, model, folder: str, *, finetune: bool) -> list[str]:
+    """µP on/off, its width multiplier m and its multipliers must match between the saved FLMConfig and
+    the flags' one, except for --finetune (weights only), which warns. m, not the base width, is
+    compared: an imported checkpoint records m itself."""
+    if saved.use_mup != model.use_mup:
+        old = saved.use_mup
         flag, keep, what = "--use-mup", "--use-mup" if old else "--no-use-mup", (
             f"{folder} was trained {'with µP (--use-mup)' if old else 'without µP'} but the flags turn it "
             f"{'off' if old else 'on'}")
     elif not model.use_mup:
         return []
-    elif "hidden_size" in saved_model and not math.isclose(_width_mult(saved_model), model.mup_width_mult):
-        m = _width_mult(saved_model)
+    elif not math.isclose(saved.mup_width_mult, model.mup_width_mult):
+        m = saved.mup_width_mult
         base = model.hidden_size / m
         flag, keep, what = "--mup-base-width", (f"--mup-base-width {base:g}" if base == int(base) else "the same m"), (
             f"{folder} was trained with the µP width multiplier m = {m:g} but the flags give "
             f"{model.mup_width_mult:g} (--hidden-size {model.hidden_size} / --mup-base-width {model.mup_base_width})")
     else:
-        wrong = [(flag, saved_model[name], getattr(model, name)) for name, flag in _MUP_MULTS
-                 if name in saved_model and saved_model[name] != getattr(model, name)]
+        wrong = [(flag, getattr(saved, name), getattr(model, name)) for name, flag in _MUP_MULTS
+                 if getattr(saved, name) != getattr(model, name)]
         if not wrong:
             return []
         flag, old, new = wrong[0]
@@ -137,7 +129,7 @@ def _typed_train_length(s, consumed: int) -> str:
 def _schedule_changes(saved: RunContract, new: RunContract, s) -> list[tuple[str, str, object, object, str]]:
     """(flag as typed, what, saved value, new value, the flag that keeps the saved value) per change."""
     changed = [(flag, flag, getattr(saved, name), getattr(new, name), f"{flag} {getattr(saved, name)}")
-               for name, flag in _SCHEDULE_FLAGS[:3] if getattr(saved, name) != getattr(new, name)]
+               for name, flag in _SCHEDULE_FLAGS if getattr(saved, name) != getattr(new, name)]
     if saved.lr_warmup_init != new.lr_warmup_init:
         changed.append(("the warm-up's initial LR", "a warm-up from", saved.lr_warmup_init, new.lr_warmup_init, ""))
     if saved.lr_warmup_samples != new.lr_warmup_samples:

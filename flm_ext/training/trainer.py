@@ -257,7 +257,7 @@ class Trainer:
         saved = read_record(folder).replace(iteration=saved_iteration)
         check_checkpoint_shape(saved, folder, self.cfg.model)
         restart = ck.finetune or ck.start_new_stage
-        notes = check_mup(dataclasses.asdict(saved.model_config), self.cfg.model, folder, finetune=ck.finetune)
+        notes = check_mup(saved.model_config, self.cfg.model, folder, finetune=ck.finetune)
         if not restart:  # a new stage or fine-tune may change tokenizers on purpose; a resume may not
             check_tokenizer(saved, self.tokenizer, f"--load {folder}")
             notes += check_resume(saved, self.cfg, folder, override_schedule=ck.override_opt_param_scheduler)
