@@ -8,6 +8,7 @@ from pathlib import Path
 import tiers
 
 TESTS = Path(__file__).resolve().parent
+DECORATED_SLOW = r"@pytest\.mark\.slow\n(?:@.*\n)*def "  # the decorator, maybe others after it, then the def
 
 
 def _exists(ref: str) -> bool:
@@ -23,7 +24,7 @@ def _decorated_slow(ref: str) -> bool:
     text = (TESTS / name).read_text()
     if re.search(r"^pytestmark\s*=.*mark\.slow", text, re.M):
         return True
-    return re.search(rf"@pytest\.mark\.slow\n(?:@.*\n)*def {re.escape(func)}\(", text) is not None
+    return re.search(rf"{DECORATED_SLOW}{re.escape(func)}\(", text) is not None
 
 
 def test_every_slow_test_has_a_fast_cover_that_exists():
@@ -49,8 +50,14 @@ def test_every_decorated_slow_test_is_listed():
     """A new @pytest.mark.slow says in tiers.py what keeps its behaviour in the fast tier."""
     listed = set(tiers.DECORATED) | set(tiers.SLOW)
     for path in sorted(TESTS.glob("test_*.py")):
-        for func in re.findall(r"@pytest\.mark\.slow\n(?:@.*\n)*def (\w+)\(", path.read_text()):
+        for func in re.findall(rf"{DECORATED_SLOW}(\w+)\(", path.read_text()):
             assert f"{path.name}::{func}" in listed, f"{path.name}::{func} is slow but not in tests/tiers.py"
+
+
+def _collect_fast_tier(name: str) -> subprocess.CompletedProcess:
+    """What pytest itself collects from tests/<name> under -m "not slow"."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not slow", str(TESTS / name)],
+                          capture_output=True, text=True, cwd=TESTS.parent, timeout=300)
 
 
 def test_the_fast_tier_leaves_out_the_slow_rows():
@@ -58,8 +65,7 @@ def test_the_fast_tier_leaves_out_the_slow_rows():
     rows = [k for k in tiers.SLOW if "[" not in k and k.split("::")[0] not in tiers.HEAVY]
     slow = max(rows, key=lambda k: (TESTS / k.split("::")[0]).read_text().count("\ndef test_"))  # others stay
     name, _, func = slow.partition("::")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not slow", str(TESTS / name)],
-                          capture_output=True, text=True, cwd=TESTS.parent, timeout=300)
+    proc = _collect_fast_tier(name)
     assert proc.returncode in (0, 5), proc.stdout[-2000:] + proc.stderr[-2000:]  # 5: every test deselected
     collected = [line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line]
     assert collected and not any(line.endswith(f"::{func}") for line in collected), proc.stdout[-2000:]
@@ -67,6 +73,5 @@ def test_the_fast_tier_leaves_out_the_slow_rows():
 
 def test_a_heavy_file_is_left_out_whole():
     name = min(k for k in tiers.HEAVY if "::" not in k)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-m", "not slow", str(TESTS / name)],
-                          capture_output=True, text=True, cwd=TESTS.parent, timeout=300)
+    proc = _collect_fast_tier(name)
     assert proc.returncode == 5 and "deselected" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
