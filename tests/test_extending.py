@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from distributed import lone_process_env
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "extending.md"
 SECTIONS = ("Add a growth operator", "Add an evaluation task", "Add a checkpoint field")
@@ -62,10 +64,8 @@ def apply_and_run(title: str, root: Path) -> str:
                     fh.write(body)
         elif lang == "bash":
             script.append(body)
-    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(key, None)
+    env = lone_process_env({**os.environ, "PYTHONPATH": str(root), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+                            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")})
     proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=root, env=env, capture_output=True, text=True,
                           timeout=500)
     out = proc.stdout + proc.stderr

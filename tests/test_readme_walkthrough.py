@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import reference_zero_shot
+from distributed import lone_process_env
+from tiny_data import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Walk-through"
@@ -61,8 +63,7 @@ def test_readme_blocks_parse_and_start_with_the_setup():
 @pytest.mark.timeout(1200)  # above the script's own 900 s limit
 def test_readme_walkthrough_runs_as_written_at_tiny_scale(tmp_path):
     w = tmp_path / "w"
-    rendezvous = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")  # a user's shell has none
-    env = {**{k: v for k, v in os.environ.items() if k not in rendezvous}, "W": str(w), "PYTHONWARNINGS": "ignore",
+    env = {**lone_process_env(os.environ), "W": str(w), "PYTHONWARNINGS": "ignore",  # a user's shell: no rendezvous
            "OMP_NUM_THREADS": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
            **{k: str(v) for k, v in STEPS.items()}}
     blocks = walkthrough_blocks((REPO / "README.md").read_text())
@@ -101,10 +102,8 @@ def test_readme_walkthrough_runs_as_written_at_tiny_scale(tmp_path):
     assert reviews["samples"] == held_out
     # the reported accuracy against answers recomputed apart from flm_ext.evaluation: s3 exported,
     # then scored under transformers
-    export = subprocess.run([sys.executable, str(REPO / "tools" / "export_hf.py"), "--load", str(w / "s3"),
-                             "--save", str(tmp_path / "export"), "--tokenizer-type", "HuggingFaceTokenizer",
-                             "--tokenizer-model", str(w / "bpe.json")], env=env, capture_output=True, text=True,
-                            timeout=600)
+    export = run_tool("export_hf.py", "--load", str(w / "s3"), "--save", str(tmp_path / "export"),
+                      "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(w / "bpe.json"), env=env)
     assert export.returncode == 0, (export.stdout + export.stderr)[-3000:]
     answers = reference_zero_shot.margins(str(tmp_path / "export"), str(w / "corpus" / "teacher_valid.jsonl"), held_out)
     reference_zero_shot.check_accuracy(reviews, answers)

@@ -14,11 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distributed import lone_process_env, torchrun
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A child's rendezvous is its own (or torchrun's): none of this process's torch.distributed variables.
-RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-ENV = {**{k: v for k, v in os.environ.items() if k not in RENDEZVOUS}, "PYTHONWARNINGS": "ignore",
-       "OMP_NUM_THREADS": "1"}
+ENV = lone_process_env({**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
 
 
 def _gpu_count() -> int:
@@ -93,16 +93,12 @@ def train_args(paths: dict, **overrides) -> list[str]:
 
 def run_tool(name: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """tools/<name> in its own interpreter, with no rendezvous variables: a lone process needs no port."""
-    from distributed import lone_process_env
-
     return subprocess.run([sys.executable, os.path.join(REPO, "tools", name), *args], capture_output=True, text=True,
                           env=lone_process_env(env or ENV), timeout=timeout)
 
 
 def command(nproc: int, args: list[str]) -> list[str]:
     """pretrain_flm.py in one process, or under torchrun with `nproc` gloo ranks."""
-    from distributed import torchrun
-
     script = os.path.join(REPO, "pretrain_flm.py")
     if nproc == 1:
         return [sys.executable, script, *args]
