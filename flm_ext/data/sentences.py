@@ -104,14 +104,13 @@ def detect_language(text: str) -> str:
 
 def build_splitter(lang: str = "en", keep_newlines: bool = False, params_path: str = PUNKT_PARAMS
                    ) -> Callable[[str], List[str]]:
-    """``text -> sentences`` for ``lang`` in en | zh | auto."""
-    if lang not in LANGS:
-        raise ValueError(f"--lang must be one of {LANGS}, got {lang!r}")
+    """``text -> sentences`` for ``lang`` in en | zh (``auto`` is resolved per document first:
+    ``detect_language``)."""
+    if lang not in ("en", "zh"):
+        raise ValueError(f"a splitter is built for en or zh, got {lang!r} (resolve auto with detect_language)")
     if lang == "zh":
         return lambda text: split_chinese(text, keep_newlines)
     from nltk.tokenize.punkt import PunktSentenceTokenizer
 
     punkt = PunktSentenceTokenizer(punkt_params(params_path), lang_vars=punkt_language_vars(keep_newlines))
-    if lang == "en":
-        return punkt.tokenize
-    return lambda text: split_chinese(text, keep_newlines) if detect_language(text) == "zh" else punkt.tokenize(text)
+    return punkt.tokenize
