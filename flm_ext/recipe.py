@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -111,8 +112,11 @@ def _metrics(path: str) -> list[dict]:
 
 
 def _fresh(path: str) -> str:
-    """`path`, with whatever an earlier run left there removed: a report read after a step is this run's."""
-    if os.path.exists(path):
+    """`path`, with whatever an earlier run left there (a file or a folder) removed: a report read
+    after a step is this run's, and a tool that refuses an existing output gets none."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
         os.remove(path)
     return path
 
@@ -153,13 +157,9 @@ def train_stage(cfg: RecipeConfig, run: Runner, data: dict, stage: Stage, *, loa
                 teacher: bool = True) -> dict:
     model = _shape(stage, cfg.seq_length)
     out = os.path.join(cfg.out, label)
-    metrics = os.path.join(out, "metrics.jsonl")
-    if os.path.exists(metrics):
-        os.remove(metrics)
-    if os.path.exists(os.path.join(out, "ckpt")):  # a stage of a new demo run starts over (the trainer refuses
-        import shutil                                # to save below iterations an earlier run left there)
-
-        shutil.rmtree(os.path.join(out, "ckpt"))
+    metrics = _fresh(os.path.join(out, "metrics.jsonl"))
+    # A stage of a new demo run starts over (the trainer refuses to save below iterations an earlier run left there).
+    _fresh(os.path.join(out, "ckpt"))
     args = [os.path.join(REPO, "pretrain_flm.py"), "--model-preset", stage.preset, "--seq-length", str(cfg.seq_length),
             *data["tok"], "--data-path", "0.535", data["en"], "0.465", data["zh"], "--split", "98,2,0",
             "--data-cache-path", data["cache"], "--micro-batch-size", str(cfg.micro_batch_size),
@@ -190,10 +190,7 @@ def train_stage(cfg: RecipeConfig, run: Runner, data: dict, stage: Stage, *, loa
 
 
 def grow(cfg: RecipeConfig, run: Runner, old: str, new: str, target: FLMConfig, label: str) -> dict:
-    if os.path.exists(new):
-        import shutil
-
-        shutil.rmtree(new)
+    _fresh(new)
     started = time.time()
     report = _fresh(f"{new}_verify.json")
     run.run(label, [_tool("grow_checkpoint.py"), "--load", old, "--save", new,
@@ -228,10 +225,7 @@ def export_final(cfg: RecipeConfig, run: Runner, data: dict, checkpoint: str) ->
     """Export the final model to transformers (--verify: its logits against the training model's),
     then continue an English and a Chinese prompt greedily with the export (AutoModelForCausalLM)."""
     folder = os.path.join(cfg.out, "export")
-    if os.path.exists(folder):
-        import shutil
-
-        shutil.rmtree(folder)
+    _fresh(folder)
     report = _fresh(f"{folder}_verify.json")
     run.run("export", [_tool("export_hf.py"), "--load", checkpoint, "--save", folder, *data["tok"],
                        "--verify", "--verify-json", report])
