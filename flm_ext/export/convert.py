@@ -104,8 +104,7 @@ class Folding:
     """The growth masks at lambda, folded into the tensors they follow as rules.py lists them."""
 
     def __init__(self, growth: GrowthState | None, lam: float):
-        changes = [] if growth is None else [c for c in growth.changes if axis_rule(c.axis).has("scale")
-                                             or axis_rule(c.axis).has("norm")]
+        changes = [] if growth is None else [c for c in growth.changes if axis_rule(c.axis).per_coordinate]
         self.masks = {c.axis: mask_values(c.is_new(), lam) for c in changes}
         self.table = fold_table(self.masks)
 

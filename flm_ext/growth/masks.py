@@ -153,7 +153,7 @@ def attach_growth(chunks: Iterable[torch.nn.Module], state: GrowthState, lam: fl
         like = next(model.parameters())
         for change in state.changes:
             rule, is_new = axis_rule(change.axis), change.is_new()
-            shared = _Mask(is_new, like) if rule.has("scale") or rule.has("norm") else None
+            shared = _Mask(is_new, like) if rule.per_coordinate else None
             if shared is not None:
                 inst.masks.append(shared)
             for site in rule.sites:

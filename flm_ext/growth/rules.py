@@ -68,6 +68,11 @@ class AxisRule:
     def has(self, kind: str) -> bool:
         return any(site.kind == kind for site in self.sites)
 
+    @property
+    def per_coordinate(self) -> bool:
+        """Whether its mask is a vector over the axis (a scaling or LayerNorm site), not only layer gates."""
+        return self.has("scale") or self.has("norm")
+
 
 _AXES: dict[str, AxisRule] = {}
 
