@@ -274,6 +274,33 @@ def test_workers_write_the_same_bytes_as_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+def test_a_damaged_input_shard_found_while_growing_leaves_nothing(tmp_path, workers):
+    """The input shards' checksums are checked while the output is written (one disk pass, not a
+    serial one before): tensor bytes damaged in a shard still stop the growth with the checksum
+    error naming that shard, exit 2, and nothing at --save or its .partial folder."""
+    from flm_ext.checkpoint import CheckpointReader
+    from flm_ext.config import get_preset
+    from flm_ext.growth.synthetic import write_synthetic_checkpoint
+
+    src, out = tmp_path / "src", tmp_path / "grown"
+    write_synthetic_checkpoint(str(src), get_preset("tiny-stage1", num_layers=3, vocab_size=512), iteration=5)
+    folder = src / "iter_0000005"
+    reader = CheckpointReader(str(folder))
+    stored = reader.reader.storage_data
+    info = max((stored[i] for i in stored if i.fqn in reader.tensors), key=lambda info: info.length)
+    shard = info.relative_path
+    with open(folder / shard, "r+b") as f:  # inside the largest tensor record: no byte object is touched
+        f.seek(info.offset + info.length // 2)
+        f.write(bytes(64))
+    proc = _grow_cli("--load", str(src), "--save", str(out), "--num-layers", "4", "--bucket-mb", "1",
+                     "--workers", str(workers), "--progress-interval", "0")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{folder / shard}: checksum mismatch (checkpoint damaged)" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 def test_prefetch_and_worker_checksums_write_the_same_bytes(tmp_path, workers):
     """Making the next chunk while the current one is written (prefetch), skipping the per-file fsync,
     writing the records ourselves (records.py) and taking the manifest entries from the writers must

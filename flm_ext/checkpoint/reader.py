@@ -191,22 +191,43 @@ class Checkpoint:
     def config(self) -> FLMConfig:
         return self.record.model_config
 
+    unverified: tuple[str, ...] = ()  # shard files whose checksums are still to check (defer_shards)
+
+    def verify_shards(self) -> int:
+        """Check the checksums `open_checkpoint(defer_shards=True)` left; returns bytes checked."""
+        return integrity.verify_files(self.folder, list(self.unverified)) if self.unverified else 0
+
     @property
     def growth_record(self) -> dict | None:
         """The MSG growth record (masks still ramping), or None."""
         return self.record.growth or None
 
 
-def open_checkpoint(path: str, iteration: int | None = None, *, verify: bool = True) -> Checkpoint:
-    """A verified checkpoint at `path` (run root: its latest or `iteration`; or an iter_N folder)."""
+def open_checkpoint(path: str, iteration: int | None = None, *, verify: bool = True,
+                    defer_shards: bool = False) -> Checkpoint:
+    """A verified checkpoint at `path` (run root: its latest or `iteration`; or an iter_N folder).
+
+    `defer_shards`: check the `.distcp` shards' checksums later (`Checkpoint.verify_shards`), for a
+    reader that copies raw tensor bytes and can check while it works (growth: its output is only
+    renamed into place after the check). Everything that is unpickled is still checked first;
+    byte objects inside the shards are loaded weights_only, and if one is refused the shards'
+    checksums are checked before saying so, so a damaged file is named as damaged."""
     folder, it = resolve(path, iteration)
+    names = integrity.manifest_names(folder) if verify else None
+    later = tuple(n for n in names if n.endswith(".distcp")) if names is not None and defer_shards else ()
     if verify:
-        if integrity.manifest_names(folder) is None:
+        if names is None:
             print(f"warning: {folder} has no {integrity.MANIFEST} (written by an older version): "
                   f"its files cannot be checksum-verified", file=sys.stderr, flush=True)
-        integrity.verify_files(folder)  # first: nothing is unpickled from a damaged file
+        else:  # first: nothing is unpickled from a damaged file
+            integrity.verify_files(folder, [n for n in names if n not in later])
     reader = CheckpointReader(folder)  # .metadata through the restricted unpickler
     record = read_record(folder)  # weights_only
+    checkpoint = Checkpoint(folder, record.replace(iteration=it), reader, later)
     if verify:
-        check_objects(reader)
-    return Checkpoint(folder, record.replace(iteration=it), reader)
+        try:
+            check_objects(reader)
+        except CheckpointError:
+            checkpoint.verify_shards()
+            raise
+    return checkpoint

@@ -184,9 +184,10 @@ class _BucketedWriter(FileSystemWriter):
     (or by `workers` processes, one bucket each at a time)."""
 
     def __init__(self, path: str, bucket_bytes: int, sizes: dict, workers: int = 1, sync_files: bool = True,
-                 direct: bool = True):
+                 direct: bool = True, beside: Callable[[], None] | None = None):
         super().__init__(path, single_file_per_rank=True, thread_count=1, sync_files=sync_files)
         self.bucket_bytes, self.sizes, self.workers, self.direct = bucket_bytes, sizes, workers, direct
+        self.beside = beside
         self.checksums: dict = {}  # {file name: {"size", "xxh3_64"}} of the files written
 
     def storage_meta(self):
@@ -206,13 +207,44 @@ class _BucketedWriter(FileSystemWriter):
             results = _write_in_workers(self, subs, planner)
         else:
             results = []
-            for sub in subs:
-                written, checksums = _write_bucket_file(self, sub, planner)
-                self.checksums.update(checksums)
-                results += written
+            beside = _Beside(self.beside)
+            try:
+                for sub in subs:
+                    beside.check()
+                    written, checksums = _write_bucket_file(self, sub, planner)
+                    self.checksums.update(checksums)
+                    results += written
+            finally:
+                beside.join()
         done: Future = Future()
         done.set_result(results)
         return done
+
+
+class _Beside:
+    """`write_chunks(beside=...)` in one process: the job runs in a thread while the buckets are
+    written; `check` re-raises its error before the next bucket, `join` at the end."""
+
+    def __init__(self, job: Callable[[], None] | None):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(job,), name="flm-beside", daemon=True)
+        if job is not None:
+            self.thread.start()
+
+    def _run(self, job) -> None:
+        try:
+            job()
+        except BaseException as e:  # noqa: BLE001 - handed to the writing thread
+            self.error = e
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def join(self) -> None:
+        if self.thread.is_alive():
+            self.thread.join()
+        self.check()
 
 
 # The forked workers' job: set before the pool forks, read by the children (nothing is pickled but
@@ -338,7 +370,10 @@ def _write_in_workers(writer: _BucketedWriter, subs: list[SavePlan], planner: _L
     _JOB.update(writer=writer, subs=subs, planner=planner)
     try:
         with ctx.Pool(min(writer.workers, len(subs)), initializer=_worker_start, initargs=(progress,)) as pool:
-            per_bucket = pool.map(_write_bucket, range(len(subs)), chunksize=1)
+            pending = pool.map_async(_write_bucket, range(len(subs)), chunksize=1)
+            if writer.beside is not None:
+                writer.beside()  # here, after the fork: the workers never inherit its thread
+            per_bucket = pending.get()
     finally:
         _JOB.clear()
         progress.put(None)
@@ -372,7 +407,8 @@ def keep_freed_memory() -> None:
 
 def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], object], *,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES, on_chunk: Callable[[Chunk], None] | None = None,
-                 workers: int = 1, sync_files: bool = True, prefetch: bool = False, direct: bool = True) -> dict:
+                 workers: int = 1, sync_files: bool = True, prefetch: bool = False, direct: bool = True,
+                 beside: Callable[[], None] | None = None) -> dict:
     """Write the tensors / byte objects of a torch_dist folder, producing each chunk on demand
     (in `workers` processes, bucket by bucket; the same bytes as in one). `sync_files=False` skips
     the fsync after each file, for a caller that fsyncs the whole folder once at the end (as
@@ -380,9 +416,11 @@ def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], o
     `prefetch`: make the next chunk while the current one is written (see `_LazySavePlanner`).
     `direct=False` lets torch's own writer serialise the records (the reference the tests compare
     the default, `_write_records`, against).
+    `beside`: a job run in this process while the chunks are written (growth verifies its input's
+    shards there: one disk pass instead of a serial one before); its error stops the write.
     Returns the manifest entries of the files written (for `finish_iteration_folder`)."""
     sizes = {_write_item(c).index: c.nbytes for c in chunks}
-    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files, direct)
+    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files, direct, beside)
     try:
         dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk, prefetch),
                  no_dist=True)

@@ -115,10 +115,19 @@ def _describe(method: GrowthMethod, plan: GrowthPlan, ramp_steps: int) -> str:
 
 # --- the whole operation -------------------------------------------------------------------------
 
-def _open_input(load: str, iteration: int | None = None):
-    """The verified input checkpoint, or a GrowCheckpointError naming --load."""
+def _open_input(load: str):
+    """The input checkpoint, or a GrowCheckpointError naming --load. Its shards' checksums are
+    checked by `_verify_shards` while the output is written (the output is renamed into place
+    only after that check)."""
     try:
-        return open_checkpoint(load, iteration)
+        return open_checkpoint(load, defer_shards=True)
+    except CheckpointError as e:
+        raise GrowCheckpointError(f"--load {load}: {e}") from None
+
+
+def _verify_shards(ckpt, load: str) -> None:
+    try:
+        ckpt.verify_shards()
     except CheckpointError as e:
         raise GrowCheckpointError(f"--load {load}: {e}") from None
 
@@ -212,7 +221,7 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
         os.makedirs(out_dir)
         checksums = write_chunks(out_dir, chunks, _grower(ckpt.reader, plan, method), bucket_bytes=bucket_bytes,
                                  on_chunk=on_chunk, workers=workers, sync_files=False,  # building() fsyncs the tree
-                                 prefetch=True)
+                                 prefetch=True, beside=lambda: _verify_shards(ckpt, load))
         finish_iteration_folder(out_dir, grown_record(ckpt.record, plan, ramp_steps, iteration, load, method),
                                 checksums)
         write_latest(partial, iteration)
