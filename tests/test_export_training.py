@@ -8,19 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import tiny_data
 from distributed import torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 MUP = dict(use_mup=True, mup_base_width=32)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_data.build(str(tmp_path_factory.mktemp("tiny_data")))
 
 
 def train(data: dict, out: Path, nproc: int = 1, **flags) -> dict[int, float]:

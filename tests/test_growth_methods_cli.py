@@ -39,16 +39,22 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def old(data, runs):
-    train(2, data, runs / "old", train_iters=TRAIN_ITERS, tensor_model_parallel_size=2,
-          save=str(runs / "old" / "ckpt"), exit_interval=GROWN_AT)
-    return runs / "old" / "ckpt"
+def old_run(data, runs):
+    """The old model at TP=2, saved at GROWN_AT, then one step on: its loss there is the old model's loss
+    on the batch the grown runs see first (the same weights, Adam state and batch as a resume)."""
+    losses = train(2, data, runs / "old", train_iters=TRAIN_ITERS, tensor_model_parallel_size=2,
+                   save=str(runs / "old" / "ckpt"), save_interval=GROWN_AT, exit_interval=GROWN_AT + 1)
+    return runs / "old" / "ckpt" / f"iter_{GROWN_AT:07d}", losses[GROWN_AT + 1]
 
 
 @pytest.fixture(scope="module")
-def next_loss(data, runs, old):
-    """The old model's loss on the batch the grown runs see first."""
-    return train(1, data, runs / "old_next", train_iters=TRAIN_ITERS, load=str(old), exit_interval=1)[GROWN_AT + 1]
+def old(old_run):
+    return old_run[0]
+
+
+@pytest.fixture(scope="module")
+def next_loss(old_run):
+    return old_run[1]
 
 
 @pytest.mark.slow
