@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flm_ext.checkpoint import manifest_for_tree
+from flm_ext.checkpoint import manifest_for_tree, write_latest
 
 from distributed import run_then_sigkill
 from tiny_data import run_tool, train  # `data`, the tiny bilingual set, is a session fixture (conftest.py)
@@ -44,20 +44,29 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def old(data, runs):
-    """The pre-growth model: 2 x 64, 4 heads, FFN 256, trained 4 steps at TP=2 and saved."""
-    losses = _train(2, data, runs / "old", tensor_model_parallel_size=2, save=str(runs / "old" / "ckpt"),
-                    exit_interval=GROWN_AT)
-    assert sorted(losses) == list(range(1, GROWN_AT + 1))
-    return runs / "old" / "ckpt"
+def old_run(data, runs):
+    """The pre-growth model: 2 x 64, 4 heads, FFN 256, trained 4 steps at TP=2 and saved, then one step
+    on: that step's loss is the old model's on batch 5, the batch the grown runs see first (the same
+    weights, Adam state and batch as a resume from the save)."""
+    losses = _train(2, data, runs / "old", tensor_model_parallel_size=2, save=str(runs / "old" / "run"),
+                    save_interval=GROWN_AT, exit_interval=GROWN_AT + 1)
+    assert sorted(losses) == list(range(1, GROWN_AT + 2))
+    # the checkpoint of step GROWN_AT alone in a folder of its own, as a run that stopped there leaves it
+    root = runs / "old" / "ckpt"
+    root.mkdir()
+    shutil.move(str(runs / "old" / "run" / f"iter_{GROWN_AT:07d}"), str(root))
+    write_latest(str(root), GROWN_AT)
+    return root, losses[GROWN_AT + 1]
 
 
 @pytest.fixture(scope="module")
-def next_loss(data, runs, old):
-    """The old model's loss on batch 5 (the batch the grown run sees first), loaded at TP=1."""
-    losses = _train(1, data, runs / "old_next", load=str(old), exit_interval=1)
-    assert list(losses) == [GROWN_AT + 1]
-    return losses[GROWN_AT + 1]
+def old(old_run):
+    return old_run[0]
+
+
+@pytest.fixture(scope="module")
+def next_loss(old_run):
+    return old_run[1]
 
 
 @pytest.fixture(scope="module")
