@@ -8,7 +8,7 @@ import json
 import torch
 
 
-def margins(folder: str, teacher_jsonl: str, samples: int) -> list[tuple[bool, float]]:
+def margins(folder: str, teacher_jsonl: str, samples: int, batch: int = 32) -> list[tuple[bool, float]]:
     """(label, log P(true emoji) - log P(false emoji)) for the first `samples` held-out lines."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -16,29 +16,41 @@ def margins(folder: str, teacher_jsonl: str, samples: int) -> list[tuple[bool, f
     tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     window = model.config.max_position_embeddings
     emoji = [tok.encode(e, add_special_tokens=False) for e in ("\N{SMILING FACE WITH HORNS}", "\N{POUTING FACE}")]
-    out = []
     with open(teacher_jsonl, encoding="utf-8") as f:
-        lines = f.read().splitlines()[:samples]
+        rows = [json.loads(line) for line in f.read().splitlines()[:samples]]
+    # log P(cand | prompt) needs the logits of prompt + cand[:-1] only: one forward serves both labels
+    # where they differ only in their last token (byte-level emoji share their leading bytes)
+    inputs: dict[tuple[int, ...], list[float] | None] = {}
+    wanted = []
+    for row in rows:
+        prompt = tok.encode(row["text"] + "\n" + row["proposition"], add_special_tokens=False)
+        for cand in emoji:
+            ids = (prompt + cand)[-window:]
+            wanted.append((tuple(ids[:-1]), cand))
+            inputs[tuple(ids[:-1])] = None
+    order = sorted(inputs, key=len)  # batches of similar length
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny forwards: 20x faster than 2 threads fighting on 2 loaded cores
+    torch.set_num_threads(1)  # small forwards: far faster than 2 threads fighting on 2 loaded cores
     try:
-        for line in lines:
-            out.append(_margin(model, tok, window, emoji, json.loads(line)))
+        for at in range(0, len(order), batch):
+            chunk = order[at:at + batch]
+            inputs.update(zip(chunk, _logits(model, chunk)))
     finally:
         torch.set_num_threads(threads)
-    return out
+    scores = []
+    for ids, cand in wanted:
+        logp = torch.log_softmax(inputs[ids][len(ids) - len(cand):].double(), dim=-1)  # predicting cand
+        scores.append(sum(logp[i, t].item() for i, t in enumerate(cand)))
+    return [(bool(row["label"]), scores[2 * n] - scores[2 * n + 1]) for n, row in enumerate(rows)]
 
 
 @torch.no_grad()
-def _margin(model, tok, window: int, emoji: list[list[int]], sample: dict) -> tuple[bool, float]:
-    prompt = tok.encode(sample["text"] + "\n" + sample["proposition"], add_special_tokens=False)
-    scores = []
-    for cand in emoji:
-        ids = (prompt + cand)[-window:]
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
-        start = len(ids) - len(cand)
-        scores.append(sum(logp[start - 1 + i, t].item() for i, t in enumerate(cand)))
-    return bool(sample["label"]), scores[0] - scores[1]
+def _logits(model, seqs: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Each sequence's logits from one forward of them all, padded on the right (a causal model's
+    earlier positions never see the padding)."""
+    width = max(len(ids) for ids in seqs)
+    logits = model(torch.tensor([list(ids) + [0] * (width - len(ids)) for ids in seqs])).logits
+    return [logits[row, :len(ids)] for row, ids in enumerate(seqs)]
 
 
 def check_accuracy(reported: dict, answers: list[tuple[bool, float]], tie: float = 1e-4) -> None:
