@@ -14,3 +14,39 @@ def quiet_megatron_import_warnings() -> None:
 
     warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|Transformer-Engine) .*not installed",
                             category=UserWarning)
+    defer_torch_compile_of_functions()
+
+
+def defer_torch_compile_of_functions() -> None:
+    """`torch.compile(fn)` of a plain function returns a wrapper that compiles `fn` on its first call.
+
+    megatron-core decorates its fusions with `torch.compile` at import time, and that decoration alone
+    imports TorchDynamo and Inductor: about 1.5 s of every process's start-up (more on a loaded
+    machine), paid by every tool and test process, though on CPU they never call a fusion. Here the
+    decoration is deferred to the first call, where torch.compile would compile anyway; every other
+    use (modules, keyword arguments) goes to torch.compile unchanged.
+    """
+    import functools
+
+    import torch
+
+    real = torch.compile
+    if getattr(real, "_flm_deferred", False):
+        return
+
+    @functools.wraps(real)
+    def compile(model=None, **kwargs):
+        if kwargs or not callable(model) or isinstance(model, torch.nn.Module):
+            return real(model, **kwargs) if model is not None else real(**kwargs)
+        compiled = None
+
+        @functools.wraps(model)
+        def first_call_compiles(*args, **kw):
+            nonlocal compiled
+            if compiled is None:
+                compiled = real(model)
+            return compiled(*args, **kw)
+        return first_call_compiles
+
+    compile._flm_deferred = True
+    torch.compile = compile
