@@ -183,3 +183,27 @@ def test_make_iq_tasks_cli(tmp_path):
         proc = subprocess.run(tool + args, capture_output=True, text=True)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith(f"make_iq_tasks.py: error: {flag}")
+
+
+def test_a_missing_family_shows_as_a_table_row(tmp_path):
+    """A family whose data files are gone is said once and kept in the results table as a
+    'missing data' row naming it, beside the families that did run (the oracle scores them 100%)."""
+    from flm_ext.evaluation.iq.oracle import OracleLM
+    from flm_ext.evaluation.runner import markdown_table
+    from flm_ext.evaluation.tasks import Context, iq
+
+    folder = tmp_path / "suite"
+    suite.write_suite(str(folder), seed=7, n=4, langs=("en",))
+    for test in suite.SUBTESTS:
+        if test.family == "symbolic_mapping" and (folder / f"{test.name}.jsonl").exists():
+            (folder / f"{test.name}.jsonl").unlink()
+    said = []
+    ctx = Context(load="-", tokenizer=None, logits_fn=None, training_length=0, iq_dir=str(folder),
+                  iq_langs=("en",), say=said.append, _lm=OracleLM())
+    result = iq.run(ctx, ["iq_symbolic_mapping", "iq_rule_understanding"])
+    assert list(result["iq"]["missing"]) == ["iq_symbolic_mapping"]
+    assert [line.split(":")[0] for line in said] == ["iq_symbolic_mapping"]
+    lines = markdown_table(result).splitlines()
+    assert "| iq_symbolic_mapping | - | missing data | - | - | |" in lines
+    assert "| **rule_understanding** | mean | 100.00 | 25.00 | 76.42 | |" in lines
+    assert not any(r["family"] == "symbolic_mapping" for r in result["iq"]["subtests"].values())

@@ -132,5 +132,9 @@ def rows(result: dict) -> list[str]:
     scored, missing = result.get("lm_eval", {}).get("tasks", {}), result.get("lm_eval", {}).get("missing", {})
     out = [f"| {name} | {r['metric']} | {pct(r['score'])} | {pct(r['random_baseline'])} | "
            f"{paper.figure(name)} | {r.get('items', '-')} |" for name, r in scored.items()]
-    out += [f"| {name} | - | missing data | - | {paper.figure(name)} | |" for name in missing]
-    return out
+    return out + [missing_row(name) for name in missing]
+
+
+def missing_row(name: str) -> str:
+    """The table row of a task whose data is not on this machine (its line says what to fetch)."""
+    return f"| {name} | - | missing data | - | {paper.figure(name)} | |"

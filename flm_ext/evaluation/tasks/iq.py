@@ -60,12 +60,15 @@ def run(ctx: Context, names: list[str]) -> dict:
     from flm_ext.evaluation import harness
 
     folder = suite_folder(ctx.iq_dir, ctx.iq_seed, ctx.iq_n, ctx.iq_langs, ctx.workdir)
-    tm, loaded, _ = harness.load_tasks(names, [folder, *ctx.include_paths], ctx.say)
+    tm, loaded, missing = harness.load_tasks(names, [folder, *ctx.include_paths], ctx.say)
     raw = harness.simple_evaluate(ctx.lm(), tm, [n for n in names if n in loaded], ctx.limit, None)
-    return {"iq": iq_rows(raw, folder, ctx.limit)}
+    return {"iq": {**iq_rows(raw, folder, ctx.limit), "missing": missing}}
 
 
 def rows(result: dict) -> list[str]:
+    """Each sub-test, each family's columns and mean, then each asked name whose data is missing."""
+    from flm_ext.evaluation.harness import missing_row
+
     iq = result.get("iq")
     if not iq:
         return []
@@ -81,7 +84,7 @@ def rows(result: dict) -> list[str]:
                              f"| {pct(c['paper_flm101b'])} | |")
         lines.append(f"| **{family}** | mean | {pct(r['score'])} | {pct(r['random_baseline'])} | "
                      f"{pct(r['paper_flm101b'])} | |")
-    return lines
+    return lines + [missing_row(name) for name in iq.get("missing", {})]
 
 
 def _parts() -> tuple[str, ...]:
