@@ -23,7 +23,8 @@ def model_with_adam_state(args, seq_length: int):
     from flm_ext.config import FLMConfig
     from flm_ext.model.flm_model import build_model_chunks
     from flm_ext.runtime import init_single_process
-    from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, train_step, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
 
     cfg = FLMConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.hidden // 64,
                     seq_length=seq_length, vocab_size=args.vocab)

@@ -204,7 +204,8 @@ class FLMRunner:
         from flm_ext.config import FLMConfig, num_parameters
         from flm_ext.model import fused
         from flm_ext.model.flm_model import build_model_chunks
-        from flm_ext.training.engine import OptimConfig, build_optimizer, wrap_ddp
+        from flm_ext.training.engine import build_optimizer, wrap_ddp
+        from flm_ext.training.optim import OptimConfig
 
         self.shape, self.fast = shape, fast
         self.env = dict(FLM_XPOS_IMPL=args.xpos_impl if fast else "reference",

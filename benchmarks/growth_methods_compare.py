@@ -32,7 +32,8 @@ from flm_ext.growth.methods import get_method
 from flm_ext.model.flm_model import build_model_chunks
 from flm_ext.model.global_weights import global_state_dict, load_global_state_dict
 from flm_ext.runtime import init_single_process, set_seed
-from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
+from flm_ext.training.engine import build_optimizer, train_step, wrap_ddp
+from flm_ext.training.optim import OptimConfig
 from flm_ext.training.metrics import flops_per_token
 
 SEQ, BATCH = 64, 8

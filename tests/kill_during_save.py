@@ -16,7 +16,8 @@ from flm_ext.config import FLMConfig, ParallelConfig  # noqa: E402
 from flm_ext.model.flm_model import build_model_chunks  # noqa: E402
 from flm_ext.runtime import initialize_distributed  # noqa: E402
 from flm_ext.checkpoint import training_io  # noqa: E402
-from flm_ext.training.engine import OptimConfig, build_optimizer, wrap_ddp  # noqa: E402
+from flm_ext.training.engine import build_optimizer, wrap_ddp  # noqa: E402
+from flm_ext.training.optim import OptimConfig  # noqa: E402
 
 CFG = FLMConfig(num_layers=2, hidden_size=32, num_attention_heads=2, seq_length=16, vocab_size=128)
 

@@ -112,7 +112,8 @@ def train_parity(rank, world_size, out_dir):
     """A few AdamW steps from the same weights at TP=2, PP=2, DP=2 (+ distributed optimizer)."""
     from megatron.core import parallel_state
 
-    from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, train_step, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
 
     initialize_distributed(ParallelConfig(world_size=world_size), seed=11)
     with torch.no_grad():

@@ -21,7 +21,8 @@ def main(out_dir: str) -> None:
     initialize_distributed(ParallelConfig(), seed=1, rank=0, world_size=1)
     print("ok seed", flush=True)
     from flm_ext.model.flm_model import build_model_chunks
-    from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, train_step, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
 
     chunks = build_model_chunks(cfg)
     model = wrap_ddp(chunks)

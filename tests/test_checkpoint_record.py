@@ -223,7 +223,8 @@ def test_an_old_trainer_checkpoint_resumes(tmp_path, megatron_single_process):
     data position and the LR schedule from it, and a save of the resumed run writes today's layout."""
     from flm_ext.checkpoint import training_io
     from flm_ext.model.flm_model import build_model_chunks
-    from flm_ext.training.engine import OptimConfig, build_optimizer, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     def build():

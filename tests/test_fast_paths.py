@@ -244,7 +244,8 @@ def test_fused_adam_gives_the_same_update(megatron_single_process):
     """megatron's torch-AdamW fallback switched to torch's fused kernel: same parameters after 3 steps."""
     from flm_ext.model.flm_model import build_model_chunks
     from flm_ext.model.global_weights import global_state_dict, load_global_state_dict
-    from flm_ext.training.engine import OptimConfig, build_optimizer, optimizer_step, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, optimizer_step, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
 
     cfg = FLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, seq_length=8, vocab_size=64)
     runs = {}

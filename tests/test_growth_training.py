@@ -12,7 +12,8 @@ from flm_ext.growth import (GrowthPlan, GrowthState, apply_growth_schedule, grow
 from flm_ext.model.flm_model import build_model_chunks
 from flm_ext.model.global_weights import global_state_dict, load_global_state_dict
 from flm_ext.model.norm import FLMLayerNorm
-from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
+from flm_ext.training.engine import build_optimizer, train_step, wrap_ddp
+from flm_ext.training.optim import OptimConfig
 
 OLD = FLMConfig(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, seq_length=32,
                 vocab_size=128, use_mup=True, mup_base_width=8, mup_output_mult=2.0, init_method_std=0.05)

@@ -39,3 +39,14 @@ def test_a_forbidden_import_breaks_the_contract(tmp_path):
     result = _lint(root)
     assert result.returncode != 0
     assert "BROKEN" in result.stdout and "flm_ext.config -> flm_ext.training.trainer" in result.stdout, result.stdout
+
+
+def test_the_engine_builds_an_optimizer_without_the_training_cli():
+    """`OptimConfig` has its own module: the step engine (and the tools and tests that build an
+    optimizer) never import the training CLI's argument module."""
+    code = ("import sys, flm_ext.training.engine as e; from flm_ext.training.optim import OptimConfig; "
+            "assert e.OptimConfig is OptimConfig; print(sorted(m for m in sys.modules if m.startswith('flm_ext.training')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    assert "flm_ext.training.optim" in out.stdout and "flm_ext.training.arguments" not in out.stdout, out.stdout

@@ -205,7 +205,8 @@ def test_mup_hidden_matrices_train_at_lr_over_m(megatron_single_process):
 
     from flm_ext.config import FLMConfig
     from flm_ext.model.flm_model import build_model_chunks
-    from flm_ext.training.engine import OptimConfig, build_optimizer, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
 
     cfg = FLMConfig(num_layers=1, hidden_size=64, num_attention_heads=4, seq_length=16, vocab_size=128,
                     use_mup=True, mup_base_width=16)  # m = 4
@@ -309,7 +310,8 @@ def test_impossible_layouts_fail_dry_run_with_the_reason(env_extra, extra_args, 
 def test_non_finite_loss_skips_the_update_and_too_many_stop_the_run(megatron_single_process):
     from flm_ext.config import FLMConfig
     from flm_ext.model.flm_model import build_model_chunks
-    from flm_ext.training.engine import OptimConfig, build_optimizer, forward_step, train_step, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, forward_step, train_step, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
     from flm_ext.training.trainer import SkipTracker, TrainingError
 
     cfg = FLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, seq_length=16, vocab_size=128)

@@ -143,7 +143,8 @@ def _straggler_worker(rank, world_size, out, delay):
     from flm_ext.config import FLMConfig, ParallelConfig
     from flm_ext.model.flm_model import build_model_chunks
     from flm_ext.runtime import initialize_distributed
-    from flm_ext.training.engine import OptimConfig, build_optimizer, forward_step, train_step, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, forward_step, train_step, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
     from flm_ext.training.monitoring import StepTimer
 
     initialize_distributed(ParallelConfig(), seed=1, timeout_minutes=7)

@@ -91,7 +91,8 @@ def _one_width(width: int, *, use_mup: bool, base_width: int, head_dim: int, num
     from flm_ext.config import FLMConfig
     from flm_ext.model.flm_model import build_model_chunks
     from flm_ext.runtime import set_seed
-    from flm_ext.training.engine import OptimConfig, build_optimizer, train_step, wrap_ddp
+    from flm_ext.training.engine import build_optimizer, train_step, wrap_ddp
+    from flm_ext.training.optim import OptimConfig
 
     model_cfg = FLMConfig(num_layers=num_layers, hidden_size=width, num_attention_heads=width // head_dim,
                           seq_length=seq_length, vocab_size=vocab_size, init_method_std=init_std,

@@ -3,7 +3,8 @@
 Flags keep Megatron-LM's names wherever Megatron has the concept, so a Megatron user's launch
 script reads the same; FLM-specific ones (`--model-preset`, xPos, µP, teacher signal, growth)
 are added. Each flag is a field of the config it sets (flm_ext/flags.py): the model's are
-`FLMConfig`'s and `ParallelConfig`'s, the data and tokenizer flags `DataConfig`'s, the rest the
+`FLMConfig`'s and `ParallelConfig`'s, the data and tokenizer flags `DataConfig`'s, the optimizer's
+`OptimConfig`'s (training/optim.py, which the engine imports without this module), the rest the
 dataclasses here; `LaunchArgs` holds those read while building the config but not kept in it.
 The parser is generated from the fields; everything is checked once in `TrainConfig.validate`,
 and errors name the flag.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 from flm_ext.config import ConfigError, FLMConfig, ParallelConfig, get_preset, pad_vocab_size, validate
 from flm_ext.data.config import DataConfig
 from flm_ext.flags import CheckpointStep, add_flags, flag, flag_names, flag_values, from_args
+from flm_ext.training.optim import OptimConfig
 
 LR_DECAY_STYLES = ("cosine", "linear", "constant")  # the styles the trainer's scheduler is tested with
 RECOMPUTE_GRANULARITIES = ("selective", "full")
@@ -60,20 +62,6 @@ class ScheduleConfig:
     @property
     def train_iters(self) -> int:
         return math.ceil(self.train_samples / self.global_batch_size)
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW as FLM-101B used it: betas (0.9, 0.95), weight decay 0.1, clipping 1.0."""
-
-    lr: float = flag(3e-4)
-    min_lr: float = flag(0.0)
-    weight_decay: float = flag(0.1)
-    adam_beta1: float = flag(0.9)
-    adam_beta2: float = flag(0.95)
-    adam_eps: float = flag(1e-8)
-    clip_grad: float = flag(1.0)
-    use_distributed_optimizer: bool = flag(False)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from flm_ext.config import FLMConfig
 from flm_ext.model.mup import mup_optimizer_overrides
-from flm_ext.training.arguments import OptimConfig  # noqa: F401  (defined with its flags; imported from here too)
+from flm_ext.training.optim import OptimConfig
 
 
 def wrap_ddp(chunks: list[torch.nn.Module], use_distributed_optimizer: bool = False) -> list[DistributedDataParallel]:
