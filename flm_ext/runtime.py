@@ -150,6 +150,16 @@ def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else CPU
 
 
+# What torchrun (and tests/distributed.py's spawn) set for a rank to join a rendezvous.
+RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_USE_AGENT_STORE")
+
+
+def lone_process_env(env) -> dict:
+    """`env` without rendezvous variables: a child started with it is a lone process, which
+    `initialize_distributed` starts on an in-process store, with no port to take or lose."""
+    return {k: v for k, v in env.items() if k not in RENDEZVOUS_VARS}
+
+
 def initialize_distributed(parallel: ParallelConfig, seed: int = 1234, *, rank: int | None = None,
                            world_size: int | None = None, init_method: str | None = None,
                            timeout_minutes: int = 30) -> None:

@@ -8,7 +8,7 @@ shared deadline fails it with that worker's Python stack.
 Ports come from the OS at bind time, never from a bind-and-release probe another process can
 race: the store here binds port 0 and the workers join it as clients (torchrun's own "agent
 store"), `torchrun()` uses torch's standalone rendezvous (port 0), and a lone process needs no
-port (`lone_process_env`).
+port (`flm_ext.runtime.lone_process_env`).
 """
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ if os.environ.get(_STACKS_ENV):
                           file=open(os.path.join(os.environ.pop(_STACKS_ENV), f"stack_{os.getpid()}.txt"), "w"))
 
 
+from flm_ext.runtime import lone_process_env  # noqa: E402,F401  (the tests' children: the runtime's own list)
+
 # Below pytest's own limit (pytest.ini: 600 s), so that a hung rank is reported here, with its stack.
 DEFAULT_TIMEOUT = 540.0
-RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_USE_AGENT_STORE")
 
 
 def free_port() -> int:
@@ -50,12 +51,6 @@ def free_port() -> int:
 def torchrun(nproc: int) -> list[str]:
     """torch's launcher on one host with a standalone rendezvous: its store binds port 0 itself."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-
-
-def lone_process_env(env: dict) -> dict:
-    """`env` without rendezvous variables: a single process then initialises torch.distributed on
-    an in-process store (flm_ext.runtime), with no port to take or lose."""
-    return {k: v for k, v in env.items() if k not in RENDEZVOUS}
 
 
 def _entry(fn, rank, world_size, port, out_dir, args, errors, gpus=0):

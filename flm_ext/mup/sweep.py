@@ -70,11 +70,6 @@ def loss_at(metrics: dict[int, dict], step: int, metric: str = "valid", window: 
     return float(sum(values) / len(values))
 
 
-# A lone pretrain_flm.py process without these starts torch.distributed on an in-process store
-# (flm_ext.runtime): parallel runs then share no port, and none can be taken between probe and bind.
-_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_USE_AGENT_STORE")
-
-
 class _Child:
     def __init__(self, spec: RunSpec, folder: str, proc: subprocess.Popen, log_file):
         self.spec, self.folder, self.proc, self.log_file = spec, folder, proc, log_file
@@ -139,7 +134,11 @@ class Orchestrator:
         else:  # no checkpoint to resume from: an unfinished run starts over
             if os.path.exists(metrics):
                 os.remove(metrics)
-        env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
+        from flm_ext.runtime import lone_process_env  # (torch: only once a run starts)
+
+        # A lone pretrain_flm.py starts torch.distributed on an in-process store: parallel runs
+        # then share no port, and none can be taken between probe and bind.
+        env = lone_process_env(os.environ)
         env.update(OMP_NUM_THREADS=str(self.threads), PYTHONWARNINGS="ignore")
         log_file = open(os.path.join(folder, "stdout.log"), "a")
         proc = subprocess.Popen([self.python, PRETRAIN, *spec.args, *extra], stdout=log_file,
