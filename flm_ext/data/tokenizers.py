@@ -47,7 +47,8 @@ class TokenizerConfig:
     vocab_file: Optional[str] = flag(None, help="GPT-2 encoder.json (GPT2BPETokenizer; default: the bundled one)")
     merge_file: Optional[str] = flag(None, help="GPT-2 vocab.bpe (GPT2BPETokenizer; default: the bundled one)")
 
-    def build(self) -> "Tokenizer":
+    def build_tokenizer(self) -> "Tokenizer":
+        """The tokenizer these flags name (a `DataConfig` is one: `cfg.data.build_tokenizer()`)."""
         return build_tokenizer(self.tokenizer_type, self.vocab_file, self.merge_file, self.tokenizer_model)
 
 

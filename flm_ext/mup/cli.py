@@ -80,14 +80,11 @@ def resolve_run(flags: list[str]):
             if not os.path.exists(entry + suffix):
                 raise UsageError(f"--data-path {entry}: {entry + suffix} does not exist")
     if cfg.data.vocab_from_tokenizer:
-        from flm_ext.data.tokenizers import build_tokenizer
-
         for name in ("vocab_file", "merge_file", "tokenizer_model"):
             path = getattr(cfg.data, name)
             if path and not os.path.exists(path):
                 raise UsageError(f"--{name.replace('_', '-')} {path} does not exist")
-        tokenizer = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file, cfg.data.merge_file,
-                                    cfg.data.tokenizer_model)
+        tokenizer = cfg.data.build_tokenizer()
         cfg = with_vocab(cfg, tokenizer.vocab_size)
     return cfg
 

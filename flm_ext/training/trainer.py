@@ -130,13 +130,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, hooks=()):
         from flm_ext.data.datasets import check_training_data
-        from flm_ext.data.tokenizers import build_tokenizer
 
         # Data errors (files, another tokenizer, ids outside the vocabulary, a split with no data)
         # stop the run with one line before any process group or model exists.
         cfg.data.check_files()
-        self.tokenizer = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file, cfg.data.merge_file,
-                                         cfg.data.tokenizer_model)
+        self.tokenizer = cfg.data.build_tokenizer()
         cfg = with_vocab(cfg, self.tokenizer.vocab_size)
         s = cfg.schedule
         self.split_samples = (s.train_samples, cfg.logging.eval_iters * s.global_batch_size
