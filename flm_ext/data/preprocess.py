@@ -51,6 +51,7 @@ from flm_ext.data.sidecar import make_sidecar, sidecar_path
 from flm_ext.fileio import atomic_write_json
 from flm_ext.flags import flag
 from flm_ext.data.tokenizers import TOKENIZER_TYPES, build_tokenizer
+from flm_ext.data.sentences import LANGS
 
 BAD_LINE_REASONS = (
     "malformed_json",
@@ -89,7 +90,7 @@ class PreprocessConfig:
     keep_newlines: bool = flag(False, group="input", help="with --split-sentences: keep the whitespace (newlines) "
                                                           "after each sentence")
     lang: str = flag(  # with split_sentences: auto (per document, sentences.detect_language) | en (Punkt) | zh (。！？)
-        "auto", choices=("en", "zh", "auto"), group="input", cli_default=None,  # None: not given
+        "auto", choices=LANGS, group="input", cli_default=None,  # None: not given
         help="with --split-sentences: auto (the default: per document, zh when its Han characters are at least a "
              "third as many as its Latin letters, else en), en (nltk Punkt, parameters trained on the King James "
              "Bible), zh (split after 。！？)")
@@ -106,8 +107,8 @@ class PreprocessConfig:
             raise ValueError(f"--json-keys must be distinct and non-empty, got {self.json_keys}")
         if not self.output_prefix:
             raise ValueError("--output-prefix is required")
-        if self.lang not in ("en", "zh", "auto"):
-            raise ValueError(f"--lang must be en, zh or auto, got {self.lang!r}")
+        if self.lang not in LANGS:
+            raise ValueError(f"--lang must be one of {', '.join(LANGS)}, got {self.lang!r}")
         if self.keep_newlines and not self.split_sentences:
             raise ValueError("--keep-newlines only applies with --split-sentences")
         if self.split_sentences and self.teacher_signal:

@@ -25,7 +25,7 @@ from typing import Callable, List
 
 import regex
 
-LANGS = ("en", "zh", "auto")
+LANGS = ("en", "zh", "auto")  # --lang of tools/preprocess_data.py (PreprocessConfig)
 PUNKT_PARAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "punkt_english.json.gz")
 
 _ZH_END = regex.compile(r"[。！？]+[”’」』）》】〕〉\"')\]]*")
