@@ -82,3 +82,9 @@ def test_a_bad_growth_record_is_one_line_naming_the_checkpoint(tool, bad_record,
 
     with pytest.raises(ExportError, match=r"iter_0000003: growth record \(flm.growth\): unknown growth axis 'vocab'"):
         growth_of(open_for_export(str(bad_record)))
+
+    from flm_ext.checkpoint import open_checkpoint
+    from flm_ext.growth import GrowthError, GrowthState
+
+    with pytest.raises(GrowthError, match=r"iter_0000003: growth record \(flm.growth\): unknown growth axis 'vocab'"):
+        GrowthState.at_checkpoint(open_checkpoint(str(bad_record)))  # what evaluation.core.load_model reads

@@ -63,3 +63,17 @@ def test_a_malformed_growth_record_is_a_checkpoint_error():
     with pytest.raises(CheckpointError, match=r"growth record \(flm.growth\): layers: positions=\[4, 5, 6, 9\] must "
                                               r"be 4 distinct indices below new=8"):
         GrowthRamp().on_load(record, restart=True, train_iters=200)
+
+
+@pytest.mark.parametrize("iteration, expected", [(300, 0.0), (350, 0.5), (399, 0.99), (400, None), (900, None)])
+def test_the_masks_at_a_checkpoint_follow_its_ramp(iteration, expected):
+    """What evaluation attaches and export folds in: lambda = (iteration - start) / ramp during the
+    ramp (from the record's numbers), no masks once it has ended or without a growth record."""
+    from types import SimpleNamespace
+
+    state = GrowthState((AxisChange("layers", 4, 8, positions=(4, 5, 6, 7)),), 100, 300)
+    grown = SimpleNamespace(growth_record=state.to_dict(), iteration=iteration, folder="ckpt")
+    got, lam = GrowthState.at_checkpoint(grown)
+    assert (got, lam) == ((None, 1.0) if expected is None else (state, pytest.approx(expected)))
+    plain = SimpleNamespace(growth_record=None, iteration=iteration, folder="ckpt")
+    assert GrowthState.at_checkpoint(plain) == (None, 1.0)

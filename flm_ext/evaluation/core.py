@@ -42,11 +42,9 @@ def load_model(path: str, iteration: int | None = None):
     init_single_process(seed=0)
     chunks = build_model_chunks(ckpt.config, ParallelConfig())
     load_model_weights(ckpt.folder, chunks)
-    state = GrowthState.of_checkpoint(ckpt)
+    state, lam = GrowthState.at_checkpoint(ckpt)
     if state is not None:
-        lam = state.lambda_at(ckpt.iteration)
-        if lam < 1.0:
-            attach_growth(chunks, state, lam)
+        attach_growth(chunks, state, lam)
     model = chunks[0].to(device()).eval()
     return model, ckpt.config, ckpt.record
 

@@ -172,12 +172,8 @@ def plan_tensors(ckpt, vocab_size: int, block_bytes: int = DEFAULT_BLOCK_BYTES
 
 
 def growth_of(ckpt) -> tuple[GrowthState | None, float]:
-    """(growth state, lambda at the checkpoint's iteration); (None, 1.0) outside a ramp."""
+    """`GrowthState.at_checkpoint`, with a malformed growth record as an ExportError."""
     try:
-        growth = GrowthState.of_checkpoint(ckpt)
+        return GrowthState.at_checkpoint(ckpt)
     except GrowthError as e:
         raise ExportError(str(e)) from None
-    if growth is None:
-        return None, 1.0
-    lam = growth.lambda_at(ckpt.iteration)
-    return (growth, lam) if lam < 1.0 else (None, 1.0)

@@ -160,6 +160,15 @@ class GrowthState:
             raise GrowthError(f"{ckpt.folder}: growth record (flm.growth): {e}") from None
 
     @classmethod
+    def at_checkpoint(cls, ckpt) -> "tuple[GrowthState | None, float]":
+        """(growth state, mask lambda at the checkpoint's iteration), or (None, 1.0) without a growth
+        record or past its ramp: the masks a model loaded from `ckpt` carries (evaluation attaches
+        them, export folds them in). A malformed record is `of_checkpoint`'s GrowthError."""
+        state = cls.of_checkpoint(ckpt)
+        lam = 1.0 if state is None else state.lambda_at(ckpt.iteration)
+        return (state, lam) if lam < 1.0 else (None, 1.0)
+
+    @classmethod
     def _from_pair_record(cls, data: Mapping) -> "GrowthState":
         """A record written before the per-axis list: an old/new pair per width axis, new_layers."""
         fields = {"num_layers", "hidden_size", "old_hidden_size", "num_attention_heads", "old_num_attention_heads",
