@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from markdown_blocks import FENCE, fences, section
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 README_MAX_LINES = 160
-FENCE = re.compile(r"^[ \t]*```([^\n]*)\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
 INLINE = re.compile(r"(`+)(.+?)\1")
 LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)\)")
 # a path into the repository: one of its tracked top-level folders, then anything path-like
@@ -39,11 +40,6 @@ def doc_files() -> list[Path]:
 
 def rel(path: Path) -> str:
     return str(path.relative_to(REPO))
-
-
-def fences(text: str) -> list[tuple[str, str]]:
-    """(info string, body) of each fenced block."""
-    return [(info.strip(), body) for info, body in FENCE.findall(text)]
 
 
 def prose(text: str) -> str:
@@ -401,8 +397,8 @@ def test_the_readme_map_lists_the_layers_of_importlinter():
         if not line.startswith((" ", "\t")) or not line.strip():
             break
         layers.append(sorted(name.strip() for name in line.split("|")))
-    section = README.read_text(encoding="utf-8").split("## A map of the house", 1)[1].split("\n## ", 1)[0]
-    rows = [sorted(re.findall(r"`(\w+)`", row.split("|")[1])) for row in section.splitlines()
+    house = section(README.read_text(encoding="utf-8"), "A map of the house")
+    rows = [sorted(re.findall(r"`(\w+)`", row.split("|")[1])) for row in house.splitlines()
             if row.startswith("| `")]
     assert rows == layers
 
@@ -505,3 +501,15 @@ def test_controls_a_flag_the_tool_does_not_take_is_reported():
     assert unknown_flags({"page": page + "`--gone-flag`, `--no-bf16`, `--no-gone-flag`\n"}) == [
         "page: tools/evaluate.py --no-such-eval-flag", "page: tools/evaluate.py --nor-this-one",
         "page: --gone-flag", "page: --no-gone-flag", "page: --nor-this-one"]
+
+
+def test_sections_and_fences_as_rendered():
+    """The one markdown reader of the doc tests: a section ends at the next `##`, a fence indented in a
+    list item counts and its body loses that indentation (a heredoc in it runs as shown)."""
+    page = ("# Page\n\n## Setup: by hand\n\n1. run\n\n   ```bash\n   cat <<EOF\n   x\n     y\n   EOF\n   ```\n\n"
+            "```python file=a.py\nprint(1)\n```\n\n## Next\n\n```bash\nnot here\n```\n")
+    part = section(page, "Setup")
+    assert part.startswith("## Setup: by hand\n") and "## Next" not in part
+    assert fences(part) == [("bash", "cat <<EOF\nx\n  y\nEOF\n"), ("python file=a.py", "print(1)\n")]
+    with pytest.raises(ValueError, match="no '## Missing' heading"):
+        section(page, "Missing")

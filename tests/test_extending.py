@@ -14,23 +14,20 @@ from pathlib import Path
 import pytest
 
 from distributed import lone_process_env
+from markdown_blocks import fences, section
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "extending.md"
 SECTIONS = ("Add a growth operator", "Add an evaluation task", "Add a checkpoint field")
-BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```$", re.S | re.M)
-
-
-def section(title: str) -> str:
-    text = DOC.read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
 
 
 def blocks(title: str) -> list[tuple[str, str, str]]:
     """(language, attributes, body) of each fenced block in the section, in order."""
-    return [(lang, attrs.strip(), body) for lang, attrs, body in BLOCK.findall(section(title))]
+    found = []
+    for info, body in fences(section(DOC.read_text(), title)):
+        lang, _, attrs = info.partition(" ")
+        found.append((lang, attrs.strip(), body))
+    return found
 
 
 def copy_repo(dst: Path) -> None:

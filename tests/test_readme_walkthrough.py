@@ -15,20 +15,18 @@ import pytest
 
 import reference_zero_shot
 from distributed import lone_process_env
+from markdown_blocks import fences, section
 from tiny_data import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
-HEADING = "## Walk-through"
+HEADING = "Walk-through"
 SETUP_LINES = ("make setup", "source .venv/bin/activate")  # done already: the test runs in that venv
 STEPS = {"S1": 4, "S2": 4, "S3": 4, "RAMP": 2}
 
 
 def walkthrough_blocks(readme: str) -> list[str]:
     """The ```bash blocks between the walk-through heading and the next level-2 heading."""
-    start = readme.index(HEADING)
-    end = readme.find("\n## ", start + 1)
-    section = readme[start:end if end != -1 else None]
-    return re.findall(r"^```bash\n(.*?)^```$", section, re.S | re.M)
+    return [body for info, body in fences(section(readme, HEADING)) if info == "bash"]
 
 
 def script(blocks: list[str]) -> str:
