@@ -218,25 +218,29 @@ def _make_old(folder: str, common: dict) -> None:
     manifest_for_tree(folder)
 
 
-def test_an_old_trainer_checkpoint_resumes(tmp_path, megatron_single_process):
-    """Saved by the trainer's own save, then given the first trainer layout: the load restores the
-    data position and the LR schedule from it, and a save of the resumed run writes today's layout."""
-    from flm_ext.checkpoint import training_io
+def _trainer_state():
+    """(DDP model, optimizer, LR scheduler) as the trainer builds them, for CFG."""
     from flm_ext.model.flm_model import build_model_chunks
     from flm_ext.training.engine import build_optimizer, wrap_ddp
     from flm_ext.training.optim import OptimConfig
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    def build():
-        model = wrap_ddp(build_model_chunks(CFG))
-        optimizer = build_optimizer(model, CFG, OptimConfig())
-        scheduler = OptimizerParamScheduler(optimizer, init_lr=0.0, max_lr=1e-3, min_lr=1e-4, lr_warmup_steps=8,
-                                            lr_decay_steps=64, lr_decay_style="cosine", start_wd=0.0, end_wd=0.0,
-                                            wd_incr_steps=64, wd_incr_style="constant",
-                                            use_checkpoint_opt_param_scheduler=False,
-                                            override_opt_param_scheduler=True)
-        return model, optimizer, scheduler
+    model = wrap_ddp(build_model_chunks(CFG))
+    optimizer = build_optimizer(model, CFG, OptimConfig())
+    scheduler = OptimizerParamScheduler(optimizer, init_lr=0.0, max_lr=1e-3, min_lr=1e-4, lr_warmup_steps=8,
+                                        lr_decay_steps=64, lr_decay_style="cosine", start_wd=0.0, end_wd=0.0,
+                                        wd_incr_steps=64, wd_incr_style="constant",
+                                        use_checkpoint_opt_param_scheduler=False,
+                                        override_opt_param_scheduler=True)
+    return model, optimizer, scheduler
 
+
+def test_an_old_trainer_checkpoint_resumes(tmp_path, megatron_single_process):
+    """Saved by the trainer's own save, then given the first trainer layout: the load restores the
+    data position and the LR schedule from it, and a save of the resumed run writes today's layout."""
+    from flm_ext.checkpoint import training_io
+
+    build = _trainer_state
     model, optimizer, scheduler = build()
     scheduler.step(increment=24)
     root = str(tmp_path / "ckpt")
@@ -255,6 +259,39 @@ def test_an_old_trainer_checkpoint_resumes(tmp_path, megatron_single_process):
     training_io.save_checkpoint(root, 4, model, optimizer, scheduler,
                                 record=training_io.trainer_record(4, CFG, 32, optimizer))
     assert read_record(os.path.join(root, "iter_0000004")).version == RECORD_VERSION
+
+
+def test_a_resume_reads_common_pt_for_the_record_and_hands_it_to_megatron(tmp_path, megatron_single_process,
+                                                                         monkeypatch):
+    """The load reads common.pt twice: the safety check before anything is unpickled, and once for
+    both the record and megatron's common state (megatron no longer reads it again); the weights
+    and the LR schedule still come back."""
+    from flm_ext.checkpoint import training_io
+
+    model, optimizer, scheduler = _trainer_state()
+    scheduler.step(increment=24)
+    root = str(tmp_path / "ckpt")
+    training_io.save_checkpoint(root, 3, model, optimizer, scheduler,
+                                record=training_io.trainer_record(3, CFG, 24, optimizer))
+    saved = {k: v.detach().clone() for k, v in model[0].module.state_dict().items() if torch.is_tensor(v)}
+    model, optimizer, scheduler = _trainer_state()
+    with torch.no_grad():
+        for parameter in model[0].module.parameters():
+            parameter.zero_()  # the load must bring the weights back
+    reads, real_load = [], torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if str(f).endswith("common.pt"):
+            reads.append(kwargs.get("weights_only"))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    loaded = training_io.load_checkpoint(root, model, optimizer, scheduler)
+    assert reads == [True, True]  # verify_for_load's check, then the one read for record and megatron
+    assert loaded.record.consumed_train_samples == 24 and loaded.loaded_scheduler and scheduler.num_steps == 24
+    for name, tensor in model[0].module.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]), name
 
 
 def test_an_old_grown_checkpoint_opens_grows_and_exports(tmp_path):

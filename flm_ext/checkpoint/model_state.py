@@ -5,8 +5,11 @@ The keys of a model's sharded state dict are the checkpoint's keys: `model` for 
 """
 from __future__ import annotations
 
+import copy
+
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
 
 from flm_ext.model.flm_model import unwrap
 
@@ -27,9 +30,23 @@ def apply_model_state(chunks, loaded: dict) -> None:
         module.load_state_dict(loaded[f"model{i}"], strict=True)
 
 
-def load_sharded(state: dict, folder: str) -> dict:
-    """megatron's load of a sharded state dict from a folder already verified by `verify_checkpoint`."""
-    return dist_checkpointing.load(state, folder, sharded_strategy=get_default_load_sharded_strategy(folder))
+class _CommonAlreadyRead(TorchCommonLoadStrategy):
+    """megatron's common-state strategy handed the `common.pt` dict its caller has read (with
+    weights_only), so that megatron does not read the file again."""
+
+    def __init__(self, common: dict):
+        super().__init__()
+        self.common = common
+
+    def load_common(self, checkpoint_dir):
+        return copy.deepcopy(self.common)  # megatron merges the loaded tensors into it: the caller's stays as read
+
+
+def load_sharded(state: dict, folder: str, common: dict | None = None) -> dict:
+    """megatron's load of a sharded state dict from a folder already verified by `verify_checkpoint`;
+    `common`: its `common.pt` as already read (`integrity.load_common`), else megatron reads it."""
+    return dist_checkpointing.load(state, folder, sharded_strategy=get_default_load_sharded_strategy(folder),
+                                   common_strategy=None if common is None else _CommonAlreadyRead(common))
 
 
 def load_model_weights(folder: str, chunks) -> None:

@@ -30,9 +30,9 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from flm_ext.checkpoint import (CheckpointError, CheckpointReader, iteration_dir, iterations_present, resolve,
                                 verify_checkpoint, write_latest)
-from flm_ext.checkpoint.integrity import describe_files, write_manifest
+from flm_ext.checkpoint.integrity import describe_files, load_common, write_manifest
 from flm_ext.checkpoint.model_state import apply_model_state, load_sharded, model_sharded_state
-from flm_ext.checkpoint.schema import CheckpointRecord, read_record
+from flm_ext.checkpoint.schema import CheckpointRecord
 from flm_ext.model.flm_model import unwrap
 
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
@@ -271,7 +271,8 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, iteration: int |
     """
     folder, iteration = resolve(path, iteration)
     verify_for_load(folder, checksums=verify)
-    record = read_record(folder).replace(iteration=iteration)
+    common = load_common(folder)  # read once: the record, and megatron's common state below
+    record = CheckpointRecord.from_dict(common, os.path.join(folder, "common.pt")).replace(iteration=iteration)
     rank0 = dist.get_rank() == 0
     if load_optimizer and optimizer is not None and not has_optimizer_state(folder):
         if rank0:
@@ -287,7 +288,7 @@ def load_checkpoint(path: str, chunks, optimizer, scheduler, *, iteration: int |
         materialize_adam_state(optimizer)
         configured = [_group_hyperparameters(g) for g in optimizer.param_groups]
     state = _sharded_state(chunks, optimizer if load_optimizer else None, None, is_loading=True, with_rng=same_layout)
-    loaded = load_sharded(state, folder)
+    loaded = load_sharded(state, folder, common)
     apply_model_state(chunks, loaded)
     if load_optimizer and optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
