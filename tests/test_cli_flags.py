@@ -165,3 +165,26 @@ def test_negations_and_aliases_of_the_training_flags():
     preset = config_from_args(build_parser().parse_args(
         ["--model-preset", "flm-16b", "--no-use-mup", "--train-iters", "1", "--dry-run", "--world-size", "1"]), 1)
     assert not preset.model.use_mup and preset.model.hidden_size == 5632  # the preset's µP turned off, the rest kept
+
+
+@pytest.mark.parametrize("samples, iters", [("train_samples", "train_iters"), ("lr_warmup_samples", "lr_warmup_iters")])
+def test_a_count_in_iterations_is_stored_in_samples_and_named_as_typed(samples, iters):
+    """Each samples/iterations pair: N iterations are N x the global batch in samples, and messages name
+    the flag that was typed (with iterations, rounded up, where they give a count to pass)."""
+    from flm_ext.training.arguments import ITERATION_FLAGS, build_parser, config_from_args
+
+    assert ITERATION_FLAGS[samples] == iters
+    base = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--global-batch-size", "8",
+            "--micro-batch-size", "2", "--dry-run"] + ([] if samples == "train_samples" else ["--train-samples", "400"])
+
+    def schedule(*flags):
+        return config_from_args(build_parser().parse_args(base + list(flags)), 4).schedule
+
+    s = schedule(f"--{iters.replace('_', '-')}", "5")
+    assert getattr(s, samples) == 40 and s.typed == (iters,)
+    assert s.flag(samples) == f"--{iters.replace('_', '-')}=5 (40 samples)"
+    assert s.as_typed(samples, 41) == f"--{iters.replace('_', '-')} 6"
+    s = schedule(f"--{samples.replace('_', '-')}", "40")
+    assert getattr(s, samples) == 40 and s.typed == ()
+    assert s.flag(samples) == f"--{samples.replace('_', '-')}=40"
+    assert s.as_typed(samples, 41) == f"--{samples.replace('_', '-')} 41"

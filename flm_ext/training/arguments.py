@@ -35,6 +35,11 @@ def with_flag_names(error: ConfigError) -> ConfigError:
     return ConfigError(_FIELD_RE.sub(lambda m: FIELD_FLAGS[m.group(1)], str(error)))
 
 
+# The schedule's counts in samples that may be given in iterations instead (x the global batch):
+# samples field -> iterations flag (a `LaunchArgs` field).
+ITERATION_FLAGS = {"train_samples": "train_iters", "lr_warmup_samples": "lr_warmup_iters"}
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Batch sizes and the LR schedule, in samples (as FLM's table gives them)."""
@@ -46,15 +51,27 @@ class ScheduleConfig:
     lr_decay_samples: int | None = flag(None)  # None: decay over all train samples
     lr_decay_style: str = flag("cosine", choices=LR_DECAY_STYLES)
     lr_warmup_init: float = 0.0
-    typed: tuple[str, ...] = ()  # the flags given in iterations ("train_iters", "lr_warmup_iters")
+    typed: tuple[str, ...] = ()  # the ITERATION_FLAGS given in iterations ("train_iters", "lr_warmup_iters")
+
+    def in_iterations(self, name: str) -> bool:
+        """Whether the count `name` was typed in iterations (--train-iters) rather than in samples."""
+        return ITERATION_FLAGS.get(name) in self.typed
+
+    def typed_flag(self, name: str) -> str:
+        """The flag the user typed for `name`: its own, or its iterations flag (ITERATION_FLAGS)."""
+        return "--" + (ITERATION_FLAGS[name] if self.in_iterations(name) else name).replace("_", "-")
 
     def flag(self, name: str) -> str:
         """`--flag=value` as the user typed it (--train-iters / --lr-warmup-iters are stored in samples)."""
         value = getattr(self, name)
-        iters = {"train_samples": "train_iters", "lr_warmup_samples": "lr_warmup_iters"}.get(name)
-        if iters in self.typed:
-            return f"--{iters.replace('_', '-')}={value // self.global_batch_size} ({value} samples)"
-        return f"--{name.replace('_', '-')}={value}"
+        if self.in_iterations(name):
+            return f"{self.typed_flag(name)}={value // self.global_batch_size} ({value} samples)"
+        return f"{self.typed_flag(name)}={value}"
+
+    def as_typed(self, name: str, samples: int) -> str:
+        """`samples` for `name` in the user's flag: `--train-iters N` (rounded up) or `--train-samples N`."""
+        count = math.ceil(samples / self.global_batch_size) if self.in_iterations(name) else samples
+        return f"{self.typed_flag(name)} {count}"
 
     def num_microbatches(self, data_parallel_size: int) -> int:
         return self.global_batch_size // (self.micro_batch_size * data_parallel_size)
@@ -357,16 +374,15 @@ def config_from_args(args: argparse.Namespace, world_size: int) -> TrainConfig:
         raise ConfigError("give --train-samples or --train-iters, not both")
     if args.train_samples is None and args.train_iters is None:
         raise ConfigError("give --train-samples or --train-iters")
-    train_samples = args.train_samples if args.train_samples is not None else args.train_iters * gbs
-    warmup = args.lr_warmup_samples if args.lr_warmup_iters is None else args.lr_warmup_iters * gbs
+    counts = {samples: getattr(args, samples) if getattr(args, iters) is None else getattr(args, iters) * gbs
+              for samples, iters in ITERATION_FLAGS.items()}
     recompute = args.recompute_granularity or ("selective" if args.recompute_activations else None)
     config = TrainConfig(
         model=model,
         parallel=parallel,
         optim=from_args(OptimConfig, args),
-        schedule=from_args(ScheduleConfig, args, global_batch_size=gbs, train_samples=train_samples,
-                           lr_warmup_samples=warmup,
-                           typed=tuple(f for f in ("train_iters", "lr_warmup_iters") if getattr(args, f) is not None)),
+        schedule=from_args(ScheduleConfig, args, global_batch_size=gbs, **counts,
+                           typed=tuple(f for f in ITERATION_FLAGS.values() if getattr(args, f) is not None)),
         data=from_args(DataConfig, args, data_path=list(args.data_path), vocab_from_tokenizer=args.vocab_size is None),
         checkpoint=from_args(CheckpointArgs, args, keep_last=args.keep_last or None),
         logging=from_args(LoggingArgs, args),

@@ -83,7 +83,7 @@ def check_resume(saved_record: CheckpointRecord, cfg, folder: str, *, override_s
     if consumed > s.train_samples:
         raise ConfigError(f"{s.flag('train_samples')} ends before the checkpoint {folder} (iteration {iteration}, "
                           f"{consumed:,} samples): give at least "
-                          f"{_typed_train_length(s, consumed)} to continue it, --ckpt-step N to resume an "
+                          f"{s.as_typed('train_samples', consumed)} to continue it, --ckpt-step N to resume an "
                           f"earlier iteration, or --start-new-stage to begin a new schedule from its weights")
     saved = saved_record.run
     if saved is None:  # written before the record (or by a tool): nothing more to compare
@@ -116,16 +116,6 @@ def check_resume(saved_record: CheckpointRecord, cfg, folder: str, *, override_s
     return notes
 
 
-def _schedule_flag(s, name: str) -> str:
-    return s.flag(name).split("=")[0]
-
-
-def _typed_train_length(s, consumed: int) -> str:
-    if "train_iters" in s.typed:
-        return f"--train-iters {math.ceil(consumed / s.global_batch_size)}"
-    return f"--train-samples {consumed}"
-
-
 def _schedule_changes(saved: RunContract, new: RunContract, s) -> list[tuple[str, str, object, object, str]]:
     """(flag as typed, what, saved value, new value, the flag that keeps the saved value) per change."""
     changed = [(flag, flag, getattr(saved, name), getattr(new, name), f"{flag} {getattr(saved, name)}")
@@ -133,11 +123,11 @@ def _schedule_changes(saved: RunContract, new: RunContract, s) -> list[tuple[str
     if saved.lr_warmup_init != new.lr_warmup_init:
         changed.append(("the warm-up's initial LR", "a warm-up from", saved.lr_warmup_init, new.lr_warmup_init, ""))
     if saved.lr_warmup_samples != new.lr_warmup_samples:
-        changed.append((_schedule_flag(s, "lr_warmup_samples"), "a warm-up of", f"{saved.lr_warmup_samples} samples",
+        changed.append((s.typed_flag("lr_warmup_samples"), "a warm-up of", f"{saved.lr_warmup_samples} samples",
                         f"{new.lr_warmup_samples} samples", f"--lr-warmup-samples {saved.lr_warmup_samples}"))
     if saved.lr_decay_samples != new.lr_decay_samples:
         fixed = s.lr_decay_samples or saved.lr_decay_samples != saved.train_samples
-        flag = "--lr-decay-samples" if s.lr_decay_samples else _schedule_flag(s, "train_samples")
+        flag = "--lr-decay-samples" if s.lr_decay_samples else s.typed_flag("train_samples")
         changed.append((flag, "the LR decaying over", f"{saved.lr_decay_samples} samples",
                         f"{new.lr_decay_samples} samples",
                         f"--lr-decay-samples {saved.lr_decay_samples}" if fixed else
