@@ -265,17 +265,38 @@ def _worker_start(progress) -> None:
 def _checksum_written(folder: str, results: list) -> dict:
     """The manifest entries of the file(s) just written, hashed while they are still in the page
     cache (by the process that wrote them, in parallel, not re-read by the parent at the end), then
-    their write-back started (POSIX_FADV_DONTNEED writes dirty pages back without waiting), so the
-    final fsync finds little left to write."""
+    released (`release_written`: write-back started, so the final fsync finds little left)."""
     names = sorted({r.storage_data.relative_path for r in results})
     entries = describe_files(folder, names)
-    for name in names if hasattr(os, "posix_fadvise") else ():  # Linux; elsewhere the final fsync writes all
-        fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+    for name in names:
+        release_written(os.path.join(folder, name))
+    return entries
+
+
+_LAST_WRITTEN: list = []  # per process: the file `release_written` saw last
+
+
+def release_written(path: str) -> None:
+    """Start the write-back of the file just written, and drop the pages of the one before it.
+
+    POSIX_FADV_DONTNEED writes dirty pages back without waiting, but drops only pages already
+    clean; asked again one file later (that file's write-back has had a file's time to finish) it
+    drops the rest. So the page cache holds about two files of the output, not all of it, and the
+    next writes reuse pages just freed: on a VM whose free memory goes back to the host, filling
+    fresh page-cache pages was most of the growth's kernel time (docs/BENCHMARKS.md). The output
+    is never read back by the writer. Linux only; elsewhere the final fsync writes everything."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for name in [*_LAST_WRITTEN, path]:
+        try:
+            fd = os.open(name, os.O_RDONLY)
+        except OSError:
+            continue  # renamed or removed since: nothing to drop
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-    return entries
+    _LAST_WRITTEN[:] = [path]
 
 
 def _write_bucket(b: int) -> tuple[list, dict]:
@@ -346,10 +367,9 @@ def _write_records(writer: _BucketedWriter, sub: SavePlan, planner: SavePlanner)
             offset += length
         if writer.sync_files:
             os.fsync(fd)
-        elif hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # start the write-back (see _checksum_written)
     finally:
         os.close(fd)
+    release_written(path)
     return results, {name: {"size": offset, ALGORITHM: digest.hexdigest()}}
 
 
