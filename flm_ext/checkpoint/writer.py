@@ -34,6 +34,7 @@ from torch.futures import Future
 
 import xxhash
 
+from flm_ext.checkpoint.direct_io import DirectFile, open_sequential
 from flm_ext.checkpoint.integrity import ALGORITHM, describe_files, manifest_for_tree
 from flm_ext.checkpoint.records import tensor_blob
 
@@ -184,10 +185,10 @@ class _BucketedWriter(FileSystemWriter):
     (or by `workers` processes, one bucket each at a time)."""
 
     def __init__(self, path: str, bucket_bytes: int, sizes: dict, workers: int = 1, sync_files: bool = True,
-                 direct: bool = True, beside: Callable[[], None] | None = None):
+                 direct: bool = True, beside: Callable[[], None] | None = None, unbuffered: bool = True):
         super().__init__(path, single_file_per_rank=True, thread_count=1, sync_files=sync_files)
         self.bucket_bytes, self.sizes, self.workers, self.direct = bucket_bytes, sizes, workers, direct
-        self.beside = beside
+        self.beside, self.unbuffered = beside, unbuffered
         self.checksums: dict = {}  # {file name: {"size", "xxh3_64"}} of the files written
 
     def storage_meta(self):
@@ -316,12 +317,15 @@ def _write_bucket_file(writer: _BucketedWriter, sub: SavePlan, planner: SavePlan
     return results, _checksum_written(str(writer.path), results)
 
 
-def _write_all(fd: int, parts: list, digest) -> int:
-    """Write buffers with as few system calls as possible (os.writev), feeding them to `digest`."""
+def _write_all(out: int | DirectFile, parts: list, digest) -> int:
+    """Append buffers to `out` (a DirectFile, or a file descriptor written with as few system calls
+    as possible: os.writev), feeding them to `digest`."""
     views = [memoryview(p).cast("B") for p in parts]
     for view in views:
         digest.update(view)
-    total = sum(v.nbytes for v in views)
+    if isinstance(out, DirectFile):
+        return sum(out.write(view) for view in views)
+    fd, total = out, sum(v.nbytes for v in views)
     while views:
         written = os.writev(fd, views[:1024])
         while views and written >= views[0].nbytes:
@@ -355,21 +359,28 @@ def _write_records(writer: _BucketedWriter, sub: SavePlan, planner: SavePlanner)
     digest, results, offset = xxhash.xxh3_64(), [], 0
     items = ([i for i in sub.items if i.type == WriteItemType.BYTE_IO]
              + [i for i in sub.items if i.type != WriteItemType.BYTE_IO])
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    direct = open_sequential(path) if writer.unbuffered else None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666) if direct is None else -1
     try:
         for item in items:
             data = planner.resolve_data(item)
             parts = [data.getbuffer()] if item.type == WriteItemType.BYTE_IO else _tensor_parts(data)
-            length = _write_all(fd, parts, digest)
+            length = _write_all(direct if direct is not None else fd, parts, digest)
             del data, parts
             results.append(WriteResult(index=item.index, size_in_bytes=length,
                                        storage_data=_StorageInfo(name, offset, length)))
             offset += length
-        if writer.sync_files:
+        if direct is not None:
+            direct.close(sync=writer.sync_files)
+        elif writer.sync_files:
             os.fsync(fd)
     finally:
-        os.close(fd)
-    release_written(path)
+        if direct is not None:
+            direct.abort()
+        else:
+            os.close(fd)
+    if direct is None:
+        release_written(path)
     return results, {name: {"size": offset, ALGORITHM: digest.hexdigest()}}
 
 
@@ -428,7 +439,7 @@ def keep_freed_memory() -> None:
 def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], object], *,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES, on_chunk: Callable[[Chunk], None] | None = None,
                  workers: int = 1, sync_files: bool = True, prefetch: bool = False, direct: bool = True,
-                 beside: Callable[[], None] | None = None) -> dict:
+                 beside: Callable[[], None] | None = None, unbuffered: bool = True) -> dict:
     """Write the tensors / byte objects of a torch_dist folder, producing each chunk on demand
     (in `workers` processes, bucket by bucket; the same bytes as in one). `sync_files=False` skips
     the fsync after each file, for a caller that fsyncs the whole folder once at the end (as
@@ -436,11 +447,13 @@ def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], o
     `prefetch`: make the next chunk while the current one is written (see `_LazySavePlanner`).
     `direct=False` lets torch's own writer serialise the records (the reference the tests compare
     the default, `_write_records`, against).
+    `unbuffered`: write the records past the page cache (direct_io.py, O_DIRECT) where the file
+    system allows it; False writes them through it (the same bytes).
     `beside`: a job run in this process while the chunks are written (growth verifies its input's
     shards there: one disk pass instead of a serial one before); its error stops the write.
     Returns the manifest entries of the files written (for `finish_iteration_folder`)."""
     sizes = {_write_item(c).index: c.nbytes for c in chunks}
-    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files, direct, beside)
+    writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files, direct, beside, unbuffered)
     try:
         dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk, prefetch),
                  no_dist=True)
