@@ -50,3 +50,16 @@ def defer_torch_compile_of_functions() -> None:
 
     compile._flm_deferred = True
     torch.compile = compile
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """A package's `__getattr__` that imports `exports[name]` (a submodule) on first use (PEP 562),
+    so that importing one light submodule does not import the package's heavy ones."""
+    import importlib
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+
+    return __getattr__

@@ -24,7 +24,28 @@ import sys
 
 gc.disable()  # importing torch and its checkpoint package makes ~400k objects: no collections meanwhile
 from flm_ext import quiet_megatron_import_warnings  # noqa: E402
-from flm_ext.fileio import stop_cleanly_on_sigterm  # noqa: E402
+from flm_ext.fileio import read_ahead, stop_cleanly_on_sigterm  # noqa: E402
+
+
+def _read_input_ahead(argv: list[str]):
+    """Start reading --load's shards while torch is imported (~2 s in which the disk would sit
+    idle; paths only, no torch yet): the growth then checks and reads them from memory. At most a
+    quarter of the free memory is read ahead. Nothing is reported here: a bad --load is named by
+    the real open below."""
+    from flm_ext.checkpoint.layout import CheckpointError, resolve
+
+    load = next((b for a, b in zip(argv, argv[1:]) if a == "--load"), None)
+    load = next((a.split("=", 1)[1] for a in argv if a.startswith("--load=")), load)
+    try:
+        folder, _ = resolve(load)
+        names = sorted(os.listdir(folder))
+    except (CheckpointError, OSError, TypeError, ValueError):
+        return None
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    return read_ahead([os.path.join(folder, n) for n in names if n.endswith(".distcp")], limit=free // 4)
+
+
+_READ_AHEAD = _read_input_ahead(sys.argv[1:]) if __name__ == "__main__" else None
 
 quiet_megatron_import_warnings()
 from flm_ext.config import ConfigError, FLMConfig  # noqa: E402

@@ -14,19 +14,25 @@ layout, read by training, growth, evaluation and export.
 - `model_state`: model weights alone, into built model chunks (evaluation, growth checks).
 - `run_record`, `lock`: the run contract and loss ledger a checkpoint carries; one writer per folder.
 """
-from flm_ext.checkpoint.integrity import MANIFEST, load_common, load_metadata, manifest_for_tree, verify_files
-from flm_ext.checkpoint.layout import (LATEST, CheckpointError, complete_iterations, holds_checkpoint,
-                                       iteration_dir, iteration_of, iterations_present, read_latest, resolve,
-                                       write_latest)
-from flm_ext.checkpoint.reader import Checkpoint, CheckpointReader, open_checkpoint, verify_checkpoint
-from flm_ext.checkpoint.schema import (RECORD_VERSION, CheckpointRecord, TokenizerRecord, check_tokenizer,
-                                       read_record)
-from flm_ext.checkpoint.writer import (DEFAULT_BUCKET_BYTES, Chunk, finish_iteration_folder, tensor_chunks,
-                                       write_chunks)
+from flm_ext import lazy_exports
 
-__all__ = ["LATEST", "MANIFEST", "RECORD_VERSION", "CheckpointError", "Checkpoint", "CheckpointReader",
-           "CheckpointRecord", "Chunk", "TokenizerRecord", "check_tokenizer", "read_record",
-           "DEFAULT_BUCKET_BYTES", "complete_iterations", "finish_iteration_folder",
-           "holds_checkpoint", "iteration_dir", "iteration_of", "iterations_present", "load_common",
-           "load_metadata", "manifest_for_tree", "open_checkpoint", "read_latest", "resolve", "tensor_chunks",
-           "verify_checkpoint", "verify_files", "write_chunks", "write_latest"]
+# Names resolve on first use (PEP 562), so `flm_ext.checkpoint.layout` (paths only) is importable
+# without torch: the growth tool resolves its input folder before torch is imported.
+_EXPORTS = {
+    **{name: "integrity" for name in ("MANIFEST", "load_common", "load_metadata", "manifest_for_tree",
+                                      "verify_files")},
+    **{name: "layout" for name in ("LATEST", "CheckpointError", "complete_iterations", "holds_checkpoint",
+                                   "iteration_dir", "iteration_of", "iterations_present", "read_latest",
+                                   "resolve", "write_latest")},
+    **{name: "reader" for name in ("Checkpoint", "CheckpointReader", "open_checkpoint", "verify_checkpoint")},
+    **{name: "schema" for name in ("RECORD_VERSION", "CheckpointRecord", "TokenizerRecord", "check_tokenizer",
+                                   "read_record")},
+    **{name: "writer" for name in ("DEFAULT_BUCKET_BYTES", "Chunk", "finish_iteration_folder", "tensor_chunks",
+                                   "write_chunks")},
+}
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+
+
+__all__ = sorted(_EXPORTS)

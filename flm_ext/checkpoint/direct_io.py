@@ -16,7 +16,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 ALIGN = 4096                 # offsets, lengths and addresses: a multiple of every common logical block
-STAGING_BYTES = 8 * 2 ** 20  # per buffer; two per open file
+STAGING_BYTES = 32 * 2 ** 20  # per buffer; two per open file
 
 
 class DirectFile:

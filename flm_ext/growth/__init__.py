@@ -7,7 +7,7 @@ tool do not import megatron (masks.py hooks megatron modules; the tool only move
 """
 from __future__ import annotations
 
-import importlib
+from flm_ext import lazy_exports
 
 _EXPORTS = {
     "GrowthState": "state",
@@ -20,10 +20,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)
