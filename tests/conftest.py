@@ -2,7 +2,17 @@
 tiny bilingual training set (built once per session, not once per module that trains on it)."""
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
+
+# The suite starts hundreds of Python processes (trainers, tools, ranks) that import flm_ext from
+# the source tree; where PYTHONDONTWRITEBYTECODE is set (as on some CI images) each of them would
+# compile every module again (~0.5 s of CPU per process). The test session caches bytecode in the
+# tree's __pycache__ folders (git-ignored) for itself and every process it starts.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 _megatron = {"wanted": False}
 
