@@ -300,7 +300,9 @@ def release_written(path: str) -> None:
     _LAST_WRITTEN[:] = [path]
 
 
-def _write_bucket(b: int) -> tuple[list, dict]:
+def _write_bucket(b: int) -> tuple[list, dict] | None:
+    if _JOB["stop"].is_set():
+        return None  # the parent is giving up (its `beside` job failed): skip what is left
     return _write_bucket_file(_JOB["writer"], _JOB["subs"][b], _JOB["planner"])
 
 
@@ -398,17 +400,27 @@ def _write_in_workers(writer: _BucketedWriter, subs: list[SavePlan], planner: _L
     relay_thread = threading.Thread(target=relay, daemon=True)
     if on_chunk is not None:
         relay_thread.start()
-    _JOB.update(writer=writer, subs=subs, planner=planner)
+    _JOB.update(writer=writer, subs=subs, planner=planner, stop=ctx.Event())
+    pending = None
     try:
         with ctx.Pool(min(writer.workers, len(subs)), initializer=_worker_start, initargs=(progress,)) as pool:
             pending = pool.map_async(_write_bucket, range(len(subs)), chunksize=1)
             if writer.beside is not None:
-                writer.beside()  # here, after the fork: the workers never inherit its thread
+                try:
+                    writer.beside()  # here, after the fork: the workers never inherit its thread
+                except BaseException:
+                    # Let the workers finish the file in hand and skip the rest, rather than kill
+                    # them mid-write (a worker killed while holding a queue's lock hangs the pool).
+                    _JOB["stop"].set()
+                    pending.wait()
+                    raise
             per_bucket = pending.get()
     finally:
         _JOB.clear()
-        progress.put(None)
-        if on_chunk is not None:
+        # Only when every task finished: a pool terminated mid-task (Ctrl-C, SIGTERM) may have
+        # killed a worker inside progress.put, holding its lock; the relay (a daemon) is then left.
+        if on_chunk is not None and pending is not None and pending.ready():
+            progress.put(None)
             relay_thread.join()
     # The parent's own index objects, as in one process: pickle shares them with the metadata's keys,
     # so `.metadata` comes out byte-identical.
