@@ -319,23 +319,38 @@ def _write_bucket_file(writer: _BucketedWriter, sub: SavePlan, planner: SavePlan
     return results, _checksum_written(str(writer.path), results)
 
 
-def _write_all(out: int | DirectFile, parts: list, digest) -> int:
-    """Append buffers to `out` (a DirectFile, or a file descriptor written with as few system calls
-    as possible: os.writev), feeding them to `digest`."""
+class _BufferedFile:
+    """The page-cache twin of `direct_io.DirectFile` (the same write / close / abort), where the
+    file system refuses O_DIRECT or the caller asks for buffered writes; `release_written` on close."""
+
+    def __init__(self, path: str):
+        self.path, self.fd = path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        total = view.nbytes
+        while view.nbytes:
+            view = view[os.write(self.fd, view):]
+        return total
+
+    def close(self, sync: bool = False) -> None:
+        if sync:
+            os.fsync(self.fd)
+        self.abort()
+        release_written(self.path)
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _write_all(out: DirectFile | _BufferedFile, parts: list, digest) -> int:
+    """Append buffers to `out`, feeding them to `digest`."""
     views = [memoryview(p).cast("B") for p in parts]
     for view in views:
         digest.update(view)
-    if isinstance(out, DirectFile):
-        return sum(out.write(view) for view in views)
-    fd, total = out, sum(v.nbytes for v in views)
-    while views:
-        written = os.writev(fd, views[:1024])
-        while views and written >= views[0].nbytes:
-            written -= views[0].nbytes
-            views.pop(0)
-        if written:
-            views[0] = views[0][written:]
-    return total
+    return sum(out.write(view) for view in views)
 
 
 def _tensor_parts(tensor: torch.Tensor) -> list:
@@ -361,28 +376,19 @@ def _write_records(writer: _BucketedWriter, sub: SavePlan, planner: SavePlanner)
     digest, results, offset = xxhash.xxh3_64(), [], 0
     items = ([i for i in sub.items if i.type == WriteItemType.BYTE_IO]
              + [i for i in sub.items if i.type != WriteItemType.BYTE_IO])
-    direct = open_sequential(path) if writer.unbuffered else None
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666) if direct is None else -1
+    out = (open_sequential(path) if writer.unbuffered else None) or _BufferedFile(path)
     try:
         for item in items:
             data = planner.resolve_data(item)
             parts = [data.getbuffer()] if item.type == WriteItemType.BYTE_IO else _tensor_parts(data)
-            length = _write_all(direct if direct is not None else fd, parts, digest)
+            length = _write_all(out, parts, digest)
             del data, parts
             results.append(WriteResult(index=item.index, size_in_bytes=length,
                                        storage_data=_StorageInfo(name, offset, length)))
             offset += length
-        if direct is not None:
-            direct.close(sync=writer.sync_files)
-        elif writer.sync_files:
-            os.fsync(fd)
+        out.close(sync=writer.sync_files)
     finally:
-        if direct is not None:
-            direct.abort()
-        else:
-            os.close(fd)
-    if direct is None:
-        release_written(path)
+        out.abort()  # after close: nothing left to do
     return results, {name: {"size": offset, ALGORITHM: digest.hexdigest()}}
 
 
