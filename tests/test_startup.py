@@ -86,7 +86,7 @@ print("PROBE", seen["torch_loaded"], sorted(p.rsplit("/", 1)[1] for p in seen["p
     assert shards and line == f"PROBE False {shards}", proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
-def test_read_ahead_reads_up_to_its_limit_and_skips_what_it_cannot_open(tmp_path):
+def test_read_ahead_reads_up_to_its_limit_and_skips_what_it_cannot_open(tmp_path, monkeypatch):
     import threading
     import time
 
@@ -103,13 +103,10 @@ def test_read_ahead_reads_up_to_its_limit_and_skips_what_it_cannot_open(tmp_path
         opened.append(os.path.basename(path))
         return real_open(path, *args, **kwargs)
 
-    fileio.open = recording_open  # the module's own name for the builtin
-    try:
-        stop = fileio.read_ahead([str(tmp_path / "missing"), *map(str, files)], limit=4 * 2 ** 20)
-        deadline = time.time() + 60
-        while any(t.name == "flm-read-ahead" for t in threading.enumerate()) and time.time() < deadline:
-            time.sleep(0.01)
-    finally:
-        del fileio.open
+    monkeypatch.setattr(fileio, "open", recording_open, raising=False)  # the module's name for the builtin
+    stop = fileio.read_ahead([str(tmp_path / "missing"), *map(str, files)], limit=4 * 2 ** 20)
+    deadline = time.time() + 60
+    while any(t.name == "flm-read-ahead" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.01)
     assert isinstance(stop, threading.Event)
     assert opened == ["missing", "f0", "f1"]  # 4 MiB: all of f0 and part of f1; f2 is never opened

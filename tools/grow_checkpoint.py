@@ -45,7 +45,8 @@ def _read_input_ahead(argv: list[str]):
     return read_ahead([os.path.join(folder, n) for n in names if n.endswith(".distcp")], limit=free // 4)
 
 
-_READ_AHEAD = _read_input_ahead(sys.argv[1:]) if __name__ == "__main__" else None
+if __name__ == "__main__":
+    _read_input_ahead(sys.argv[1:])
 
 quiet_megatron_import_warnings()
 from flm_ext.config import ConfigError, FLMConfig  # noqa: E402
