@@ -6,7 +6,7 @@ at a 64-byte aligned offset, and a central directory. torch.save builds it throu
 writer, which copies the data in small pieces and computes each record's CRC32 with miniz's
 byte-wise loop: most of an offline tool's CPU time goes there. `tensor_blob` produces the same
 bytes as three parts - the archive up to the data, the tensor's own buffer (no copy), the rest -
-so a writer hands them to one `os.writev` and the CRC32 runs at memory speed (ISA-L's when the
+so a writer appends them as they are and the CRC32 runs at memory speed (ISA-L's when the
 `isal` package is installed, zlib's otherwise; both release the GIL).
 
 What makes the bytes equal: the records and the pickle come from torch's own `_save` (run against a
