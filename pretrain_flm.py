@@ -4,8 +4,10 @@
     python pretrain_flm.py --model-preset flm-101b --tensor-model-parallel-size 4 \\
         --pipeline-model-parallel-size 4 --world-size 192 --global-batch-size 2160 --train-iters 1 --dry-run
 """
+import faulthandler
 import importlib.util
 import os
+import signal
 import sys
 
 
@@ -79,4 +81,5 @@ def _train(config) -> int:
 
 
 if __name__ == "__main__":  # the async checkpoint writer re-imports __main__: keep this guard
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` prints a rank's Python stacks
     sys.exit(main())

@@ -50,6 +50,29 @@ def test_watchdog_names_the_silent_rank_and_the_one_behind():
     assert "Thread" in text and "test_watchdog" in text, text  # this thread's stack is in the dump
 
 
+def test_a_paused_phase_waits_past_the_timeout_but_not_past_its_own_limit():
+    """A save (paused) outlasts the step timeout (0.3 s) without firing, but one stuck past its own
+    limit (2 s) is named as a hang, with the phase; without a limit a pause never fires."""
+    def run(paused_limit_s, wait_s):
+        store, exits, out = dist.HashStore(), [], io.StringIO()
+        dog = Watchdog(0.3, paused_limit_s=paused_limit_s, store=store, rank=0, world_size=1, poll_s=0.05,
+                       exit=exits.append, out=out)
+        dog.start(4)
+        start = time.monotonic()
+        with dog.paused("saving"):
+            while not exits and time.monotonic() - start < wait_s:
+                time.sleep(0.02)
+        fired_after = time.monotonic() - start
+        dog.stop()
+        return exits, fired_after, out.getvalue()
+
+    exits, fired_after, text = run(2.0, 6.0)
+    assert exits == [HANG_EXIT_CODE] and 2.0 <= fired_after < 3.5, (exits, fired_after)
+    assert "(saving for longer than its limit of 2 s) after step 4" in text, text
+    exits, _, _ = run(None, 1.0)  # 3x the step timeout, paused without a limit: no hang
+    assert exits == []
+
+
 def test_step_time_spread_names_the_slowest_and_fastest_rank():
     line = describe_spread([0.2, 0.1, 0.4, 0.2])
     assert line == ("rank compute per step: min 0.100 s (rank 1), median 0.200 s, max 0.400 s (rank 2), "

@@ -8,11 +8,17 @@ once per test session (the `data` fixture in conftest.py) and shared read-only b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+
+import psutil
 
 from distributed import lone_process_env, torchrun
 
@@ -79,7 +85,9 @@ def train_args(paths: dict, **overrides) -> list[str]:
              "tokenizer_model": paths["tokenizer"], "teacher_data_path": paths["teacher"], "teacher_fraction": 0.25,
              "split": "90,10,0", "micro_batch_size": 2, "global_batch_size": 8, "seq_length": 64,
              "lr": 3e-3, "min_lr": 3e-4, "lr_warmup_iters": 2, "log_interval": 1, "data_cache_path": paths["cache"],
-             "train_iters": 20}
+             "train_iters": 20,
+             # a tiny step takes well under a second: a hang is named (with stacks) in minutes, not at 30
+             "hang_timeout_minutes": 2, "distributed_timeout_minutes": 5}
     flags.update(overrides)
     args = ["--data-path", "0.535", paths["en"], "0.465", paths["zh"]]
     for key, value in flags.items():
@@ -105,14 +113,42 @@ def command(nproc: int, args: list[str]) -> list[str]:
     return [*torchrun(nproc), script, *args]
 
 
+def run_stacks_on_timeout(cmd: list[str], timeout: float = 480, env: dict | None = None) -> tuple[int | None, str]:
+    """(exit code, stdout + stderr) of `cmd`. Past `timeout` (below pytest's 600 s, so the test
+    reports it) every process under it gets SIGUSR1 (pretrain_flm.py prints its Python stacks:
+    faulthandler) and then SIGKILL, so no rank lives on holding a lock or a port (torchrun starts
+    its workers in sessions of their own: a process group kill misses them); the code is then None."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env or ENV)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+            tree = psutil.Process(proc.pid)
+            children = tree.children(recursive=True)
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    line = child.cmdline()
+                    if os.path.join(REPO, "pretrain_flm.py") in line and "torch.distributed.run" not in line:
+                        child.send_signal(signal.SIGUSR1)
+            time.sleep(3)
+            for p in [tree, *children]:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            proc.wait()
+            log.write(f"\n[tests] killed after {timeout:.0f} s; the Python stacks above were printed on SIGUSR1\n")
+        log.seek(0)
+        return code, log.read()
+
+
 def train(nproc: int, data: dict, out: Path, **flags) -> dict[int, float]:
     """Run pretrain_flm.py (its output kept in out/stdout.log); returns {iteration: train loss}."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
     args = train_args(data, metrics_jsonl=str(metrics), **flags)
-    proc = subprocess.run(command(nproc, args), capture_output=True, text=True, env=ENV, timeout=600)
-    (out / "stdout.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    code, output = run_stacks_on_timeout(command(nproc, args))
+    (out / "stdout.log").write_text(output)
+    assert code == 0, output[-8000:]
     return losses(metrics)
 
 

@@ -181,6 +181,13 @@ class OperationsArgs:
             return 60.0 * self.hang_timeout_minutes
         return 60.0 * min(10.0, self.distributed_timeout_minutes / 3)
 
+    @property
+    def save_hang_timeout_s(self) -> float:
+        """How long a save may keep the watchdog waiting: a big synchronous save may rightly take far
+        longer than a step, but one stuck past 0.9 x the process-group timeout is named as a hang
+        before the collectives time out and name nobody."""
+        return max(self.hang_timeout_s, 0.9 * 60.0 * self.distributed_timeout_minutes)
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -42,7 +42,7 @@ class RunOperations:
     def start(self) -> None:
         ops, t = self.ops, self.t
         if ops.hang_timeout_s > 0:
-            self.watchdog = Watchdog(ops.hang_timeout_s).start(t.iteration)
+            self.watchdog = Watchdog(ops.hang_timeout_s, paused_limit_s=ops.save_hang_timeout_s).start(t.iteration)
         if ops.wandb_project and dist.get_rank() == 0:
             from dataclasses import asdict
 
@@ -54,7 +54,7 @@ class RunOperations:
     @contextlib.contextmanager
     def saving(self):
         """Around a save: publish the one still in flight first; a long synchronous save is not a hang
-        (the process-group timeout still applies)."""
+        until it nears the process-group timeout (`save_hang_timeout_s`)."""
         with self.watchdog.paused("saving") if self.watchdog else contextlib.nullcontext():
             self._log_published(self.saver.finalize(blocking=True))
             yield

@@ -27,11 +27,16 @@ _KEY = "flm_watchdog/{rank}"
 
 class Watchdog:
     """Start with `start()`; call `progress(iteration)` after every finished step; `paused()` around
-    work that may rightly take longer than the timeout (a synchronous save); `stop()` at the end."""
+    work that may rightly take longer than the timeout (a synchronous save); `stop()` at the end.
 
-    def __init__(self, timeout_s: float, *, store=None, rank: int | None = None, world_size: int | None = None,
-                 poll_s: float | None = None, exit=os._exit, out=None):
+    `paused_limit_s`: how long a paused phase may last before it too is named as a hang (None: no
+    limit). A save stuck in a collective or on the file system is otherwise silent until the
+    process group times out, and then names nobody."""
+
+    def __init__(self, timeout_s: float, *, paused_limit_s: float | None = None, store=None, rank: int | None = None,
+                 world_size: int | None = None, poll_s: float | None = None, exit=os._exit, out=None):
         self.timeout_s = timeout_s
+        self.paused_limit_s = paused_limit_s
         self.poll_s = poll_s or min(30.0, max(0.2, timeout_s / 10))
         self.stale_s = 3 * self.poll_s  # a heartbeat unchanged this long: the rank does not respond
         self.store = store if store is not None else dist.distributed_c10d._get_default_store()
@@ -92,9 +97,14 @@ class Watchdog:
                 self._read_all()
             except Exception:  # noqa: BLE001 - the store went away (the run is ending): nothing to watch
                 return
-            if not self._paused and time.monotonic() - self.last_progress > self.timeout_s:
+            if time.monotonic() - self.last_progress > self._limit():
                 self._fire()
                 return
+
+    def _limit(self) -> float:
+        if not self._paused:
+            return self.timeout_s
+        return float("inf") if self.paused_limit_s is None else self.paused_limit_s
 
     def report(self) -> str:
         """Which ranks are late, from the heartbeats seen so far."""
@@ -132,8 +142,10 @@ class Watchdog:
     def _fire(self) -> None:
         waited = time.monotonic() - self.last_progress
         self._read_all()
-        print(f"watchdog (rank {self.rank}): no finished step for {waited:.0f} s (hang timeout "
-              f"{self.timeout_s:.0f} s, --hang-timeout-minutes) after step {self.step}. Late ranks: "
+        limit = (f"hang timeout {self.timeout_s:.0f} s, --hang-timeout-minutes" if not self._paused else
+                 f"{self.phase} for longer than its limit of {self.paused_limit_s:.0f} s")
+        print(f"watchdog (rank {self.rank}): no finished step for {waited:.0f} s ({limit}) after step "
+              f"{self.step}. Late ranks: "
               f"{self.report()}. Python stacks of rank {self.rank} follow; exiting with code {HANG_EXIT_CODE} "
               f"so the launcher's recovery takes over.", file=self.out, flush=True)
         try:
