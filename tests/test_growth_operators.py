@@ -55,6 +55,12 @@ def test_every_fill_rule_for_params():
             assert torch.all(new[rest] == fill), key
         else:
             assert new[rest].std().item() == pytest.approx(plan.init_std(key), rel=0.2), key
+            assert new[rest].mean().abs().item() < 0.2 * plan.init_std(key), key
+            # seeded by (seed, key, layer): the same again, other numbers for another layer
+            layer = 1 if key.startswith("decoder.layers.") else None
+            assert torch.equal(grow_width(key, old, plan, layer=layer), new), key
+            if layer is not None:
+                assert not torch.equal(grow_width(key, old, plan, layer=2)[rest], new[rest]), key
     # Projections back into the residual stream use megatron's scaled init (new config's 4 layers).
     assert plan.init_std("decoder.layers.mlp.linear_fc2.weight") == pytest.approx(0.05 / math.sqrt(8))
     assert plan.init_std("embedding.word_embeddings.weight") == pytest.approx(0.05)

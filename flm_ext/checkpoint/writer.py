@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -473,8 +474,10 @@ def write_chunks(out_dir: str, chunks: list[Chunk], produce: Callable[[Chunk], o
     sizes = {_write_item(c).index: c.nbytes for c in chunks}
     writer = _BucketedWriter(out_dir, max(bucket_bytes, 1), sizes, workers, sync_files, direct, beside, unbuffered)
     try:
-        dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk, prefetch),
-                 no_dist=True)
+        with warnings.catch_warnings():  # one process on purpose: not news to a tool's user
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+            dcp_save({}, storage_writer=writer, planner=_LazySavePlanner(chunks, produce, on_chunk, prefetch),
+                     no_dist=True)
         return writer.checksums
     except CheckpointException as e:
         # torch wraps every failure (even Ctrl-C / SystemExit from SIGTERM): re-raise the real one.

@@ -232,20 +232,47 @@ def fresh_init(key: str, plan: GrowthPlan, layer: int | None = None, dtype: torc
     return out.to(dtype)
 
 
+def _around(out: torch.Tensor, old_shape: tuple[int, ...], fill: Callable[[torch.Tensor], object]) -> None:
+    """Apply `fill` to the parts of `out` outside its leading `old_shape` block: one block per grown
+    dimension d (the old extent along the dimensions before d, the new part of d, all of the
+    dimensions after), in that order. The old block, overwritten next, is neither filled nor
+    drawn: drawing its random numbers was the largest single CPU cost of an offline growth. The
+    new entries have the same distribution as a draw of the whole tensor; other numbers than
+    before this rule."""
+    for dim, n in enumerate(old_shape):
+        if out.shape[dim] != n:
+            fill(out[tuple(slice(0, m) for m in old_shape[:dim]) + (slice(n, None),)])
+
+
+def _draw(block: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    """N(0, std) drawn in float32 (as `fresh_init`), in place, into a block that may be a strided view."""
+    if block.dtype == torch.float32 and block.is_contiguous():
+        block.normal_(0.0, std, generator=generator)
+    else:
+        block.copy_(torch.empty(block.shape, dtype=torch.float32).normal_(0.0, std, generator=generator))
+
+
 @torch.no_grad()
 def grow_width(key: str, tensor: torch.Tensor, plan: GrowthPlan, role: str = "param",
                layer: int | None = None) -> torch.Tensor:
     """Grow one tensor (or one layer's slice of a stacked one) to the new widths.
 
-    The old tensor lands in the leading block; the rest is `fresh_init`. `layer` is the grown
+    The old tensor lands in the leading block; the rest is drawn or filled as `fresh_init` would
+    (`_around`: only the new entries). `layer` is the grown
     model's layer index (it seeds the init, so different layers get different new weights).
     """
     _check_role(role)
-    old_shape, _ = plan.shapes(key)
+    old_shape, new_shape = plan.shapes(key)
     if tuple(tensor.shape) != old_shape:
         layered = " (one layer's slice: index the stacked [L, ...] tensor first)" if is_layer_key(key) else ""
         raise GrowthError(f"{key}: shape {tuple(tensor.shape)} is not the old config's {old_shape}{layered}")
-    out = fresh_init(key, plan, layer, dtype=tensor.dtype, role=role)
+    _, init = _spec(key)
+    out = torch.empty(new_shape, dtype=tensor.dtype)
+    if role != "param" or init in ("zero", "one"):
+        _around(out, old_shape, lambda block: block.fill_(1.0 if role == "param" and init == "one" else 0.0))
+    else:
+        generator, std = _generator(plan, key, layer), plan.init_std(key)
+        _around(out, old_shape, lambda block: _draw(block, std, generator))
     old = tensor
     k = plan.logits_rescale
     if key in _FINAL_NORM and k != 1.0:
