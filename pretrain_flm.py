@@ -80,6 +80,14 @@ def _train(config) -> int:
     return 0
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` prints this rank's Python stacks to its stderr (where stderr is a file)."""
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, OSError, ValueError):  # no SIGUSR1, or a stderr without a descriptor
+        pass
+
+
 if __name__ == "__main__":  # the async checkpoint writer re-imports __main__: keep this guard
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` prints a rank's Python stacks
+    _stacks_on_sigusr1()
     sys.exit(main())
