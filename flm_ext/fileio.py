@@ -89,3 +89,30 @@ def stop_cleanly_on_sigterm(tool: str) -> None:
         raise SystemExit(f"{tool}: stopped by signal {signum}; nothing was written at the --save path")
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def read_ahead(paths: list[str], limit: int | None = None):
+    """Read `paths` (at most `limit` bytes of them) into the page cache in a daemon thread; returns
+    a `threading.Event` that stops it.
+
+    For a tool whose first seconds go to importing torch while the disk sits idle: the files it is
+    about to read are then read (and checked) from memory. Best effort: an unreadable file is
+    skipped, the real read reports it. Reads release the GIL, so the imports go on meanwhile."""
+    import threading
+
+    stop = threading.Event()
+
+    def run() -> None:
+        buffer, left = bytearray(8 * 2 ** 20), limit
+        for path in paths:
+            try:
+                with open(path, "rb", buffering=0) as f:
+                    while not stop.is_set() and (left is None or left > 0) and (n := f.readinto(buffer)):
+                        left = None if left is None else left - n
+            except OSError:
+                pass
+            if stop.is_set() or (left is not None and left <= 0):
+                return
+
+    threading.Thread(target=run, name="flm-read-ahead", daemon=True).start()
+    return stop

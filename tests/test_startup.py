@@ -53,31 +53,60 @@ def test_megatron_imports_without_dynamo_and_compile_happens_at_the_first_call()
 
 def test_the_growth_tool_reads_its_input_ahead_before_torch_is_imported(tmp_path):
     """tools/grow_checkpoint.py resolves --load's iteration folder and starts reading its shards
-    into memory (direct_io.InputImage) before it imports torch (flm_ext.checkpoint.layout and
-    direct_io need no torch; the package resolves its names lazily), so the disk works while the
-    interpreter imports; not for --help."""
+    before it imports torch (flm_ext.checkpoint.layout needs no torch; the package resolves its
+    names lazily), so the disk works while the interpreter imports."""
     from flm_ext.config import get_preset
     from flm_ext.growth.synthetic import write_synthetic_checkpoint
 
     src = tmp_path / "src"
     write_synthetic_checkpoint(str(src), get_preset("tiny-stage1", num_layers=2, vocab_size=512), iteration=3)
-    probe = """
-import runpy, sys
-import flm_ext.checkpoint.direct_io as direct_io
-real = direct_io.InputImage
-def recording(paths, limit):
-    print("PROBE", "torch" in sys.modules, sorted(p.rsplit("/", 1)[1] for p in paths), flush=True)
-    return real(paths, limit)
-direct_io.InputImage = recording
-sys.argv = ["grow_checkpoint.py", "--load={src}", {last!r}]
-runpy.run_path({tool!r}, run_name="__main__")
+    probe = f"""
+import runpy, sys, threading
+import flm_ext.fileio as fileio
+seen = {{}}
+real = fileio.read_ahead
+def recording(paths, limit=None):
+    seen["torch_loaded"] = "torch" in sys.modules
+    seen["paths"] = paths
+    stop = real(paths, limit)
+    stop.set()
+    return stop
+fileio.read_ahead = recording
+sys.argv = ["grow_checkpoint.py", "--load={src}", "--help"]
+try:
+    runpy.run_path({str(REPO / "tools" / "grow_checkpoint.py")!r}, run_name="__main__")
+except SystemExit:
+    pass
+print("PROBE", seen["torch_loaded"], sorted(p.rsplit("/", 1)[1] for p in seen["paths"]))
 """
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("PROBE"))
     shards = sorted(p.name for p in (src / "iter_0000003").iterdir() if p.suffix == ".distcp")
-    # --save is the input itself: refused once torch is loaded, nothing written
-    for last, expected in ((f"--save={src}", [f"PROBE False {shards}"]), ("--help", [])):
-        code = probe.format(src=src, last=last, tool=str(REPO / "tools" / "grow_checkpoint.py"))
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE")]
-        assert shards and lines == expected, proc.stdout[-2000:] + proc.stderr[-2000:]
-        assert ("already exists" in proc.stderr) == (last != "--help"), proc.stderr[-2000:]
+    assert shards and line == f"PROBE False {shards}", proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_read_ahead_reads_up_to_its_limit_and_skips_what_it_cannot_open(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from flm_ext import fileio
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(bytes(3 * 2 ** 20))
+    opened = []
+    real_open = open
+
+    def recording_open(path, *args, **kwargs):
+        opened.append(os.path.basename(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "open", recording_open, raising=False)  # the module's name for the builtin
+    stop = fileio.read_ahead([str(tmp_path / "missing"), *map(str, files)], limit=4 * 2 ** 20)
+    deadline = time.time() + 60
+    while any(t.name == "flm-read-ahead" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.01)
+    assert isinstance(stop, threading.Event)
+    assert opened == ["missing", "f0", "f1"]  # 4 MiB: all of f0 and part of f1; f2 is never opened

@@ -24,19 +24,16 @@ import sys
 
 gc.disable()  # importing torch and its checkpoint package makes ~400k objects: no collections meanwhile
 from flm_ext import quiet_megatron_import_warnings  # noqa: E402
-from flm_ext.fileio import stop_cleanly_on_sigterm  # noqa: E402
+from flm_ext.fileio import read_ahead, stop_cleanly_on_sigterm  # noqa: E402
 
 
 def _read_input_ahead(argv: list[str]):
-    """Start reading --load's shards into memory (direct_io.InputImage: past the page cache, each
-    hashed as it lands) while torch is imported: ~2 s in which the disk and the second core would
-    sit idle. At most a quarter of the free memory; the rest is read as usual. Paths only, no
-    torch; nothing is reported here: a bad --load is named by the real open below."""
-    from flm_ext.checkpoint.direct_io import InputImage
+    """Start reading --load's shards while torch is imported (~2 s in which the disk would sit
+    idle; paths only, no torch yet): the growth then checks and reads them from memory. At most a
+    quarter of the free memory is read ahead. Nothing is reported here: a bad --load is named by
+    the real open below."""
     from flm_ext.checkpoint.layout import CheckpointError, resolve
 
-    if {"-h", "--help"} & set(argv):
-        return None
     load = next((b for a, b in zip(argv, argv[1:]) if a == "--load"), None)
     load = next((a.split("=", 1)[1] for a in argv if a.startswith("--load=")), load)
     try:
@@ -45,10 +42,11 @@ def _read_input_ahead(argv: list[str]):
     except (CheckpointError, OSError, TypeError, ValueError):
         return None
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
-    return InputImage([os.path.join(folder, n) for n in names if n.endswith(".distcp")], limit=free // 4)
+    return read_ahead([os.path.join(folder, n) for n in names if n.endswith(".distcp")], limit=free // 4)
 
 
-_INPUT_IMAGE = _read_input_ahead(sys.argv[1:]) if __name__ == "__main__" else None
+if __name__ == "__main__":
+    _read_input_ahead(sys.argv[1:])
 
 quiet_megatron_import_warnings()
 from flm_ext.config import ConfigError, FLMConfig  # noqa: E402
@@ -106,7 +104,7 @@ def main(argv=None) -> int:
         method = get_method(args.method, **{k: v for k, v in knobs.items() if v is not None})
         grow_checkpoint(args.load, args.save, sizes, method=method, seed=args.seed, ramp_steps=args.growth_ramp_steps,
                         bucket_bytes=args.bucket_mb * 2 ** 20, log=log, progress_interval=args.progress_interval,
-                        check=verify if check.verify else None, workers=args.workers, input_image=_INPUT_IMAGE)
+                        check=verify if check.verify else None, workers=args.workers)
     except (GrowCheckpointError, GrowthError, ConfigError) as e:
         print(f"grow_checkpoint: error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -79,10 +79,9 @@ def read_manifest(folder: str) -> dict | None:
         raise CheckpointError(f"{path}: unreadable manifest ({e}) (checkpoint damaged)") from None
 
 
-def verify_files(folder: str, names: list[str] | None = None, known: dict[str, str] | None = None) -> int:
+def verify_files(folder: str, names: list[str] | None = None) -> int:
     """Check sizes and checksums of the manifest's files (or of `names` among them); returns bytes
-    checked. Raises CheckpointError naming the first missing or damaged file. `known`: {path:
-    checksum} already computed from the bytes a caller read (direct_io.InputImage): not read again."""
+    checked. Raises CheckpointError naming the first missing or damaged file."""
     files = read_manifest(folder)
     if files is None:
         return 0
@@ -98,9 +97,7 @@ def verify_files(folder: str, names: list[str] | None = None, known: dict[str, s
         checked += size
     # Two files at a time: one is read while the other is hashed (reads release the GIL).
     with ThreadPoolExecutor(2) as pool:
-        known = known or {}
-        sums = pool.map(lambda path: known.get(path) or file_checksum(path),
-                        [os.path.join(folder, name) for name in names])
+        sums = pool.map(file_checksum, [os.path.join(folder, name) for name in names])
         for name, checksum in zip(names, sums):
             if checksum != files[name][ALGORITHM]:
                 raise CheckpointError(f"{os.path.join(folder, name)}: checksum mismatch (checkpoint damaged)")

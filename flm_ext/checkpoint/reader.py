@@ -57,23 +57,11 @@ class _SliceLoader(LoadPlanner):
         return plan
 
 
-def _read_at(source: int | memoryview, length: int, offset: int) -> bytes:
-    """`length` bytes at `offset` of a file: an open descriptor, or its bytes already in memory."""
-    if isinstance(source, memoryview):
-        return bytes(source[offset:offset + length])
-    return os.pread(source, length, offset)
-
-
-def _fill(source: int | memoryview, dest: torch.Tensor, offset: int, path: str, what: str) -> None:
+def _pread_into(fd: int, dest: torch.Tensor, offset: int, path: str, what: str) -> None:
     """Fill the contiguous tensor `dest` from the file at `offset` (CheckpointError if it ends early)."""
     view = memoryview(dest.reshape(-1).view(torch.uint8).numpy())
-    if isinstance(source, memoryview):
-        if offset + view.nbytes > source.nbytes:
-            raise CheckpointError(f"{path}: ends inside {what} (checkpoint damaged)")
-        view[:] = source[offset:offset + view.nbytes]
-        return
     while view.nbytes:
-        n = os.preadv(source, [view], offset)
+        n = os.preadv(fd, [view], offset)
         if n <= 0:
             raise CheckpointError(f"{path}: ends inside {what} (checkpoint damaged)")
         view, offset = view[n:], offset + n
@@ -84,7 +72,6 @@ class CheckpointReader:
 
     def __init__(self, folder: str):
         self.folder = folder
-        self.image = None  # a direct_io.InputImage of the shards: whole chunks are copied from it
         self.metadata = integrity.load_metadata(folder)  # never plain pickle
         self.reader = FileSystemReader(folder)
         self.reader.set_up_storage_reader(self.metadata, is_coordinator=True)
@@ -123,17 +110,14 @@ class CheckpointReader:
                         or info.length < len(head) + target.nbytes):
                     rest.append(item)
                     continue
-                path = os.path.join(self.folder, info.relative_path)
-                source = self.image.view(path) if self.image is not None else None
-                if source is None:
-                    if path not in files:
-                        files[path] = os.open(path, os.O_RDONLY)
-                    source = files[path]
-                if _read_at(source, len(head), info.offset) != head:
+                if info.relative_path not in files:
+                    files[info.relative_path] = os.open(os.path.join(self.folder, info.relative_path), os.O_RDONLY)
+                fd = files[info.relative_path]
+                if os.pread(fd, len(head), info.offset) != head:
                     rest.append(item)
                     continue
                 dest = target if target.is_contiguous() else torch.empty(sizes, dtype=target.dtype)
-                _fill(source, dest, info.offset + len(head), path, what)
+                _pread_into(fd, dest, info.offset + len(head), f"{self.folder}/{info.relative_path}", what)
                 if dest is not target:
                     target.copy_(dest)
         finally:
@@ -210,13 +194,8 @@ class Checkpoint:
     unverified: tuple[str, ...] = ()  # shard files whose checksums are still to check (defer_shards)
 
     def verify_shards(self) -> int:
-        """Check the checksums `open_checkpoint(defer_shards=True)` left; returns bytes checked. Files
-        the reader's image holds are checked against the checksums it took while reading them."""
-        if not self.unverified:
-            return 0
-        image = self.reader.image
-        return integrity.verify_files(self.folder, list(self.unverified),
-                                      known=image.wait().checksums if image is not None else None)
+        """Check the checksums `open_checkpoint(defer_shards=True)` left; returns bytes checked."""
+        return integrity.verify_files(self.folder, list(self.unverified)) if self.unverified else 0
 
     @property
     def growth_record(self) -> dict | None:

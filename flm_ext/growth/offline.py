@@ -25,7 +25,6 @@ from typing import Callable
 
 from flm_ext.checkpoint import (DEFAULT_BUCKET_BYTES, CheckpointError, CheckpointReader, CheckpointRecord, Chunk,
                                 finish_iteration_folder, iteration_dir, open_checkpoint, write_chunks, write_latest)
-from flm_ext.checkpoint.direct_io import InputImage
 from flm_ext.checkpoint.writer import keep_freed_memory
 from flm_ext.fileio import building
 from flm_ext.growth.state import GrowthState
@@ -175,7 +174,7 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
                     seed: int = 0, ramp_steps: int = 1000, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
                     log: Callable[[str], None] = print, progress_interval: float = 5.0,
                     check: Callable[[str], None] | None = None, method: GrowthMethod | None = None,
-                    workers: int = 1, input_image: InputImage | None = None) -> str:
+                    workers: int = 1) -> str:
     """Grow the checkpoint at `load` into a new checkpoint root `save`; returns its iteration folder.
 
     `check` (e.g. --verify) runs on the finished `<save>.partial` root before it is renamed to
@@ -184,8 +183,6 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
     `overrides`: the new sizes (num_layers, hidden_size, num_attention_heads, ffn_hidden_size; None
     keeps the old). `method`: the operator (flm_ext.growth.methods; default MSG with `depth_init` and
     `depth_placement`). `workers`: processes writing the output's files in parallel (the same bytes).
-    `input_image`: the input's shards, being read into memory (tools/grow_checkpoint.py starts it
-    before importing torch); the tensors are copied from it and the shards' checksums taken from it.
     Raises GrowCheckpointError / GrowthError / ConfigError naming the path or field.
     """
     if method is None:
@@ -199,7 +196,6 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
         raise GrowCheckpointError(f"--workers {workers} must be >= 1")
     keep_freed_memory()  # every chunk reuses the last one's pages (writer.py)
     ckpt = _open_input(load)
-    ckpt.reader.image = input_image
     _check_backend(ckpt.folder, load)
     plan = _growth_plan(ckpt, overrides, load, method, seed)
     old, new, iteration = plan.old, plan.new, ckpt.iteration
@@ -220,8 +216,6 @@ def grow_checkpoint(load: str, save: str, overrides: dict, *, depth_init: str = 
         where = c.key + (f" [layer {c.layer}]" if c.layer is not None else "")
         progress.update(c.nbytes, f"chunk {next(done)}/{len(chunks)} {where}")
 
-    if input_image is not None:
-        input_image.wait()  # complete before the workers fork: they share its pages
     with building(save) as partial:
         out_dir = iteration_dir(partial, iteration)
         os.makedirs(out_dir)
