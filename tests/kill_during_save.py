@@ -66,5 +66,23 @@ def main(root: str) -> None:
     training_io.save_checkpoint(root, 2, model, optimizer, None, record=training_io.trainer_record(2, CFG, 16))
 
 
+def synchronous_save_worker(rank: int, world_size: int, out_dir: str) -> None:
+    """For `spawn()`: a synchronous CheckpointSaver save with megatron's forked per-bucket writers
+    made to fail if used; the test then loads iteration 1 (`check_iteration_1_loads`)."""
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+
+    from flm_ext.checkpoint.async_save import CheckpointSaver
+
+    def forked_writers(*args, **kwargs):
+        raise AssertionError("a synchronous save used megatron's forked writers")
+
+    FileSystemWriterAsync.write_preloaded_data_multiproc = staticmethod(forked_writers)
+    initialize_distributed(ParallelConfig(), seed=7)
+    model, optimizer = build()
+    saver = CheckpointSaver(async_save=False, fully_parallel=False)
+    saver.save(out_dir, 1, model, optimizer, None, record=training_io.trainer_record(1, CFG, 8), keep=None)
+    remember_weights_then_change_them(model, out_dir)
+
+
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -95,6 +95,17 @@ def test_a_kill_during_an_async_save_leaves_the_previous_checkpoint_and_no_write
     kill_during_save.check_iteration_1_loads(root)
 
 
+def test_a_synchronous_save_is_written_in_the_trainer_process(tmp_path, megatron_single_process):
+    """No per-bucket writer processes for a synchronous save (a fork from a trainer running other
+    threads can copy a held lock and hang): with megatron's forked writer made to fail, the save
+    still completes, and it loads back the saved weights."""
+    import kill_during_save
+    from distributed import spawn
+
+    spawn(kill_during_save.synchronous_save_worker, 1, tmp_path)
+    kill_during_save.check_iteration_1_loads(tmp_path)
+
+
 def test_a_killed_trainer_leaves_no_checkpoint_writer_behind(data, tmp_path):
     """kill -9 of a pretrain_flm.py worker right after a (synchronous) save: megatron's results-queue
     Manager and any writer die with it."""

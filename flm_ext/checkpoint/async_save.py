@@ -19,14 +19,21 @@ model-parallel group writes everything). It caches the distribution across saves
 
 Writer processes die with the trainer (`flm_ext.processes.die_with_parent`): see
 `writer_processes_die_with_trainer`.
+
+Synchronous: written in the trainer process itself (`in_process_save_strategy`), not by the
+per-bucket processes megatron-core 0.16 forks for every save, synchronous ones included.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import queue
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 from torch.distributed.checkpoint.api import CheckpointException
 
 from flm_ext.processes import die_with_parent, forked_children_die_with_parent
@@ -59,6 +66,50 @@ def writer_processes_die_with_trainer() -> None:
         filesystem_async._flm_manager = manager  # keep it referenced for the life of the process
 
 
+class _InProcessSave(TorchDistSaveShardedStrategy):
+    """megatron's torch_dist save strategy whose synchronous save writes its buckets in this process.
+
+    megatron-core 0.16's writer forks one process per bucket at every save (`write_preloaded_data
+    _multiproc`), from a trainer running other threads (gloo's, the watchdog's): a fork copies
+    any lock another thread holds at that instant, with no thread left to release it in the
+    child, which then waits forever (a PP=2 test run once hung where only a save or the start-up
+    keeps the watchdog silent). Later megatron versions write in the main process for such reasons. Here each bucket is written, one
+    after another, by `write_preloaded_data`, the function the forked writers run: the same files
+    and write results. An async save is unchanged (its writer process is megatron's design)."""
+
+    def save(self, sharded_state_dict, checkpoint_dir):
+        request = self.async_save(sharded_state_dict, checkpoint_dir)
+        fn = request.async_fn
+        if getattr(fn, "func", None) == FileSystemWriterAsync.write_preloaded_data_multiproc:
+            request = request._replace(async_fn=functools.partial(_write_buckets_here, *fn.args, **fn.keywords))
+        request.execute_sync()
+
+
+def _write_buckets_here(transform_list, use_msc, rank, write_buckets, results_queue) -> None:
+    """`write_preloaded_data_multiproc` without the processes: {bucket index: write results}, or the
+    first bucket's exception, on `results_queue`, where megatron's finalisation reads it."""
+    results: dict | Exception = {}
+    for index, bucket in enumerate(write_buckets):
+        local, done = queue.Queue(), queue.Queue()
+        done.put(index)  # the writer takes its token and marks it done, as in the forked case
+        FileSystemWriterAsync.write_preloaded_data(transform_list, index, bucket, local, done, True, use_msc=use_msc)
+        _, result = local.get_nowait()
+        if isinstance(result, Exception):
+            results = result
+            break
+        results[index] = result
+    results_queue.put(results)
+
+
+def in_process_save_strategy() -> TorchDistSaveShardedStrategy:
+    """The default torch_dist save strategy (backend, version, threads: megatron's defaults),
+    writing synchronous saves in this process (`_InProcessSave`)."""
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+
+    default = get_default_save_sharded_strategy()
+    return _InProcessSave(default.backend, default.version, thread_count=default.thread_count)
+
+
 class CheckpointSaver:
     """Saves a run's checkpoints: synchronously, or asynchronously with `finalize` to publish them."""
 
@@ -71,12 +122,13 @@ class CheckpointSaver:
         self._guard_writers = writers_die_with_trainer  # done at the first save, when megatron would start them
 
     def strategy(self):
-        """megatron's torch_dist save strategy, fully parallel over the DP group when asked (built once)."""
-        if self._strategy is None and (self.async_save or self.fully_parallel):
+        """megatron's torch_dist save strategy (synchronous saves written in this process), fully
+        parallel over the DP group when asked (built once)."""
+        if self._strategy is None:
             from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
             from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
 
-            strategy = get_default_save_sharded_strategy()
+            strategy = get_default_save_sharded_strategy() if self.async_save else in_process_save_strategy()
             if self.fully_parallel:
                 strategy = FullyParallelSaveStrategyWrapper(
                     strategy, parallel_state.get_data_parallel_group(with_context_parallel=True),
