@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,9 +20,8 @@ def train(data: dict, out: Path, nproc: int = 1, **flags) -> dict[int, float]:
     metrics = out / "metrics.jsonl"
     args = tiny_data.train_args(data, metrics_jsonl=str(metrics), lr_warmup_iters=1, **MUP, **flags)
     launcher = [sys.executable] if nproc == 1 else torchrun(nproc)
-    proc = subprocess.run([*launcher, str(REPO / "pretrain_flm.py"), *args], capture_output=True, text=True,
-                          env=ENV, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    code, output = tiny_data.run_stacks_on_timeout([*launcher, str(REPO / "pretrain_flm.py"), *args], env=ENV)
+    assert code == 0, output[-8000:]
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     return {row["iteration"]: row["train/loss"] for row in rows if "train/loss" in row}
 

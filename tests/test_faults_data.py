@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -88,9 +86,8 @@ def _in_process(data, bad, monkeypatch, capsys, data_path=None, **flags):
 
 
 def _subprocess(data, bad, nproc=1, data_path=None, **flags):
-    proc = subprocess.run(tiny_data.command(nproc, _args(data, bad, data_path, **flags)), capture_output=True,
-                          text=True, env=ENV, timeout=200)
-    return proc.returncode, proc.stdout + proc.stderr
+    return tiny_data.run_stacks_on_timeout(tiny_data.command(nproc, _args(data, bad, data_path, **flags)), timeout=200,
+                                           env=ENV)
 
 
 def _preprocess_empty(data, tmp_path):
