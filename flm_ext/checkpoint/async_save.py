@@ -73,9 +73,10 @@ class _InProcessSave(TorchDistSaveShardedStrategy):
     _multiproc`), from a trainer running other threads (gloo's, the watchdog's): a fork copies
     any lock another thread holds at that instant, with no thread left to release it in the
     child, which then waits forever (a PP=2 test run once hung where only a save or the start-up
-    keeps the watchdog silent). Later megatron versions write in the main process for such reasons. Here each bucket is written, one
-    after another, by `write_preloaded_data`, the function the forked writers run: the same files
-    and write results. An async save is unchanged (its writer process is megatron's design)."""
+    keeps the watchdog silent). Later megatron versions write in the main process for such
+    reasons. Here each bucket is written, one after another, by `write_preloaded_data`, the
+    function the forked writers run: the same files and write results. An async save is
+    unchanged (its writer process is megatron's design)."""
 
     def save(self, sharded_state_dict, checkpoint_dir):
         request = self.async_save(sharded_state_dict, checkpoint_dir)

@@ -218,18 +218,34 @@ def _generator(plan: GrowthPlan, key: str, layer: int | None) -> torch.Generator
     return torch.Generator().manual_seed(mixed % (2 ** 63))
 
 
+def _init_fill(key: str, plan: GrowthPlan, layer: int | None, role: str) -> Callable[[torch.Tensor], object]:
+    """The init of new entries, as an in-place fill of a block: the spec's init for "param" (zeros,
+    ones, or N(0, init_std) drawn in float32 from the (seed, key, layer) generator), zeros for Adam
+    moments. One generator per call: blocks filled in turn continue its stream."""
+    _, init = _spec(key)
+    if role != "param" or init == "zero":
+        return lambda block: block.fill_(0.0)
+    if init == "one":
+        return lambda block: block.fill_(1.0)
+    generator, std = _generator(plan, key, layer), plan.init_std(key)
+
+    def draw(block: torch.Tensor) -> None:  # a block may be a strided view of another dtype
+        if block.dtype == torch.float32 and block.is_contiguous():
+            block.normal_(0.0, std, generator=generator)
+        else:
+            block.copy_(torch.empty(block.shape, dtype=torch.float32).normal_(0.0, std, generator=generator))
+
+    return draw
+
+
 def fresh_init(key: str, plan: GrowthPlan, layer: int | None = None, dtype: torch.dtype = torch.float32,
                role: str = "param") -> torch.Tensor:
     """A new tensor of the grown shape: the spec's init for "param", zeros for Adam moments."""
     _check_role(role)
     _, shape = plan.shapes(key)
-    _, init = _spec(key)
-    if role != "param" or init == "zero":
-        return torch.zeros(shape, dtype=dtype)
-    if init == "one":
-        return torch.ones(shape, dtype=dtype)
-    out = torch.empty(shape, dtype=torch.float32).normal_(0.0, plan.init_std(key), generator=_generator(plan, key, layer))
-    return out.to(dtype)
+    out = torch.empty(shape, dtype=dtype)
+    _init_fill(key, plan, layer, role)(out)
+    return out
 
 
 def _around(out: torch.Tensor, old_shape: tuple[int, ...], fill: Callable[[torch.Tensor], object]) -> None:
@@ -244,35 +260,22 @@ def _around(out: torch.Tensor, old_shape: tuple[int, ...], fill: Callable[[torch
             fill(out[tuple(slice(0, m) for m in old_shape[:dim]) + (slice(n, None),)])
 
 
-def _draw(block: torch.Tensor, std: float, generator: torch.Generator) -> None:
-    """N(0, std) drawn in float32 (as `fresh_init`), in place, into a block that may be a strided view."""
-    if block.dtype == torch.float32 and block.is_contiguous():
-        block.normal_(0.0, std, generator=generator)
-    else:
-        block.copy_(torch.empty(block.shape, dtype=torch.float32).normal_(0.0, std, generator=generator))
-
-
 @torch.no_grad()
 def grow_width(key: str, tensor: torch.Tensor, plan: GrowthPlan, role: str = "param",
                layer: int | None = None) -> torch.Tensor:
     """Grow one tensor (or one layer's slice of a stacked one) to the new widths.
 
-    The old tensor lands in the leading block; the rest is drawn or filled as `fresh_init` would
-    (`_around`: only the new entries). `layer` is the grown
-    model's layer index (it seeds the init, so different layers get different new weights).
+    The old tensor lands in the leading block; only the new entries around it get `fresh_init`'s
+    init (`_around`). `layer` is the grown model's layer index (it seeds the init, so different
+    layers get different new weights).
     """
     _check_role(role)
     old_shape, new_shape = plan.shapes(key)
     if tuple(tensor.shape) != old_shape:
         layered = " (one layer's slice: index the stacked [L, ...] tensor first)" if is_layer_key(key) else ""
         raise GrowthError(f"{key}: shape {tuple(tensor.shape)} is not the old config's {old_shape}{layered}")
-    _, init = _spec(key)
     out = torch.empty(new_shape, dtype=tensor.dtype)
-    if role != "param" or init in ("zero", "one"):
-        _around(out, old_shape, lambda block: block.fill_(1.0 if role == "param" and init == "one" else 0.0))
-    else:
-        generator, std = _generator(plan, key, layer), plan.init_std(key)
-        _around(out, old_shape, lambda block: _draw(block, std, generator))
+    _around(out, old_shape, _init_fill(key, plan, layer, role))
     old = tensor
     k = plan.logits_rescale
     if key in _FINAL_NORM and k != 1.0:
